@@ -1,0 +1,23 @@
+"""Test helpers shared by the test modules (importable because pytest puts tests/ on the path)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def rtol_for(dtype: Any) -> float:
+    """Relative tolerance of the acceptance criteria: 1e-10 in double, 1e-4 in single precision."""
+    return 1e-4 if np.dtype(dtype) in (np.float32, np.complex64) else 1e-10
+
+
+def random_factors(rng: np.random.Generator, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """Gaussian array of ``dtype`` (complex: independent real and imaginary parts)."""
+    x = rng.standard_normal(shape)
+    if np.dtype(dtype).kind == "c":
+        x = x + 1j * rng.standard_normal(shape)
+    return x.astype(dtype)
+
+
+ALL_DTYPES = [np.float32, np.float64, np.complex64, np.complex128]

@@ -1,0 +1,158 @@
+"""Sketches: exact recovery of rank-k matrices, near-optimal error, dense == factored, memory."""
+
+from __future__ import annotations
+
+import tracemalloc
+
+import numpy as np
+import pytest
+from helpers import ALL_DTYPES, random_factors
+
+import unitary_update as uu
+
+METHODS = ["randomized", "lsi", "column", "exact"]
+
+
+def low_rank(rng, n, m, k, dtype, batch=()):
+    return random_factors(rng, (*batch, n, k), dtype) @ random_factors(rng, (*batch, m, k), dtype).conj().swapaxes(-1, -2)
+
+
+def ht(x):
+    return x.conj().swapaxes(-1, -2)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("dtype", [np.float64, np.complex128])
+@pytest.mark.parametrize(("n", "m", "k", "batch"), [(30, 30, 1, ()), (50, 40, 4, ()), (20, 20, 20, ()), (16, 16, 3, (2,))])
+def test_exact_rank_k_matrix_is_reconstructed(backend, method, dtype, n, m, k, batch):
+    rng = np.random.default_rng(k + n)
+    G = low_rank(rng, n, m, k, dtype, batch)
+    A, B = uu.sketch(backend.asarray(G), k, method=method, rng=1)
+    A, B = backend.to_numpy(A), backend.to_numpy(B)
+    assert A.shape == (*batch, n, k) and B.shape == (*batch, m, k)
+    assert A.dtype == dtype and B.dtype == dtype
+    np.testing.assert_allclose(A @ ht(B), G, rtol=0, atol=1e-8 * np.abs(G).max())
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("dtype", ALL_DTYPES)
+def test_factored_form_reconstructs_rank_k(backend, method, dtype):
+    rng = np.random.default_rng(2)
+    X, Y = random_factors(rng, (40, 3), dtype), random_factors(rng, (40, 3), dtype)
+    A, B = uu.sketch((backend.asarray(X), backend.asarray(Y)), 3, method=method, rng=3)
+    A, B = backend.to_numpy(A), backend.to_numpy(B)
+    G = X.astype(np.complex128) @ ht(Y.astype(np.complex128))
+    tol = 1e-8 if np.dtype(dtype) in (np.float64, np.complex128) else 1e-4
+    np.testing.assert_allclose(A @ ht(B), G if dtype in (np.complex64, np.complex128) else G.real,
+                               rtol=0, atol=tol * np.abs(G).max())
+
+
+@pytest.mark.parametrize("method", ["randomized", "lsi", "column"])
+def test_factored_and_dense_forms_agree(method):
+    rng = np.random.default_rng(4)
+    X, Y = rng.standard_normal((60, 9)), rng.standard_normal((60, 9))
+    A1, B1 = uu.sketch(X @ Y.T, 4, method=method, rng=5)
+    A2, B2 = uu.sketch((X, Y), 4, method=method, rng=5)
+    np.testing.assert_allclose(A1 @ B1.T, A2 @ B2.T, atol=1e-9)
+
+
+def test_exact_factored_matches_truncated_svd():
+    rng = np.random.default_rng(6)
+    X, Y = rng.standard_normal((50, 8)), rng.standard_normal((45, 8))
+    A, B = uu.sketch((X, Y), 3, method="exact")
+    L, s, Rh = np.linalg.svd(X @ Y.T)
+    np.testing.assert_allclose(A @ B.T, (L[:, :3] * s[:3]) @ Rh[:3], atol=1e-10)
+
+
+def test_rank_above_factored_rank_pads_with_zeros():
+    rng = np.random.default_rng(7)
+    X, Y = rng.standard_normal((30, 2)), rng.standard_normal((30, 2))
+    A, B = uu.sketch((X, Y), 5, method="exact")
+    assert A.shape == (30, 5)
+    np.testing.assert_allclose(A @ B.T, X @ Y.T, atol=1e-10)
+    np.testing.assert_array_equal(A[:, 2:], 0)
+
+
+@pytest.mark.parametrize("spectrum", ["flat", "decaying"])
+@pytest.mark.parametrize("k", [1, 5, 10])
+def test_randomized_error_is_near_optimal(spectrum, k):
+    rng = np.random.default_rng(8 + k)
+    n = 120
+    Q1 = uu.random_unitary(n, dtype=np.float64, rng=rng)
+    Q2 = uu.random_unitary(n, dtype=np.float64, rng=rng)
+    s = np.ones(n) if spectrum == "flat" else 0.8 ** np.arange(n)
+    s = s * (1 + 0.1 * rng.random(n))
+    s = np.sort(s)[::-1]
+    G = (Q1 * s) @ Q2.T
+    optimal = np.sqrt(np.sum(s[k:] ** 2))        # Frobenius error of the truncated SVD
+    A, B = uu.sketch(G, k, method="randomized", rng=9)
+    assert np.linalg.norm(G - A @ B.T) <= 1.5 * optimal
+    A, B = uu.sketch(G, k, method="exact")
+    np.testing.assert_allclose(np.linalg.norm(G - A @ B.T), optimal, rtol=1e-10)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_same_seed_same_factors_and_dense_g_untouched(method):
+    rng = np.random.default_rng(10)
+    G = rng.standard_normal((30, 30))
+    G0 = G.copy()
+    A1, B1 = uu.sketch(G, 2, method=method, rng=11)
+    A2, B2 = uu.sketch(G, 2, method=method, rng=np.random.default_rng(11))
+    np.testing.assert_array_equal(A1, A2)
+    np.testing.assert_array_equal(B1, B2)
+    np.testing.assert_array_equal(G, G0)
+
+
+def test_column_sampling_picks_only_nonzero_columns():
+    rng = np.random.default_rng(12)
+    G = np.zeros((20, 20))
+    G[:, [3, 11]] = rng.standard_normal((20, 2))
+    A, B = uu.sketch(G, 2, method="column", rng=0)
+    np.testing.assert_allclose(A @ B.T, G, atol=1e-12)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_factored_sketch_never_allocates_n_by_n(method):
+    n, m = 3000, 4
+    rng = np.random.default_rng(13)
+    X, Y = rng.standard_normal((n, m)), rng.standard_normal((n, m))
+    uu.sketch((X, Y), 2, method=method, rng=0)  # warm caches/imports
+    tracemalloc.start()
+    uu.sketch((X, Y), 2, method=method, rng=0)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < n * n * 8 / 50, f"peak {peak} bytes is not O(N m)"
+
+
+@pytest.mark.parametrize("method", ["randomized", "lsi", "column"])
+def test_dense_sketch_does_not_copy_g(method):
+    n = 1500
+    rng = np.random.default_rng(14)
+    G = rng.standard_normal((n, n)) + 1j * rng.standard_normal((n, n))
+    uu.sketch(G, 2, method=method, rng=0)
+    tracemalloc.start()
+    uu.sketch(G, 2, method=method, rng=0)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < G.nbytes / 10, f"peak {peak} bytes vs G {G.nbytes}"
+
+
+def test_step_is_sketch_then_update():
+    rng = np.random.default_rng(15)
+    U = uu.random_unitary(25, rng=rng)
+    G = 0.1 * random_factors(rng, (25, 25), np.complex128)
+    for update in ("project", "transport"):
+        for method in METHODS:
+            A, B = uu.sketch(G, 3, method=method, rng=16)
+            expected = getattr(uu, update)(U, A, B)
+            np.testing.assert_allclose(uu.step(U, G, rank=3, update=update, sketch=method, rng=16), expected, atol=1e-14)
+
+
+def test_step_accepts_factored_gradient_in_place():
+    rng = np.random.default_rng(17)
+    U = uu.random_unitary(64, dtype=np.float32, rng=rng)
+    X, Y = rng.standard_normal((64, 5)).astype(np.float32), rng.standard_normal((64, 5)).astype(np.float32)
+    expected = uu.step(U, (0.01 * X, Y), rank=2, rng=3)
+    assert uu.step(U, (0.01 * X, Y), rank=2, rng=3, out=U) is U
+    np.testing.assert_allclose(U, expected, atol=1e-6)
+    assert uu.unitarity_error(U) < 1e-5

@@ -1,0 +1,147 @@
+"""Input checks and the library's exception classes.
+
+Called once at each public boundary, before anything is computed or written: shapes, dtypes,
+batch broadcasting, finiteness and option names.  Messages name the argument, what was found and
+what was expected.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ._backend import array_namespace, get_options, is_cupy
+
+__all__ = [
+    "NonFiniteError",
+    "SingularUpdateError",
+    "check_choice",
+    "check_factor_pair",
+    "check_finite",
+    "check_float_dtype",
+    "check_out",
+    "check_rank",
+    "check_square",
+]
+
+FLOAT_DTYPES = (np.float32, np.float64, np.complex64, np.complex128)
+_DTYPE_NAMES = "float32, float64, complex64 or complex128"
+
+
+class NonFiniteError(ValueError):
+    """An input contains NaN or Inf (a subclass of :class:`ValueError`)."""
+
+
+class SingularUpdateError(np.linalg.LinAlgError):
+    """A low-rank problem is singular in a way the library cannot resolve.
+
+    Reserved for future use: :func:`unitary_update.project` resolves a singular
+    ``U + A B^H`` by returning a valid nearest unitary matrix instead of raising.
+    """
+
+
+def check_float_dtype(x: Any, name: str) -> None:
+    """Raise TypeError unless ``x`` has one of the four floating dtypes."""
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} has dtype {x.dtype}; expected {_DTYPE_NAMES}")
+
+
+def check_square(U: Any, name: str = "U") -> int:
+    """Check that ``U`` is a stack of square matrices with a supported dtype; return N."""
+    check_float_dtype(U, name)
+    if U.ndim < 2 or U.shape[-1] != U.shape[-2]:
+        raise ValueError(f"{name} must have shape (..., N, N); got {tuple(U.shape)}")
+    if U.shape[-1] == 0:
+        raise ValueError(f"{name} is empty (N = 0); expected N >= 1")
+    return int(U.shape[-1])
+
+
+def check_factor_pair(U: Any, A: Any, B: Any) -> tuple[tuple[int, ...], Any, Any]:
+    """Check the rank-k factors against U; return the broadcast batch shape and A, B in U's dtype.
+
+    Raises
+    ------
+    TypeError
+        For non-floating dtypes, or a complex A or B with a real U.
+    ValueError
+        For shapes that do not match U or batch dimensions that do not broadcast.
+    """
+    n = U.shape[-1]
+    for x, name in ((A, "A"), (B, "B")):
+        check_float_dtype(x, name)
+        if x.ndim < 2:
+            raise ValueError(f"{name} must have shape (..., N, k); got {tuple(x.shape)}")
+        if x.shape[-2] != n:
+            raise ValueError(f"{name} has shape {tuple(x.shape)} but U is {n} x {n}")
+        if x.dtype.kind == "c" and U.dtype.kind != "c":
+            raise TypeError(f"{name} is complex ({x.dtype}) but U is real ({U.dtype}); a real U needs real factors")
+    if A.shape[-1] != B.shape[-1]:
+        raise ValueError(f"A and B must have the same number of columns k; got A {tuple(A.shape)}, B {tuple(B.shape)}")
+    if A.shape[-1] < 1:
+        raise ValueError(f"A and B must have at least one column; got k = {A.shape[-1]}")
+    try:
+        batch = np.broadcast_shapes(U.shape[:-2], A.shape[:-2], B.shape[:-2])
+    except ValueError:
+        raise ValueError(
+            f"batch dimensions do not broadcast: U {tuple(U.shape)}, A {tuple(A.shape)}, B {tuple(B.shape)}"
+        ) from None
+    xp = array_namespace(U, A, B)
+    return batch, xp.asarray(A, dtype=U.dtype), xp.asarray(B, dtype=U.dtype)
+
+
+def check_out(out: Any, U: Any, shape: tuple[int, ...]) -> None:
+    """Check that ``out`` can receive a result of ``shape`` and U's dtype."""
+    if tuple(out.shape) != tuple(shape):
+        raise ValueError(f"out has shape {tuple(out.shape)}; the result has shape {tuple(shape)}")
+    if out.dtype != U.dtype:
+        raise TypeError(f"out has dtype {out.dtype}; the result has U's dtype {U.dtype}")
+    flags = getattr(out, "flags", None)
+    if flags is not None and not flags.writeable:
+        raise ValueError("out is read-only")
+    if out is not U and _may_share_memory(out, U):
+        raise ValueError("out overlaps U without being U; pass out=U for an in-place update")
+
+
+def _may_share_memory(a: Any, b: Any) -> bool:
+    xp = array_namespace(a, b)
+    if hasattr(xp, "may_share_memory"):
+        return bool(xp.may_share_memory(a, b))
+    return False  # pragma: no cover
+
+
+def check_finite(x: Any, name: str) -> None:
+    """Raise :class:`NonFiniteError` if ``x`` contains NaN or Inf (when the option is on).
+
+    The check reads ``x`` in blocks of rows so that no temporary of x's size is created.  On
+    CuPy it reads a single flag back to the host.
+    """
+    if not get_options().check_finite:
+        return
+    xp = array_namespace(x)
+    if x.ndim >= 2 and x.shape[-2] > 64 and not is_cupy(xp):
+        step = max(1, (1 << 16) // max(1, x.shape[-1]))
+        ok = all(bool(np.isfinite(x[..., i : i + step, :]).all()) for i in range(0, x.shape[-2], step))
+    else:
+        ok = bool(xp.isfinite(x).all())
+    if not ok:
+        raise NonFiniteError(f"{name} contains NaN or Inf")
+
+
+def check_rank(rank: Any, limit: int, name: str = "rank") -> int:
+    """Check that ``rank`` is an integer with 1 <= rank <= limit; return it as int."""
+    if isinstance(rank, bool) or not isinstance(rank, numbers.Integral):
+        raise TypeError(f"{name} must be an integer; got {rank!r} of type {type(rank).__name__}")
+    rank = int(rank)
+    if not 1 <= rank <= limit:
+        raise ValueError(f"{name} must satisfy 1 <= {name} <= {limit}; got {rank}")
+    return rank
+
+
+def check_choice(value: Any, valid: Sequence[str], name: str) -> str:
+    """Check that ``value`` is one of ``valid``; the error lists the valid names."""
+    if value not in valid:
+        raise ValueError(f"unknown {name} {value!r}; valid: {', '.join(map(repr, valid))}")
+    return str(value)

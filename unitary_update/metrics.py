@@ -1,0 +1,51 @@
+"""Diagnostics: how far a matrix is from the unitary manifold."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._backend import array_namespace, to_compute
+from ._validation import check_square
+
+__all__ = ["unitarity_error"]
+
+
+def unitarity_error(U: Any) -> float:
+    """Largest Frobenius norm ``||U^H U - I||_F`` over a stack of matrices.
+
+    Computed in double precision (float64/complex128) whatever U's dtype, so the error of a
+    float32 matrix is measured, not the rounding of the check.  O(N^3) per matrix: a diagnostic,
+    not for a hot path (on CuPy it reads one number back to the host).
+
+    Parameters
+    ----------
+    U : array, shape (..., N, N)
+
+    Returns
+    -------
+    float
+        ``max over the batch of ||U^H U - I||_F`` (0.0 for an empty batch).
+
+    Raises
+    ------
+    TypeError
+        If U is not a floating-point array.
+    ValueError
+        If U is not a stack of square matrices.
+
+    Examples
+    --------
+    >>> import numpy as np, unitary_update as uu
+    >>> uu.unitarity_error(np.eye(3))
+    0.0
+    >>> round(uu.unitarity_error(2 * np.eye(3)), 6)
+    5.196152
+    """
+    U, _ = to_compute(U, "U")
+    n = check_square(U, "U")
+    xp = array_namespace(U)
+    if U.size == 0:
+        return 0.0
+    V = U.astype(xp.complex128 if U.dtype.kind == "c" else xp.float64)
+    E = xp.conj(xp.swapaxes(V, -1, -2)) @ V - xp.eye(n)
+    return float(xp.max(xp.sqrt(xp.sum(xp.abs(E) ** 2, axis=(-2, -1)))))

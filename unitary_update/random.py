@@ -1,0 +1,74 @@
+"""Random unitary and orthogonal matrices (Haar measure)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ._backend import normalize_rng
+from ._validation import FLOAT_DTYPES
+
+__all__ = ["random_unitary"]
+
+
+def random_unitary(n: int, *, dtype: Any = np.complex128, batch_shape: tuple[int, ...] = (),
+                   rng: np.random.Generator | int | None = None) -> np.ndarray:
+    """Haar-distributed random unitary (complex dtype) or orthogonal (real dtype) matrices.
+
+    The QR decomposition of a Gaussian matrix, with the phases of R's diagonal moved into Q
+    (Mezzadri 2007), computed in double precision and cast to ``dtype``.
+
+    Parameters
+    ----------
+    n : int
+        Matrix size N >= 1.
+    dtype : dtype, default complex128
+        float32 or float64 give real orthogonal matrices, complex64 or complex128 unitary ones.
+    batch_shape : tuple of int, default ()
+        Leading dimensions of a stack of independent matrices.
+    rng : numpy.random.Generator, int or None
+        Seed or generator.
+
+    Returns
+    -------
+    numpy.ndarray, shape (*batch_shape, n, n)
+
+    Raises
+    ------
+    TypeError
+        If ``n`` is not an integer or ``dtype`` is not one of the four floating dtypes.
+    ValueError
+        If ``n < 1`` or ``batch_shape`` has negative entries.
+
+    Examples
+    --------
+    >>> import numpy as np, unitary_update as uu
+    >>> Q = uu.random_unitary(3, dtype=np.float32, batch_shape=(2,), rng=0)
+    >>> Q.shape, Q.dtype
+    ((2, 3, 3), dtype('float32'))
+    >>> bool(np.allclose(Q @ Q.transpose(0, 2, 1), np.eye(3), atol=1e-6))
+    True
+    """
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
+        raise TypeError(f"n must be an integer; got {n!r}")
+    if n < 1:
+        raise ValueError(f"n must be >= 1; got {n}")
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"dtype {dtype!r} is not a dtype; expected float32, float64, complex64 or complex128") from None
+    if dt not in FLOAT_DTYPES:
+        raise TypeError(f"dtype is {dt}; expected float32, float64, complex64 or complex128")
+    batch_shape = tuple(int(b) for b in batch_shape)
+    if any(b < 0 for b in batch_shape):
+        raise ValueError(f"batch_shape must have non-negative entries; got {batch_shape}")
+    gen = normalize_rng(rng)
+    shape = (*batch_shape, n, n)
+    Z = gen.standard_normal(shape)
+    if dt.kind == "c":
+        Z = (Z + 1j * gen.standard_normal(shape)) / np.sqrt(2.0)
+    Q, R = np.linalg.qr(Z)
+    d = np.diagonal(R, axis1=-2, axis2=-1)
+    phase = np.where(d == 0, 1, d / np.where(d == 0, 1, np.abs(d)))
+    return (Q * phase[..., None, :]).astype(dt)
