@@ -64,8 +64,11 @@ def _cupy_available() -> bool:
 
 _BACKEND_PARAMS = [
     pytest.param("numpy", id="numpy"),
-    pytest.param("torch", id="torch",
-                 marks=pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch not installed")),
+    pytest.param(
+        "torch",
+        id="torch",
+        marks=pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch not installed"),
+    ),
     pytest.param("cupy", id="cupy", marks=pytest.mark.skipif(not _cupy_available(), reason="no CuPy GPU")),
 ]
 

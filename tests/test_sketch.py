@@ -14,7 +14,9 @@ METHODS = ["randomized", "lsi", "column", "exact"]
 
 
 def low_rank(rng, n, m, k, dtype, batch=()):
-    return random_factors(rng, (*batch, n, k), dtype) @ random_factors(rng, (*batch, m, k), dtype).conj().swapaxes(-1, -2)
+    return random_factors(rng, (*batch, n, k), dtype) @ random_factors(rng, (*batch, m, k), dtype).conj().swapaxes(
+        -1, -2
+    )
 
 
 def ht(x):
@@ -23,14 +25,18 @@ def ht(x):
 
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("dtype", [np.float64, np.complex128])
-@pytest.mark.parametrize(("n", "m", "k", "batch"), [(30, 30, 1, ()), (50, 40, 4, ()), (20, 20, 20, ()), (16, 16, 3, (2,))])
+@pytest.mark.parametrize(
+    ("n", "m", "k", "batch"), [(30, 30, 1, ()), (50, 40, 4, ()), (20, 20, 20, ()), (16, 16, 3, (2,))]
+)
 def test_exact_rank_k_matrix_is_reconstructed(backend, method, dtype, n, m, k, batch):
     rng = np.random.default_rng(k + n)
     G = low_rank(rng, n, m, k, dtype, batch)
     A, B = uu.sketch(backend.asarray(G), k, method=method, rng=1)
     A, B = backend.to_numpy(A), backend.to_numpy(B)
-    assert A.shape == (*batch, n, k) and B.shape == (*batch, m, k)
-    assert A.dtype == dtype and B.dtype == dtype
+    assert A.shape == (*batch, n, k)
+    assert B.shape == (*batch, m, k)
+    assert A.dtype == dtype
+    assert B.dtype == dtype
     np.testing.assert_allclose(A @ ht(B), G, rtol=0, atol=1e-8 * np.abs(G).max())
 
 
@@ -43,8 +49,9 @@ def test_factored_form_reconstructs_rank_k(backend, method, dtype):
     A, B = backend.to_numpy(A), backend.to_numpy(B)
     G = X.astype(np.complex128) @ ht(Y.astype(np.complex128))
     tol = 1e-8 if np.dtype(dtype) in (np.float64, np.complex128) else 1e-4
-    np.testing.assert_allclose(A @ ht(B), G if dtype in (np.complex64, np.complex128) else G.real,
-                               rtol=0, atol=tol * np.abs(G).max())
+    np.testing.assert_allclose(
+        A @ ht(B), G if dtype in (np.complex64, np.complex128) else G.real, rtol=0, atol=tol * np.abs(G).max()
+    )
 
 
 @pytest.mark.parametrize("method", ["randomized", "lsi", "column"])
@@ -84,7 +91,7 @@ def test_randomized_error_is_near_optimal(spectrum, k):
     s = s * (1 + 0.1 * rng.random(n))
     s = np.sort(s)[::-1]
     G = (Q1 * s) @ Q2.T
-    optimal = np.sqrt(np.sum(s[k:] ** 2))        # Frobenius error of the truncated SVD
+    optimal = np.sqrt(np.sum(s[k:] ** 2))  # Frobenius error of the truncated SVD
     A, B = uu.sketch(G, k, method="randomized", rng=9)
     assert np.linalg.norm(G - A @ B.T) <= 1.5 * optimal
     A, B = uu.sketch(G, k, method="exact")
@@ -145,7 +152,9 @@ def test_step_is_sketch_then_update():
         for method in METHODS:
             A, B = uu.sketch(G, 3, method=method, rng=16)
             expected = getattr(uu, update)(U, A, B)
-            np.testing.assert_allclose(uu.step(U, G, rank=3, update=update, sketch=method, rng=16), expected, atol=1e-14)
+            np.testing.assert_allclose(
+                uu.step(U, G, rank=3, update=update, sketch=method, rng=16), expected, atol=1e-14
+            )
 
 
 def test_step_accepts_factored_gradient_in_place():

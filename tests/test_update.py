@@ -36,7 +36,21 @@ def unitary_tol(dtype: np.dtype, n: int) -> float:
     return 1e-12 * n if np.dtype(dtype) in (np.float64, np.complex128) else 1e-5 * max(n, 4)
 
 
-SIZES = [(1, 1), (2, 1), (2, 2), (3, 2), (8, 1), (8, 4), (8, 8), (33, 5), (64, 1), (64, 32), (64, 64), (256, 1), (256, 3)]
+SIZES = [
+    (1, 1),
+    (2, 1),
+    (2, 2),
+    (3, 2),
+    (8, 1),
+    (8, 4),
+    (8, 8),
+    (33, 5),
+    (64, 1),
+    (64, 32),
+    (64, 64),
+    (256, 1),
+    (256, 3),
+]
 
 
 @pytest.mark.parametrize("dtype", ALL_DTYPES)
@@ -46,7 +60,8 @@ def test_project_matches_scipy_polar(backend, dtype, n, k):
     U = uu.random_unitary(n, dtype=dtype, rng=rng)
     A, B = random_factors(rng, (n, k), dtype) / np.sqrt(n), random_factors(rng, (n, k), dtype)
     result = backend.to_numpy(uu.project(backend.asarray(U), backend.asarray(A), backend.asarray(B)))
-    assert result.dtype == dtype and result.shape == (n, n)
+    assert result.dtype == dtype
+    assert result.shape == (n, n)
     M = U.astype(np.complex128) + A.astype(np.complex128) @ B.astype(np.complex128).conj().T
     assert rel_err(result, polar_reference(M if U.dtype.kind == "c" else M.real)) <= rtol_for(dtype)
     assert uu.unitarity_error(result) <= unitary_tol(dtype, n)
@@ -59,7 +74,8 @@ def test_transport_matches_scipy_expm(backend, dtype, n, k):
     U = uu.random_unitary(n, dtype=dtype, rng=rng)
     A, B = random_factors(rng, (n, k), dtype) / np.sqrt(n), random_factors(rng, (n, k), dtype)
     result = backend.to_numpy(uu.transport(backend.asarray(U), backend.asarray(A), backend.asarray(B)))
-    assert result.dtype == dtype and result.shape == (n, n)
+    assert result.dtype == dtype
+    assert result.shape == (n, n)
     assert rel_err(result, expm_reference(U, A, B)) <= rtol_for(dtype)
     assert uu.unitarity_error(result) <= unitary_tol(dtype, n)
 
@@ -70,8 +86,8 @@ def test_batched_broadcasting_matches_per_matrix_calls(backend, update, dtype):
     rng = np.random.default_rng(3)
     n, k = 6, 2
     U = uu.random_unitary(n, dtype=dtype, batch_shape=(3, 1), rng=rng)  # (3, 1, n, n)
-    A = random_factors(rng, (4, n, k), dtype)                           # (4, n, k)
-    B = random_factors(rng, (1, 1, n, k), dtype)                        # (1, 1, n, k)
+    A = random_factors(rng, (4, n, k), dtype)  # (4, n, k)
+    B = random_factors(rng, (1, 1, n, k), dtype)  # (1, 1, n, k)
     fn = getattr(uu, update)
     result = backend.to_numpy(fn(backend.asarray(U), backend.asarray(A), backend.asarray(B)))
     assert result.shape == (3, 4, n, n)
@@ -160,9 +176,9 @@ def test_rank_deficient_and_parallel_factors(update):
     n = 20
     U = uu.random_unitary(n, dtype=np.float64, rng=rng)
     a = rng.standard_normal((n, 1))
-    A = np.hstack([a, 2 * a, -a])               # rank 1 spread over k = 3
+    A = np.hstack([a, 2 * a, -a])  # rank 1 spread over k = 3
     B = rng.standard_normal((n, 3))
-    B_par = U.T @ A                             # A_hat parallel to B
+    B_par = U.T @ A  # A_hat parallel to B
     for Bx in (B, B_par):
         result = getattr(uu, update)(U, A, Bx)
         ref = project_dense(U, A, Bx) if update == "project" else transport_dense(U, A, Bx)
@@ -177,14 +193,14 @@ def test_project_of_singular_target_is_a_valid_polar_factor(dtype):
     n = 10
     U = uu.random_unitary(n, dtype=dtype, rng=rng)
     A = -U[:, :2].copy()
-    B = np.eye(n, 2, dtype=dtype)                # M = U (I - e1 e1^H - e2 e2^H): rank n - 2
+    B = np.eye(n, 2, dtype=dtype)  # M = U (I - e1 e1^H - e2 e2^H): rank n - 2
     Q = uu.project(U, A, B)
     assert np.all(np.isfinite(Q))
     tol = 50 * np.finfo(dtype).eps * n
     assert uu.unitarity_error(Q) < tol
     M = (U + A @ B.conj().T).astype(np.complex128)
     H = Q.astype(np.complex128).conj().T @ M
-    np.testing.assert_allclose(H, H.conj().T, atol=tol)           # Hermitian
+    np.testing.assert_allclose(H, H.conj().T, atol=tol)  # Hermitian
     assert np.linalg.eigvalsh(0.5 * (H + H.conj().T)).min() > -tol  # positive semidefinite
 
 

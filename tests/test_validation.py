@@ -108,8 +108,16 @@ def test_batched_result_larger_than_out_is_rejected(data):
         ({"rank": 7}, ValueError, "1 <= rank <= 6; got 7"),
         ({"rank": 1.5}, TypeError, "rank must be an integer"),
         ({"rank": True}, TypeError, "rank must be an integer"),
-        ({"rank": 1, "method": "svd"}, ValueError, "unknown sketch method 'svd'; valid: 'randomized', 'lsi', 'column', 'exact'"),
-        ({"rank": 1, "method": "lsi", "oversampling": 3}, TypeError, "unknown option 'oversampling' for sketch method 'lsi'"),
+        (
+            {"rank": 1, "method": "svd"},
+            ValueError,
+            "unknown sketch method 'svd'; valid: 'randomized', 'lsi', 'column', 'exact'",
+        ),
+        (
+            {"rank": 1, "method": "lsi", "oversampling": 3},
+            TypeError,
+            "unknown option 'oversampling' for sketch method 'lsi'",
+        ),
         ({"rank": 1, "oversampling": -1}, ValueError, "non-negative integer"),
         ({"rank": 1, "rng": "seed"}, TypeError, "rng must be"),
     ],
@@ -164,7 +172,8 @@ def test_random_unitary_validation_and_properties():
         uu.random_unitary(3, dtype=np.int64)
     Q1 = uu.random_unitary(5, dtype=np.complex64, batch_shape=(2, 3), rng=4)
     Q2 = uu.random_unitary(5, dtype=np.complex64, batch_shape=(2, 3), rng=4)
-    assert Q1.shape == (2, 3, 5, 5) and Q1.dtype == np.complex64
+    assert Q1.shape == (2, 3, 5, 5)
+    assert Q1.dtype == np.complex64
     np.testing.assert_array_equal(Q1, Q2)
     assert uu.unitarity_error(Q1) < 1e-5
     # Haar: the mean of |trace|^2 over many samples is 1 for the unitary group

@@ -183,8 +183,7 @@ def to_compute(x: Any, name: str) -> tuple[Any, str]:
             return cupy.from_dlpack(x), "jax"
         return np.from_dlpack(x), "jax"
     raise TypeError(
-        f"{name} must be an array (numpy.ndarray, cupy.ndarray, or a torch/jax tensor); "
-        f"got {type(x).__name__}"
+        f"{name} must be an array (numpy.ndarray, cupy.ndarray, or a torch/jax tensor); got {type(x).__name__}"
     )
 
 

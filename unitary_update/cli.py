@@ -43,21 +43,30 @@ def demo(n: int = 1024, rank: int = 1, dtype: str = "float64", seed: int = 0, re
     for name, fast, dense in (("project", uu.project, project_dense), ("transport", uu.transport, transport_dense)):
         result = fast(U, A, B)
         reference = dense(U, A, B)
-        t_fast = _best_time(lambda: fast(U, A, B), repeat)
-        t_dense = _best_time(lambda: dense(U, A, B), max(1, repeat // 2))
+        t_fast = _best_time(lambda f=fast: f(U, A, B), repeat)
+        t_dense = _best_time(lambda f=dense: f(U, A, B), max(1, repeat // 2))
         err = float(np.linalg.norm(result - reference) / np.linalg.norm(reference))
-        row = {"update": name, "time_s": t_fast, "dense_time_s": t_dense, "speedup": t_dense / t_fast,
-               "relative_error": err, "unitarity_error": uu.unitarity_error(result)}
+        row = {
+            "update": name,
+            "time_s": t_fast,
+            "dense_time_s": t_dense,
+            "speedup": t_dense / t_fast,
+            "relative_error": err,
+            "unitarity_error": uu.unitarity_error(result),
+        }
         rows.append(row)
-        print(f"{name:<10} {t_fast * 1e3:9.2f}ms {t_dense * 1e3:9.1f}ms {t_dense / t_fast:8.0f}x "
-              f"{err:11.1e} {row['unitarity_error']:10.1e}")
+        print(
+            f"{name:<10} {t_fast * 1e3:9.2f}ms {t_dense * 1e3:9.1f}ms {t_dense / t_fast:8.0f}x "
+            f"{err:11.1e} {row['unitarity_error']:10.1e}"
+        )
     return rows
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m unitary_update`` and the ``unitary-update`` script."""
-    parser = argparse.ArgumentParser(prog="python -m unitary_update", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m unitary_update", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command")
     p_demo = sub.add_parser("demo", help="one projUNN-D and one projUNN-T step beside the dense method")
     p_demo.add_argument("--n", type=int, default=1024)
@@ -66,7 +75,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_demo.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.command in (None, "demo"):
-        kwargs = {} if args.command is None else {"n": args.n, "rank": args.rank, "dtype": args.dtype, "seed": args.seed}
+        kwargs = (
+            {} if args.command is None else {"n": args.n, "rank": args.rank, "dtype": args.dtype, "seed": args.seed}
+        )
         demo(**kwargs)
         return 0
     parser.error(f"unknown command {args.command}")  # pragma: no cover

@@ -12,8 +12,13 @@ from ._validation import FLOAT_DTYPES
 __all__ = ["random_unitary"]
 
 
-def random_unitary(n: int, *, dtype: Any = np.complex128, batch_shape: tuple[int, ...] = (),
-                   rng: np.random.Generator | int | None = None) -> np.ndarray:
+def random_unitary(
+    n: int,
+    *,
+    dtype: Any = np.complex128,
+    batch_shape: tuple[int, ...] = (),
+    rng: np.random.Generator | int | None = None,
+) -> np.ndarray:
     """Haar-distributed random unitary (complex dtype) or orthogonal (real dtype) matrices.
 
     The QR decomposition of a Gaussian matrix, with the phases of R's diagonal moved into Q

@@ -132,8 +132,9 @@ def _split(xp: ModuleType, L: Any, s: Any, R: Any, rank: int) -> tuple[Any, Any]
     return A, B
 
 
-def _randomized(xp: ModuleType, op: Any, rank: int, rng: np.random.Generator, oversampling: int,
-                power_iterations: int) -> tuple[Any, Any]:
+def _randomized(
+    xp: ModuleType, op: Any, rank: int, rng: np.random.Generator, oversampling: int, power_iterations: int
+) -> tuple[Any, Any]:
     n, m = op.shape
     width = min(rank + oversampling, n, m)
     omega = standard_normal(xp, rng, (*op.batch, m, width), op.dtype)
@@ -178,11 +179,15 @@ def _as_operator(G: Any) -> tuple[Any, str]:
             if x.ndim < 2:
                 raise ValueError(f"{name} must have shape (..., N, m); got {tuple(x.shape)}")
         if X.shape[-1] != Y.shape[-1]:
-            raise ValueError(f"X and Y must have the same number of columns m; got X {tuple(X.shape)}, Y {tuple(Y.shape)}")
+            raise ValueError(
+                f"X and Y must have the same number of columns m; got X {tuple(X.shape)}, Y {tuple(Y.shape)}"
+            )
         try:
             np.broadcast_shapes(X.shape[:-2], Y.shape[:-2])
         except ValueError:
-            raise ValueError(f"batch dimensions of X {tuple(X.shape)} and Y {tuple(Y.shape)} do not broadcast") from None
+            raise ValueError(
+                f"batch dimensions of X {tuple(X.shape)} and Y {tuple(Y.shape)} do not broadcast"
+            ) from None
         check_finite(X, "X")
         check_finite(Y, "Y")
         xp = array_namespace(X, Y)
@@ -196,8 +201,9 @@ def _as_operator(G: Any) -> tuple[Any, str]:
     return _Dense(array_namespace(G), G), library
 
 
-def sketch(G: Any, rank: int, *, method: str = "randomized", rng: np.random.Generator | int | None = None,
-           **options: int) -> tuple[Any, Any]:
+def sketch(
+    G: Any, rank: int, *, method: str = "randomized", rng: np.random.Generator | int | None = None, **options: int
+) -> tuple[Any, Any]:
     r"""Rank-``rank`` factors ``A, B`` with ``G ~= A @ B^H``.
 
     Parameters

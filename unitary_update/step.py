@@ -17,8 +17,16 @@ __all__ = ["UPDATES", "step"]
 UPDATES = ("project", "transport")
 
 
-def step(U: Any, G: Any, *, rank: int = 1, update: str = "transport", sketch: str = "randomized",
-         rng: np.random.Generator | int | None = None, out: Any = None) -> Any:
+def step(
+    U: Any,
+    G: Any,
+    *,
+    rank: int = 1,
+    update: str = "transport",
+    sketch: str = "randomized",
+    rng: np.random.Generator | int | None = None,
+    out: Any = None,
+) -> Any:
     """Apply the additive direction ``G`` to U, kept unitary: sketch ``G ~= A B^H``, then update.
 
     ``G`` is the step itself (for gradient descent pass ``-learning_rate * gradient``);
