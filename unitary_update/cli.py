@@ -10,6 +10,7 @@ demo (default)
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -43,8 +44,8 @@ def demo(n: int = 1024, rank: int = 1, dtype: str = "float64", seed: int = 0, re
     for name, fast, dense in (("project", uu.project, project_dense), ("transport", uu.transport, transport_dense)):
         result = fast(U, A, B)
         reference = dense(U, A, B)
-        t_fast = _best_time(lambda f=fast: f(U, A, B), repeat)
-        t_dense = _best_time(lambda f=dense: f(U, A, B), max(1, repeat // 2))
+        t_fast = _best_time(functools.partial(fast, U, A, B), repeat)
+        t_dense = _best_time(functools.partial(dense, U, A, B), max(1, repeat // 2))
         err = float(np.linalg.norm(result - reference) / np.linalg.norm(reference))
         row = {
             "update": name,
@@ -63,7 +64,28 @@ def demo(n: int = 1024, rank: int = 1, dtype: str = "float64", seed: int = 0, re
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``python -m unitary_update`` and the ``unitary-update`` script."""
+    """Entry point of ``python -m unitary_update`` and the ``unitary-update`` script.
+
+    Parameters
+    ----------
+    argv : sequence of str, optional
+        The command-line arguments without the program name; ``None`` reads ``sys.argv``.
+
+    Returns
+    -------
+    int
+        The process exit status, 0 on success.
+
+    Examples
+    --------
+    >>> from unitary_update.cli import main
+    >>> main(["demo", "--n", "32"])  # doctest: +ELLIPSIS
+    projUNN demo: N = 32, rank 1, float64; best of 3 runs each
+    update ...
+    project ...
+    transport ...
+    0
+    """
     parser = argparse.ArgumentParser(
         prog="python -m unitary_update", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

@@ -20,6 +20,7 @@ def unitarity_error(U: Any) -> float:
     Parameters
     ----------
     U : array, shape (..., N, N)
+        The matrix or stack of matrices to measure; any floating dtype.
 
     Returns
     -------
