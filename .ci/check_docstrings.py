@@ -1,7 +1,8 @@
 """Validate the numpydoc docstrings of every public name in the package.
 
-Usage: ``python .ci/check_docstrings.py [package]`` (default ``unitary_update``); exits 1 and lists
-``module.name: CODE message`` for each violation, 0 when all are clean.
+Usage, from the repository root: ``python .ci/check_docstrings.py [package]`` (default
+``unitary_update``).  Exits 1 listing ``module.name: CODE message`` for each violation, 0 when all
+are clean.
 
 What is checked
     Every module of the package is imported (found by walking the package, so modules added later
@@ -9,9 +10,11 @@ What is checked
     ``_``; the package's ``__init__`` counts as the package itself).  For each public module, each
     name in its ``__all__`` that is a function, class or method-bearing object is validated once,
     under the first public path it is found at (``unitary_update.options`` for an object defined
-    in ``unitary_update._backend``).  Classes are validated together with their own public
-    methods and properties.  Constants and other data in ``__all__`` are skipped.  A public module
-    without ``__all__`` is itself a violation (``AL01``).
+    in ``unitary_update._backend``); a Numba dispatcher is validated through its Python function.
+    Classes are validated together with their own public methods (all checks but ``EX01``: the
+    class's Examples show them in use) and properties (``GL08``, ``SS01``).  Constants and other
+    data in ``__all__`` are skipped.  A public module without ``__all__`` (``AL01``) or one that
+    fails to import (``IM01``; optional dependencies must be imported lazily) is a violation.
 
 The checks (:data:`CHECKS`), chosen so that a docstring says what a user needs to call the
 function correctly, while style (summary wording, punctuation) is left to review:
@@ -36,6 +39,7 @@ from __future__ import annotations
 import ast
 import importlib
 import inspect
+import os
 import pkgutil
 import re
 import sys
@@ -65,23 +69,32 @@ CHECKS = frozenset(
         "RS01",
     }
 )
+METHOD_CHECKS = CHECKS - {"EX01"}
+PROPERTY_CHECKS = frozenset({"GL08", "SS01"})
 EXTRA_MESSAGES = {
     "AL01": "public module has no __all__",
+    "IM01": "import failed: {error}",
     "RS01": "raises {names} but has no Raises section",
 }
 _IGNORE = re.compile(r"#\s*numpydoc\s+ignore\s*=\s*([\w, ]+)")
 _NOT_DOCUMENTED_RAISES = {"AssertionError", "NotImplementedError"}
 
 
-def public_modules(package: str) -> Iterator[Any]:
-    """Import and yield the package and each of its public submodules, in name order."""
+def public_modules(package: str) -> Iterator[tuple[str, Any]]:
+    """``(name, module)`` for the package and each public submodule, in name order.
+
+    ``module`` is the exception instead when the import fails.
+    """
     root = importlib.import_module(package)
-    yield root
-    names = [info.name for info in pkgutil.walk_packages(root.__path__, prefix=package + ".")]
+    yield package, root
+    names = [info.name for info in pkgutil.walk_packages(root.__path__, prefix=package + ".", onerror=print)]
     for name in sorted(names):
         if any(part.startswith("_") for part in name.split(".")):
             continue
-        yield importlib.import_module(name)
+        try:
+            yield name, importlib.import_module(name)
+        except Exception as error:  # reported as IM01, the walk goes on
+            yield name, error
 
 
 def _inline_ignores(obj: Any) -> set[str]:
@@ -128,12 +141,12 @@ def _raised_names(func: Any) -> set[str]:
     return names
 
 
-def validate(obj: Any, qualname: str) -> list[tuple[str, str]]:
-    """The ``(code, message)`` violations of one object among :data:`CHECKS`."""
+def validate(obj: Any, checks: frozenset[str]) -> list[tuple[str, str]]:
+    """The ``(code, message)`` violations of one object among ``checks``."""
     # Validate the object itself: by name, ``unitary_update.sketch`` would resolve to the module.
     result = numpydoc.validate.validate(numpydoc.validate.get_doc_object(obj))
-    errors = [(code, msg) for code, msg in result["errors"] if code in CHECKS]
-    if inspect.isfunction(inspect.unwrap(obj)) or inspect.ismethod(obj):
+    errors = [(code, msg) for code, msg in result["errors"] if code in checks]
+    if "RS01" in checks and (inspect.isfunction(inspect.unwrap(obj)) or inspect.ismethod(obj)):
         raised = _raised_names(obj)
         if raised and result["docstring"] and not NumpyDocString(result["docstring"])["Raises"]:
             errors.append(("RS01", EXTRA_MESSAGES["RS01"].format(names=", ".join(sorted(raised)))))
@@ -152,38 +165,49 @@ def _members(cls: type) -> Iterator[tuple[str, Any]]:
             yield name, member
 
 
-def targets(package: str) -> Iterator[tuple[str, Any]]:
-    """``(qualified name, object)`` for every public object to validate, each object once."""
+def targets(package: str) -> Iterator[tuple[str, Any, frozenset[str]]]:
+    """``(qualified name, object, checks)`` for every public object, each object once.
+
+    A module-level violation comes as ``(module name, (code, message), frozenset())``.
+    """
     seen: set[int] = set()
-    for module in public_modules(package):
+    for module_name, module in public_modules(package):
+        if isinstance(module, BaseException):
+            error = f"{type(module).__name__}: {module}"
+            yield module_name, ("IM01", EXTRA_MESSAGES["IM01"].format(error=error)), frozenset()
+            continue
         names = getattr(module, "__all__", None)
         if names is None:
-            yield module.__name__, None
+            yield module_name, ("AL01", EXTRA_MESSAGES["AL01"]), frozenset()
             continue
         for name in names:
             obj = getattr(module, name)
+            obj = getattr(obj, "py_func", obj)  # a Numba dispatcher: its Python function
             if not (inspect.isroutine(obj) or inspect.isclass(obj)) or id(obj) in seen:
                 continue
             seen.add(id(obj))
-            qualname = f"{module.__name__}.{name}"
-            yield qualname, obj
+            qualname = f"{module_name}.{name}"
+            yield qualname, obj, CHECKS
             if inspect.isclass(obj):
                 for member_name, member in _members(obj):
-                    yield f"{qualname}.{member_name}", member
+                    checks = PROPERTY_CHECKS if isinstance(member, property) else METHOD_CHECKS
+                    yield f"{qualname}.{member_name}", member, checks
 
 
 def main(argv: list[str]) -> int:
     """Validate the package named in ``argv`` (default ``unitary_update``); return the exit code."""
     package = argv[0] if argv else "unitary_update"
+    sys.path.insert(0, os.getcwd())  # run from the repository root: check the source tree
     failures = 0
     checked = 0
-    for qualname, obj in targets(package):
-        if obj is None:
-            print(f"{qualname}: AL01 {EXTRA_MESSAGES['AL01']}")
+    for qualname, obj, checks in targets(package):
+        if not checks:  # a module-level violation
+            code, message = obj
+            print(f"{qualname}: {code} {message}")
             failures += 1
             continue
         checked += 1
-        for code, message in validate(obj, qualname):
+        for code, message in validate(obj, checks):
             print(f"{qualname}: {code} {message}")
             failures += 1
     print(f"check_docstrings: {checked} public objects of {package} checked against {', '.join(sorted(CHECKS))}")
