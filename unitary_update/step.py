@@ -94,7 +94,7 @@ def step(
     1
     """
     if drift is not None and not callable(getattr(drift, "maybe_retract", None)):
-        raise TypeError(f"drift must be a DriftControl (an object with a maybe_retract method); got {type(drift).__name__}")
+        raise TypeError(f"drift must be a DriftControl (an object with maybe_retract); got {type(drift).__name__}")
     update = check_choice(update, UPDATES, "update")
     sketch = check_choice(sketch, SKETCH_METHODS, "sketch method")
     Uc, _ = to_compute(U, "U")
