@@ -48,9 +48,21 @@ def _ht(xp: ModuleType, x: Any) -> Any:
     return xp.conj(xp.swapaxes(x, -1, -2))
 
 
+def _double(X: Any) -> Any:
+    """X in float64 / complex128 (no copy when it already is)."""
+    return X.astype(np.complex128 if X.dtype.kind == "c" else np.float64, copy=False)
+
+
 def _gram_error(xp: ModuleType, X: Any) -> tuple[Any, float]:
-    """``E = X^H X - I`` and ``max ||E||_F`` over the stack (a host float: NaN/Inf stay visible)."""
-    E = _ht(xp, X) @ X
+    """``E = X^H X - I`` in double precision and ``max ||E||_F`` over the stack (a host float).
+
+    In single precision the rounding of ``X^H X`` alone is about ``N eps`` (Frobenius), more
+    than the drift being removed; accumulated in double, E is exact to float32 rounding and one
+    correction lands U at the float32 floor (about ``sqrt(N) eps / 2``).  A NaN or Inf
+    (overflow) shows in the returned norm.
+    """
+    Xd = _double(X)
+    E = _ht(xp, Xd) @ Xd
     n = X.shape[-1]
     idx = xp.arange(n)
     E[..., idx, idx] -= 1
@@ -65,7 +77,7 @@ def _newton_schulz(xp: ModuleType, U: Any, target: Any) -> bool:
     unit_roundoff = float(np.finfo(U.dtype).eps) / 2
     X = U
     for _ in range(_NS_MAX_ITER):
-        XE = X @ E
+        XE = X @ E.astype(X.dtype, copy=False)
         if target is not X:
             target[...] = X
         X = target
@@ -80,7 +92,8 @@ def _newton_schulz(xp: ModuleType, U: Any, target: Any) -> bool:
 
 
 def _polar(xp: ModuleType, U: Any, target: Any) -> None:
-    X, _, Yh = xp.linalg.svd(U)
+    # in double precision: a float32 LAPACK SVD leaves X Y^H about N eps from unitary
+    X, _, Yh = xp.linalg.svd(_double(U))
     target[...] = X @ Yh
 
 
@@ -135,12 +148,17 @@ def retract(U: Any, *, method: str = "polar", out: Any = None) -> Any:
     O(N^3) per matrix.  ``"newton_schulz"`` costs two matrix products per iteration and stops
     once the next error bound ``(7/8) ||X^H X - I||_F^2`` is below the unit roundoff: one
     iteration (two products) for the drift a float32 training run accumulates, at most about
-    six from the edge of the convergence region.  It allocates two N x N temporaries per
-    matrix; ``"polar"`` and ``"qr"`` allocate what LAPACK needs (a few N x N arrays).  The
-    convergence check reads one number per iteration back to the host (on CuPy, a
-    synchronisation).  When any matrix of a stack is outside the Newton-Schulz region the
-    whole stack goes through the SVD.  A singular U has a non-unique polar factor; a valid
-    one is returned.
+    six from the edge of the convergence region.  Its Gram matrix ``X^H X - I`` is accumulated
+    in double precision (in single precision its rounding, about ``N eps``, would exceed the
+    drift); the correction ``X (X^H X - I) / 2`` is applied in U's dtype.  It allocates up to
+    four N x N temporaries per matrix (U and the Gram matrix in double, their product).
+    ``"polar"`` takes the SVD in double precision (float64 / complex128) and casts the result
+    back, so that it lands on U's dtype's rounding floor (a float32 LAPACK SVD stays about
+    ``N eps`` away); ``"qr"`` works in U's dtype (Householder QR is unitary to working
+    precision).  Both allocate what LAPACK needs (a few N x N arrays).  Newton-Schulz reads one
+    number per iteration back to the host (on CuPy, a synchronisation).  When any matrix of a
+    stack is outside the Newton-Schulz region the whole stack goes through the SVD.  A
+    singular U has a non-unique polar factor; a valid one is returned.
 
     Examples
     --------
