@@ -28,7 +28,12 @@ zero) on the orthogonal complement of ``span W`` and map ``span W`` into itself.
 * transport (projUNN-T):  ``skew(U^H A B^H) = W K W^H`` with the skew-Hermitian
   ``K = (a b^H - b a^H) / 2``, so ``U expm(W K W^H) = U + (U W)(expm(K) - I) W^H``.  ``expm(K)`` is
   computed from the Hermitian eigenproblem ``-iK = V diag(theta) V^H``:
-  ``expm(K) - I = V diag(expm1(i theta)) V^H``, real for real inputs.
+  ``expm(K) - I = V diag(expm1(i theta)) V^H``, real for real inputs.  For real inputs with
+  huge angles (a step of norm ~1e4 or more) the eigenvalues' rounding, ``eps ||K||``, breaks the
+  ``+-theta`` pairing that makes this real; the real part is then no longer orthogonal, so it is
+  replaced by its nearest rotation (SVD polar factor with determinant +1, r x r).  On CuPy this
+  replacement always runs (deciding would need a device-to-host read); it changes a core that is
+  already orthogonal only by rounding.
 
 Cost: ``A_hat`` and ``U W`` are two products of U with thin blocks (O(N^2 k)); the QR is
 O(N k^2); the r x r core O(k^3); and the final ``U += (U W D) W^H`` is one rank-r BLAS update.
@@ -100,7 +105,21 @@ def transport_core(xp: ModuleType, a: Any, b: Any) -> Any:
     # expm1(i theta) = (cos theta - 1) + i sin theta, accurate for small theta
     e = -2.0 * xp.sin(0.5 * theta) ** 2 + 1j * xp.sin(theta)
     D = (V * e[..., None, :]) @ _hermitian_transpose(xp, V)
-    return D.real if real else D
+    return _nearest_rotation(xp, D) if real else D
+
+
+_IMAG_TOL = 1e-13
+
+
+def _nearest_rotation(xp: ModuleType, D: Any) -> Any:
+    """``Q - I`` for the rotation Q nearest to ``I + Re D``; just ``Re D`` when ``Im D`` is rounding."""
+    if xp is np and not float(np.max(np.abs(D.imag))) > _IMAG_TOL:
+        return D.real
+    eye = xp.eye(D.shape[-1], dtype=np.float64)
+    X, _, Yh = xp.linalg.svd(eye + D.real)
+    flip = xp.where(xp.linalg.det(X) * xp.linalg.det(Yh) < 0, -1.0, 1.0)
+    X[..., :, -1] *= flip[..., None]  # smallest singular value's direction: SO(r), det(U) kept
+    return X @ Yh - eye
 
 
 def apply_update(xp: ModuleType, U: Any, W: Any, D: Any, out: Any) -> None:
