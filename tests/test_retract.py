@@ -76,7 +76,7 @@ def test_qr_gives_q_with_positive_diagonal_r(dtype):
 
 @pytest.mark.parametrize("method", RETRACT_METHODS)
 def test_retraction_is_close_to_a_nearly_unitary_input(method):
-    U, M = drifted(50, np.float64, 1e-6, seed=4)
+    _, M = drifted(50, np.float64, 1e-6, seed=4)
     V = uu.retract(M, method=method)
     assert np.linalg.norm(V - M) <= 2 * uu.unitarity_error(M)  # moves by O(drift), never more
 
