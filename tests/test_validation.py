@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import unitary_update as uu
+from unitary_update.reference import project_dense, transport_dense
 
 N = 6
 
@@ -78,8 +79,11 @@ def test_non_finite_large_U_detected(fn):
 )
 def test_bad_out(data, out, exc, match):
     U, A, B = data
+    before = None if isinstance(out, list) else out.copy()
     with pytest.raises(exc, match=match):
         uu.project(U, A, B, out=out)
+    if before is not None:
+        np.testing.assert_array_equal(out, before)
 
 
 def test_read_only_and_overlapping_out(data):
@@ -417,3 +421,12 @@ def test_tensor_requiring_grad_is_detached_and_updated_in_place(data):
     np.testing.assert_allclose(T.numpy(), expected, atol=1e-15)
     W = torch.from_numpy(U.copy()).requires_grad_(True)
     np.testing.assert_allclose(uu.project(W, A, B).numpy(), uu.project(U, A, B), atol=1e-15)
+
+
+@pytest.mark.parametrize("fn", [project_dense, transport_dense])
+@pytest.mark.parametrize("which", ["U", "A", "B"])
+def test_dense_references_reject_non_finite_input(data, fn, which):
+    args = dict(zip("UAB", (x.copy() for x in data), strict=True))
+    args[which][0, 0] = np.nan
+    with pytest.raises(uu.NonFiniteError, match=f"{which} contains NaN or Inf"):
+        fn(args["U"], args["A"], args["B"])
