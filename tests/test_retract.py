@@ -162,6 +162,8 @@ def test_tolerance_triggers_retraction_only_when_drifted():
     U, M = drifted(64, np.float32, 1e-3, seed=11)
     policy = uu.DriftControl(check_every=1)
     assert policy.tolerance(64, np.float32) == pytest.approx(64 * np.finfo(np.float32).eps / 4)
+    assert policy.tolerance(64, np.complex128) == pytest.approx(64 * np.finfo(np.float64).eps * 2)
+    assert uu.DriftControl(tol=1e-3).tolerance(64, np.float32) == 1e-3
     assert policy.maybe_retract(U, step=1) is False  # a fresh matrix is below tol
     before = M.copy()
     assert policy.maybe_retract(M, step=2) is True

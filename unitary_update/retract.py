@@ -216,9 +216,12 @@ class DriftControl:
         turns the periodic retraction off.
     tol : float, "auto" or None, default "auto"
         Retract when the drift estimate exceeds ``tol`` (in the units of
-        :func:`unitary_update.unitarity_error`).  ``"auto"`` is ``N eps / 4`` for U's dtype
-        (float32, N = 128: ``3.8e-6``), about 2.5 times the rounding noise of the estimate itself
-        (``~N eps / 10``).  None turns the estimate off.
+        :func:`unitary_update.unitarity_error`).  ``"auto"`` is about eight times the error a
+        retraction leaves, and well above the estimate's own rounding noise (``~N eps / 10``):
+        ``N eps / 4`` in single precision (float32, N = 128: ``3.8e-6``), where the retraction
+        accumulates in double and lands near ``N eps / 30``; ``2 N eps`` in double precision
+        (float64, N = 128: ``5.7e-14``), where it lands near ``N eps / 4``.  None turns the
+        estimate off.
     method : {"newton_schulz", "polar", "qr"}, default "newton_schulz"
         Passed to :func:`retract`.
     check_every : int, default 10
@@ -244,12 +247,16 @@ class DriftControl:
     Notes
     -----
     With the defaults, 100,000 float32 projUNN steps at N = 128 stay below a unitarity error of
-    1e-5 (about 4e-6) for both updates, against about 1.3e-4 without drift control; each
-    retraction is one Newton-Schulz iteration (two N x N matrix products), every few hundred
-    steps (``python -m unitary_update soak``, see ``docs/robustness.md``).  The estimate costs
-    two matrix-vector products and, on CuPy, one synchronisation (a number read to the host)
-    every ``check_every`` steps; steps that neither estimate nor retract cost nothing.  Use one
-    policy per matrix: the step counter used when ``step`` is not given is the policy's own.
+    1e-5 (at most 4.4e-6) for both updates, against 1.3e-4 without drift control
+    (``python -m unitary_update soak``, see ``docs/robustness.md``).  Drift grows like a random
+    walk, so a float32 matrix is retracted about every ``0.6 N`` steps (every 80 at N = 128);
+    each retraction is one Newton-Schulz iteration, two N x N products (``~4 N^3`` flops), which
+    amortises to ``~7 N^2`` flops per step: a few percent of a step with a dense gradient (its
+    sketch alone is ``~75 N^2`` flops at rank 1), two thirds of a rank-1 update with a factored
+    one (``~10 N^2``).  Doubling ``tol`` makes retractions four times rarer.  The estimate costs two
+    matrix-vector products and, on CuPy, one synchronisation (a number read to the host) every
+    ``check_every`` steps; steps that neither estimate nor retract cost nothing.  Use one policy
+    per matrix: the step counter used when ``step`` is not given is the policy's own.
 
     Examples
     --------
@@ -304,7 +311,8 @@ class DriftControl:
     def tolerance(self, n: int, dtype: Any) -> float | None:
         """The tolerance in force for an N x N matrix of ``dtype`` (resolves ``"auto"``)."""
         if self.tol == "auto":
-            return n * float(np.finfo(np.dtype(dtype)).eps) / 4
+            dt = np.dtype(dtype)
+            return n * float(np.finfo(dt).eps) * (0.25 if dt in (np.float32, np.complex64) else 2.0)
         return self.tol  # type: ignore[return-value]
 
     def _probe(self, xp: ModuleType, n: int, dtype: Any) -> Any:

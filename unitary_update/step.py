@@ -55,9 +55,10 @@ def step(
         ``maybe_retract(U)`` method) applied to the result after the update; the policy counts
         the steps itself.  Default None: no drift control, the result is exactly the update.
         ``uu.DriftControl()`` (defaults) keeps float32 matrices within a unitarity error of
-        about ``N eps / 4`` indefinitely; without it the error of a float32 matrix grows like a
-        random walk, about ``4e-7 sqrt(t)`` after t steps at N = 128 (``1.3e-4`` after 100,000
-        steps, for both updates; ``python -m unitary_update soak``).
+        about ``N eps / 4`` indefinitely (``2 N eps`` in double precision); without it the
+        error of a float32 matrix grows like a random walk, about ``4e-7 sqrt(t)`` after t
+        steps at N = 128 (``1.3e-4`` after 100,000 steps, for both updates;
+        ``python -m unitary_update soak``).
 
     Returns
     -------
