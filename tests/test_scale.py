@@ -147,3 +147,23 @@ def test_large_k_through_step_and_direct_factors():
         np.testing.assert_allclose(V, ref(U, G, np.eye(n)), atol=1e-12)
         A, B = rng.standard_normal((n, 3 * n)), rng.standard_normal((n, 3 * n)) / n  # k = 3N
         np.testing.assert_allclose(getattr(uu, update)(U, A, B), ref(U, A, B), atol=1e-12)
+
+
+@pytest.mark.parametrize("backend_option", ["auto", "numba", "numpy"])
+@pytest.mark.parametrize("dtype", REAL)
+@pytest.mark.parametrize("scale", [1e-30, 1.0, 1e4, 1e10, 1e30])
+def test_stacks_of_small_matrices_at_every_scale(backend_option, dtype, scale):
+    """A stack of 16 matrices (the Numba batched kernel under "auto"): unitary, det kept, at any scale."""
+    rng = np.random.default_rng(11)
+    n, k = 8, 2
+    U = uu.random_unitary(n, dtype=dtype, batch_shape=(16,), rng=rng)
+    root = np.sqrt(scale / (n * np.sqrt(k)))
+    A = (root * rng.standard_normal((16, n, k))).astype(dtype)
+    B = (root * rng.standard_normal((16, n, k))).astype(dtype)
+    with uu.options(backend=backend_option):
+        for fn in (uu.project, uu.transport):
+            V = fn(U, A, B)
+            assert np.all(np.isfinite(V))
+            assert uu.unitarity_error(V) <= unitary_tol(dtype, n)
+        det_V = np.linalg.det(uu.transport(U, A, B).astype(np.float64))
+    np.testing.assert_allclose(det_V, np.linalg.det(U.astype(np.float64)), atol=1e-3)
