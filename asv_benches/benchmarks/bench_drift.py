@@ -4,7 +4,7 @@
 of Frobenius norm 1e-2 at N = 128, seed 0) and report the largest unitarity error seen; the full
 100,000-step run is ``python -m unitary_update soak`` (``docs/robustness.md``).  ``time_*``
 benchmarks time one retraction of a drifted matrix by each method (the SVD polar factor is the
-baseline) and one drift estimate.
+baseline) and one drift estimate; ``Retract.track_unitarity_after`` is the error each method leaves.
 """
 
 from __future__ import annotations
@@ -58,3 +58,8 @@ class Retract:
 
     def time_drift_estimate(self, n: int, method: str) -> None:
         self.policy.estimate(self.M)
+
+    def track_unitarity_after(self, n: int, method: str) -> float:
+        return float(uu.unitarity_error(uu.retract(self.M, method=method)))
+
+    track_unitarity_after.unit = "||U^T U - I||_F"
