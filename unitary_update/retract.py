@@ -284,6 +284,7 @@ class DriftControl:
         rng: np.random.Generator | int | None = 0,
     ) -> None:
         self.every = None if every is None else _positive_int(every, "every")
+        self.tol: float | Literal["auto"] | None
         if tol is None or (isinstance(tol, str) and tol == "auto"):
             self.tol = tol
         elif isinstance(tol, (int, float, np.floating, np.integer)) and not isinstance(tol, bool):
@@ -313,7 +314,7 @@ class DriftControl:
         if self.tol == "auto":
             dt = np.dtype(dtype)
             return n * float(np.finfo(dt).eps) * (0.25 if dt in (np.float32, np.complex64) else 2.0)
-        return self.tol  # type: ignore[return-value]
+        return self.tol
 
     def _probe(self, xp: ModuleType, n: int, dtype: Any) -> Any:
         key = (xp.__name__, n, np.dtype(dtype).str)
@@ -395,7 +396,8 @@ class DriftControl:
         if not due and self.tol is not None and step % self.check_every == 0:
             Uc, _ = to_compute(U, "U")
             n = check_square(Uc, "U")
-            due = self.estimate(Uc) > self.tolerance(n, Uc.dtype)  # type: ignore[operator]
+            limit = self.tolerance(n, Uc.dtype)
+            due = limit is not None and self.estimate(Uc) > limit
         if not due:
             return False
         retract(U, method=self.method, out=U)
