@@ -430,3 +430,27 @@ def test_dense_references_reject_non_finite_input(data, fn, which):
     args[which][0, 0] = np.nan
     with pytest.raises(uu.NonFiniteError, match=f"{which} contains NaN or Inf"):
         fn(args["U"], args["A"], args["B"])
+
+
+@pytest.mark.parametrize("backend_option", ["auto", "numba", "numpy"])
+@pytest.mark.parametrize("fn", [uu.project, uu.transport])
+@pytest.mark.parametrize("where", [(0, 0), (299, 150)])
+def test_non_finite_U_detected_on_every_kernel_path(backend_option, fn, where):
+    """N = 300 takes the fused Numba path under "auto"/"numba" (finiteness seen through U^H A), even
+    when A has zero entries; a stack of 16 small matrices takes the batched kernel."""
+    U = uu.random_unitary(300, dtype=np.float32, rng=2)
+    U[where] = np.nan
+    A = np.zeros((300, 1), np.float32)
+    A[5] = 1.0
+    B = np.ones((300, 1), np.float32)
+    before = U.copy()
+    stack = uu.random_unitary(8, dtype=np.float64, batch_shape=(16,), rng=3)
+    stack[7, 2, 3] = np.inf
+    stack_before = stack.copy()
+    with uu.options(backend=backend_option):
+        with pytest.raises(uu.NonFiniteError):
+            fn(U, A, B, out=U)
+        with pytest.raises(uu.NonFiniteError):
+            fn(stack, np.ones((16, 8, 1)), np.ones((16, 8, 1)), out=stack)
+    np.testing.assert_array_equal(U, before)
+    np.testing.assert_array_equal(stack, stack_before)
