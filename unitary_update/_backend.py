@@ -73,7 +73,22 @@ _BACKENDS = ("auto", "numba", "numpy")
 
 
 def get_options() -> Options:
-    """Return the live library options object (read it, change it with :func:`set_options`)."""
+    """Return the live library options object (read it, change it with :func:`set_options`).
+
+    Returns
+    -------
+    Options
+        The object holding the current settings: ``backend`` (``"auto"``, ``"numba"`` or
+        ``"numpy"``) and ``check_finite`` (bool).  It is live: it reflects later changes.
+
+    Examples
+    --------
+    >>> import unitary_update as uu
+    >>> uu.get_options()
+    Options(backend='auto', check_finite=True)
+    >>> uu.get_options().check_finite
+    True
+    """
     return _OPTIONS
 
 
@@ -91,6 +106,14 @@ def set_options(*, backend: str | None = None, check_finite: bool | None = None)
     ------
     ValueError
         If ``backend`` is not one of the valid names.
+
+    Examples
+    --------
+    >>> import unitary_update as uu
+    >>> uu.set_options(check_finite=False)   # e.g. in a GPU hot loop that must not synchronise
+    >>> uu.get_options().check_finite
+    False
+    >>> uu.set_options(check_finite=True)
     """
     if backend is not None:
         if backend not in _BACKENDS:
@@ -103,6 +126,25 @@ def set_options(*, backend: str | None = None, check_finite: bool | None = None)
 @contextlib.contextmanager
 def options(*, backend: str | None = None, check_finite: bool | None = None) -> Iterator[Options]:
     """Context manager that sets options for the duration of a ``with`` block.
+
+    The previous settings are restored on exit, also when the block raises.
+
+    Parameters
+    ----------
+    backend : {"auto", "numba", "numpy"}, optional
+        Which CPU kernels to use inside the block (see :func:`set_options`).
+    check_finite : bool, optional
+        Whether public functions check their inputs for NaN/Inf inside the block.
+
+    Yields
+    ------
+    Options
+        The live options object (see :func:`get_options`).
+
+    Raises
+    ------
+    ValueError
+        If ``backend`` is not one of the valid names.
 
     Examples
     --------

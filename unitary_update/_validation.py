@@ -32,7 +32,24 @@ _DTYPE_NAMES = "float32, float64, complex64 or complex128"
 
 
 class NonFiniteError(ValueError):
-    """An input contains NaN or Inf (a subclass of :class:`ValueError`)."""
+    """An input contains NaN or Inf (a subclass of :class:`ValueError`).
+
+    Raised by the public functions before anything is computed or written, so an ``out`` array
+    is left untouched.  The check can be switched off with
+    :func:`unitary_update.set_options` (``check_finite=False``).
+
+    Examples
+    --------
+    >>> import numpy as np, unitary_update as uu
+    >>> U = np.eye(3); A = np.full((3, 1), np.nan); B = np.ones((3, 1))
+    >>> try:
+    ...     uu.project(U, A, B, out=U)
+    ... except uu.NonFiniteError as error:
+    ...     print(error)
+    A contains NaN or Inf
+    >>> bool(np.array_equal(U, np.eye(3)))
+    True
+    """
 
 
 class SingularUpdateError(np.linalg.LinAlgError):
@@ -40,6 +57,15 @@ class SingularUpdateError(np.linalg.LinAlgError):
 
     Reserved for future use: :func:`unitary_update.project` resolves a singular
     ``U + A B^H`` by returning a valid nearest unitary matrix instead of raising.
+
+    Examples
+    --------
+    >>> import numpy as np, unitary_update as uu
+    >>> issubclass(uu.SingularUpdateError, np.linalg.LinAlgError)
+    True
+    >>> U = np.eye(2); A = -np.array([[1.0], [0.0]]); B = np.array([[1.0], [0.0]])
+    >>> uu.unitarity_error(uu.project(U, A, B))   # U + A B^T is singular: no error raised
+    0.0
     """
 
 

@@ -37,7 +37,8 @@ def random_unitary(
 
     Returns
     -------
-    numpy.ndarray, shape (*batch_shape, n, n)
+    numpy.ndarray, shape ``batch_shape + (n, n)``
+        The matrices, of ``dtype``.
 
     Raises
     ------
