@@ -18,7 +18,15 @@ sys.path.insert(0, str(HERE.parent))  # the source tree, so the docs describe th
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 
+import scipy.linalg  # noqa: E402, F401  (load SciPy's own OpenBLAS now, so that the limit below covers it)
+from threadpoolctl import threadpool_limits  # noqa: E402
+
 import unitary_update  # noqa: E402
+
+# The executed examples run with one BLAS thread: NumPy and SciPy each load an OpenBLAS, and two
+# spinning thread pools on a small shared machine (CI has 2 cores) make timings erratic and slow.
+# Timings printed on these pages say so.
+threadpool_limits(1)
 
 project = "unitary_update"
 author = "unitary_update developers"
