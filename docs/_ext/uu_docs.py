@@ -24,7 +24,7 @@ Build-time checks (warnings, so ``-W`` turns them into failures)
 * every public function and class of the package and of each module listed in the API index has a
   numpydoc docstring with Parameters (when it takes any), Returns or Yields (functions that return
   something), Raises (functions; ``uu_docs_raises_nothing`` in conf.py lists those that cannot
-  raise) and Examples.
+  raise) and Examples; the public methods of those classes need Parameters and Returns.
 """
 
 from __future__ import annotations
@@ -261,7 +261,7 @@ def api_index_entries(srcdir: Path) -> tuple[set[str], list[str]]:
     return entries, modules
 
 
-def docstring_problems(name: str, obj: Any, *, raises_nothing: bool = False) -> list[str]:
+def docstring_problems(name: str, obj: Any, *, raises_nothing: bool = False, method: bool = False) -> list[str]:
     """What the numpydoc docstring of ``obj`` lacks (an empty list when it is complete)."""
     from numpydoc.docscrape import ClassDoc, FunctionDoc
 
@@ -271,7 +271,7 @@ def docstring_problems(name: str, obj: Any, *, raises_nothing: bool = False) -> 
     doc = ClassDoc(obj, config={"show_class_members": False}) if is_class else FunctionDoc(obj)
     problems = []
     try:
-        signature = inspect.signature(obj.__init__ if is_class else obj)
+        signature = inspect.signature(obj)
     except (TypeError, ValueError):
         signature = None
     if signature is not None:
@@ -288,23 +288,28 @@ def docstring_problems(name: str, obj: Any, *, raises_nothing: bool = False) -> 
         returns_none = signature is not None and signature.return_annotation in (None, "None")
         if not returns_none and not doc["Returns"] and not doc["Yields"]:
             problems.append(f"{name}: no Returns (or Yields) section")
-        if not doc["Raises"] and not raises_nothing:
+        if not doc["Raises"] and not raises_nothing and not method:
             problems.append(f"{name}: no Raises section")
-    if not doc["Examples"]:
+    if not doc["Examples"] and not method:
         problems.append(f"{name}: no Examples section")
     return problems
 
 
-def public_objects(modules: list[str]) -> dict[str, Any]:
-    """The package's ``__all__`` and the ``__all__`` of each listed module: functions and classes."""
-    found = {}
+def public_objects(modules: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Functions and classes in the ``__all__`` of the package and of each listed module, and the
+    public methods those classes define themselves (documented on the class pages)."""
+    found, methods = {}, {}
     for module_name in ["unitary_update", *modules]:
         module = importlib.import_module(module_name)
         for attr in getattr(module, "__all__", []):
             obj = getattr(module, attr)
             if inspect.isfunction(obj) or inspect.isclass(obj):
                 found[f"{module_name}.{attr}"] = obj
-    return found
+            if inspect.isclass(obj) and not issubclass(obj, BaseException):
+                for key, member in vars(obj).items():
+                    if not key.startswith("_") and inspect.isfunction(member):
+                        methods[f"{module_name}.{attr}.{key}"] = member
+    return found, methods
 
 
 def check_api(app: Sphinx) -> None:
@@ -314,8 +319,12 @@ def check_api(app: Sphinx) -> None:
     for name in unitary_update.__all__:
         if name != "__version__" and name not in entries:
             logger.warning("unitary_update.%s is public (in __all__) but not listed in api/index.rst", name)
-    for name, obj in public_objects(modules).items():
+    objects, methods = public_objects(modules)
+    for name, obj in objects.items():
         for problem in docstring_problems(name, obj, raises_nothing=name in app.config.uu_docs_raises_nothing):
+            logger.warning("incomplete docstring: %s", problem)
+    for name, obj in methods.items():
+        for problem in docstring_problems(name, obj, method=True):
             logger.warning("incomplete docstring: %s", problem)
 
 
