@@ -78,16 +78,13 @@ def get_options() -> Options:
     Returns
     -------
     Options
-        The object holding the current settings: ``backend`` (``"auto"``, ``"numba"`` or
-        ``"numpy"``) and ``check_finite`` (bool).  It is live: it reflects later changes.
+        The object the library reads its settings from; its attributes are live, not a copy.
 
     Examples
     --------
     >>> import unitary_update as uu
     >>> uu.get_options()
     Options(backend='auto', check_finite=True)
-    >>> uu.get_options().check_finite
-    True
     """
     return _OPTIONS
 
@@ -110,7 +107,7 @@ def set_options(*, backend: str | None = None, check_finite: bool | None = None)
     Examples
     --------
     >>> import unitary_update as uu
-    >>> uu.set_options(check_finite=False)   # e.g. in a GPU hot loop that must not synchronise
+    >>> uu.set_options(check_finite=False)
     >>> uu.get_options().check_finite
     False
     >>> uu.set_options(check_finite=True)
@@ -127,19 +124,19 @@ def set_options(*, backend: str | None = None, check_finite: bool | None = None)
 def options(*, backend: str | None = None, check_finite: bool | None = None) -> Iterator[Options]:
     """Context manager that sets options for the duration of a ``with`` block.
 
-    The previous settings are restored on exit, also when the block raises.
+    The previous values are restored on exit, also when the block raises.
 
     Parameters
     ----------
     backend : {"auto", "numba", "numpy"}, optional
-        Which CPU kernels to use inside the block (see :func:`set_options`).
+        Which CPU kernels to use inside the block (see :class:`Options`).
     check_finite : bool, optional
         Whether public functions check their inputs for NaN/Inf inside the block.
 
     Yields
     ------
     Options
-        The live options object (see :func:`get_options`).
+        The live options object, with the new values set.
 
     Raises
     ------

@@ -37,8 +37,8 @@ def random_unitary(
 
     Returns
     -------
-    numpy.ndarray, shape ``batch_shape + (n, n)``
-        The matrices, of ``dtype``.
+    numpy.ndarray, shape (*batch_shape, n, n)
+        Independent Haar-random matrices of ``dtype``.
 
     Raises
     ------

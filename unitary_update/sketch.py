@@ -224,8 +224,9 @@ def sketch(
     Returns
     -------
     A : array, shape (..., N, rank)
+        The left factor, in G's dtype and array library.
     B : array, shape (..., M, rank)
-        In G's dtype and array library.
+        The right factor, in G's dtype and array library.
 
     Raises
     ------

@@ -328,10 +328,18 @@ def check_api(app: Sphinx) -> None:
             logger.warning("incomplete docstring: %s", problem)
 
 
+def escape_shape_stars(app: Sphinx, what: str, name: str, obj: Any, options: Any, lines: list[str]) -> None:
+    """Shapes written with unpacking, ``shape (*batch_shape, n, n)``, are not reST emphasis."""
+    for i, line in enumerate(lines):
+        if not line.lstrip().startswith((">>>", "...")):
+            lines[i] = re.sub(r"shape \(\*(?=\w)", r"shape (\\*", line)
+
+
 def setup(app: Sphinx) -> dict[str, Any]:
     app.add_directive("executed", Executed)
     app.add_directive("markdown-include", MarkdownInclude)
     app.add_directive("optional-image", OptionalImage)
     app.add_config_value("uu_docs_raises_nothing", [], "env")
     app.connect("builder-inited", check_api)
+    app.connect("autodoc-process-docstring", escape_shape_stars)
     return {"version": "1", "parallel_read_safe": True, "parallel_write_safe": True}
