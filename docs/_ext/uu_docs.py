@@ -194,6 +194,7 @@ class _OptionalFileMixin(SphinxDirective):
         return Path(path), rel
 
     def missing_note(self, rel: str) -> list[nodes.Node]:
+        self.env.note_dependency(rel)  # a missing dependency makes Sphinx re-read the page next time
         command = self.options.get("command", "")
         text = f"``{rel}`` has not been generated yet." + (f"  It is made by ``{command}``." if command else "")
         note = nodes.note()
