@@ -73,7 +73,19 @@ _BACKENDS = ("auto", "numba", "numpy")
 
 
 def get_options() -> Options:
-    """Return the live library options object (read it, change it with :func:`set_options`)."""
+    """Return the live library options object (read it, change it with :func:`set_options`).
+
+    Returns
+    -------
+    Options
+        The object the library reads its settings from; its attributes are live, not a copy.
+
+    Examples
+    --------
+    >>> import unitary_update as uu
+    >>> uu.get_options()
+    Options(backend='auto', check_finite=True)
+    """
     return _OPTIONS
 
 
@@ -91,6 +103,14 @@ def set_options(*, backend: str | None = None, check_finite: bool | None = None)
     ------
     ValueError
         If ``backend`` is not one of the valid names.
+
+    Examples
+    --------
+    >>> import unitary_update as uu
+    >>> uu.set_options(check_finite=False)
+    >>> uu.get_options().check_finite
+    False
+    >>> uu.set_options(check_finite=True)
     """
     if backend is not None:
         if backend not in _BACKENDS:
@@ -103,6 +123,25 @@ def set_options(*, backend: str | None = None, check_finite: bool | None = None)
 @contextlib.contextmanager
 def options(*, backend: str | None = None, check_finite: bool | None = None) -> Iterator[Options]:
     """Context manager that sets options for the duration of a ``with`` block.
+
+    The previous values are restored on exit, also when the block raises.
+
+    Parameters
+    ----------
+    backend : {"auto", "numba", "numpy"}, optional
+        Which CPU kernels to use inside the block (see :class:`Options`).
+    check_finite : bool, optional
+        Whether public functions check their inputs for NaN/Inf inside the block.
+
+    Yields
+    ------
+    Options
+        The live options object, with the new values set.
+
+    Raises
+    ------
+    ValueError
+        If ``backend`` is not one of the valid names.
 
     Examples
     --------

@@ -33,7 +33,17 @@ _DTYPE_NAMES = "float32, float64, complex64 or complex128"
 
 
 class NonFiniteError(ValueError):
-    """An input contains NaN or Inf (a subclass of :class:`ValueError`)."""
+    """An input contains NaN or Inf (a subclass of :class:`ValueError`).
+
+    Examples
+    --------
+    >>> import numpy as np, unitary_update as uu
+    >>> try:
+    ...     uu.project(np.eye(2), np.full((2, 1), np.nan), np.ones((2, 1)))
+    ... except ValueError as err:  # NonFiniteError is a ValueError
+    ...     print(type(err).__name__, err)
+    NonFiniteError A contains NaN or Inf
+    """
 
 
 class SingularUpdateError(np.linalg.LinAlgError):
@@ -41,6 +51,14 @@ class SingularUpdateError(np.linalg.LinAlgError):
 
     Reserved for future use: :func:`unitary_update.project` resolves a singular
     ``U + A B^H`` by returning a valid nearest unitary matrix instead of raising.
+
+    Examples
+    --------
+    A subclass of :class:`numpy.linalg.LinAlgError`, so existing handlers catch it:
+
+    >>> import numpy as np, unitary_update as uu
+    >>> issubclass(uu.SingularUpdateError, np.linalg.LinAlgError)
+    True
     """
 
 
