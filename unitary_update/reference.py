@@ -51,6 +51,10 @@ def project_dense(U: Any, A: Any, B: Any) -> Any:
 
     Raises
     ------
+    TypeError
+        If an argument is not an array (NumPy, CuPy, or a torch/JAX tensor).
+    ValueError
+        If the shapes do not match (raised by the matrix products).
     NonFiniteError
         If U, A or B contains NaN or Inf.
 
@@ -93,6 +97,10 @@ def transport_dense(U: Any, A: Any, B: Any) -> Any:
 
     Raises
     ------
+    TypeError
+        If an argument is not an array (NumPy, CuPy, or a torch/JAX tensor).
+    ValueError
+        If the shapes do not match (raised by the matrix products).
     NonFiniteError
         If U, A or B contains NaN or Inf.
 
