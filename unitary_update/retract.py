@@ -310,7 +310,21 @@ class DriftControl:
         )
 
     def tolerance(self, n: int, dtype: Any) -> float | None:
-        """The tolerance in force for an N x N matrix of ``dtype`` (resolves ``"auto"``)."""
+        """The tolerance in force for an N x N matrix of ``dtype`` (resolves ``"auto"``).
+
+        Parameters
+        ----------
+        n : int
+            Matrix size N.
+        dtype : dtype
+            The matrix's dtype.
+
+        Returns
+        -------
+        float or None
+            ``tol`` itself, its ``"auto"`` value for this N and dtype, or None when the estimate
+            is off.
+        """
         if self.tol == "auto":
             dt = np.dtype(dtype)
             return n * float(np.finfo(dt).eps) * (0.25 if dt in (np.float32, np.complex64) else 2.0)
