@@ -48,7 +48,7 @@ SDIST_REQUIRED = (
     f"{PACKAGE}/py.typed",
 )
 SDIST_TRACKED_DIRS = (f"{PACKAGE}/", "tests/", "docs/")
-SDIST_TRACKED_EXCLUDE = ("docs/_build/",)
+SDIST_TRACKED_EXCLUDE = ("docs/_build/", "docs/api/generated/")
 DEBRIS_PARTS = {
     "__pycache__",
     ".git",
