@@ -9,10 +9,17 @@ build inputs with NumPy and hand them over with ``backend.asarray``; results com
 from __future__ import annotations
 
 import importlib.util
+import os
 from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import settings
+
+# CI (.ci/run sets UU_HYPOTHESIS_PROFILE=ci) draws the same examples on every run, so that a red
+# build is reproducible and a green one stays green; local runs keep exploring new examples.
+settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+settings.load_profile(os.environ.get("UU_HYPOTHESIS_PROFILE", "default"))
 
 
 class Backend:
