@@ -645,9 +645,8 @@ def _pairs(x: Any, axis: int) -> tuple[Any, Any, int]:
         raise ValueError(f"maxmin needs an even number of channels along axis {axis}; got {c}")
     split = (*x.shape[:axis], c // 2, 2, *x.shape[axis + 1 :])
     v = xp.reshape(x, split)
-    a = xp.take(v, 0, axis=axis + 1)
-    b = xp.take(v, 1, axis=axis + 1)
-    return a, b, axis
+    lead = (slice(None),) * (axis + 1)
+    return v[(*lead, 0)], v[(*lead, 1)], axis  # views, no copies
 
 
 def maxmin(x: Any, *, axis: int = -3) -> Any:
