@@ -90,9 +90,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_cd.add_argument("--channels", type=int, default=8)
     p_cd.add_argument("--steps", type=int, default=600)
     p_cd.add_argument("--batch", type=int, default=64)
-    p_cd.add_argument("--lr", type=float, default=0.05)
-    p_cd.add_argument("--lr-classifier", type=float, default=0.05)
+    p_cd.add_argument("--lr", type=float, default=0.1)
+    p_cd.add_argument("--lr-classifier", type=float, default=0.1)
     p_cd.add_argument("--rank", type=int, default=2)
+    p_cd.add_argument("--baseline-lrs", type=float, nargs="+", default=None, help="lrs of the unconstrained runs")
     p_cd.add_argument("--seed", type=int, default=0)
     p_cd.add_argument("--out", default=None, help="JSON log to write")
     p_cd.add_argument("--plot", default=None, help="PNG to write")
@@ -114,6 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             lr=args.lr,
             lr_classifier=args.lr_classifier,
             rank=args.rank,
+            baseline_lrs=tuple(args.baseline_lrs) if args.baseline_lrs else None,
             seed=args.seed,
             out=args.out,
             plot=args.plot,

@@ -323,9 +323,10 @@ def train_mnist(
     channels: int = 8,
     steps: int = 600,
     batch: int = 64,
-    lr: float = 0.05,
-    lr_classifier: float = 0.05,
+    lr: float = 0.1,
+    lr_classifier: float = 0.1,
     rank: int = 2,
+    baseline_lrs: tuple[float, ...] | None = None,
     eval_every: int = 50,
     eval_size: int = 1000,
     seed: int = 0,
@@ -351,6 +352,9 @@ def train_mnist(
         Learning rates of the convolution stacks and of the linear classifier.
     rank : int
         Rank of the per-frequency projUNN update.
+    baseline_lrs : tuple of float, optional
+        Learning rates of the unconstrained runs (default: ``(lr,)``, the same as the
+        orthogonal network's); one run each.
     eval_every, eval_size : int
         Test accuracy on the first ``eval_size`` test images every ``eval_every`` steps.
     seed : int
@@ -377,10 +381,14 @@ def train_mnist(
         "lr": lr,
         "lr_classifier": lr_classifier,
         "rank": rank,
+        "baseline_lrs": list(baseline_lrs or (lr,)),
+        "eval_size": eval_size,
         "seed": seed,
     }
     with threadpool_limits(limits=1):
-        for name, constrained in (("orthogonal (projUNN-T)", True), ("unconstrained", False)):
+        variants = [(f"orthogonal (projUNN-T, rank {rank}, lr {lr:g})", True, lr)]
+        variants += [(f"unconstrained (lr {b:g})", False, b) for b in (baseline_lrs or (lr,))]
+        for name, constrained, lr_conv in variants:
             net = ConvNet(depth, channels, shape, constrained=constrained, seed=seed)
             rng = np.random.default_rng(seed + 2)
             log: dict[str, list[float]] = {}
@@ -390,7 +398,7 @@ def train_mnist(
                 start = (s * batch) % (len(order) - batch + 1)
                 idx = order[start : start + batch]
                 stats = net.train_step(
-                    x_train[idx], y_train[idx], lr=lr, lr_classifier=lr_classifier, rank=rank, rng=rng
+                    x_train[idx], y_train[idx], lr=lr_conv, lr_classifier=lr_classifier, rank=rank, rng=rng
                 )
                 for key, value in stats.items():
                     log.setdefault(key, []).append(value)
@@ -412,10 +420,21 @@ def train_mnist(
             print(f"[{name}] final test accuracy {accuracy:.4f} ({seconds:.0f} s)", flush=True)
     result = {"config": config, "runs": runs}
     if out is not None:
-        Path(out).write_text(json.dumps(result, indent=1))
+        Path(out).write_text(json.dumps(_rounded(result)))
     if plot is not None:
         _plot(result, Path(plot))
     return result
+
+
+def _rounded(obj: Any) -> Any:
+    """Floats to 5 significant digits, for a compact log."""
+    if isinstance(obj, float):
+        return float(f"{obj:.5g}")
+    if isinstance(obj, dict):
+        return {k: _rounded(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_rounded(v) for v in obj]
+    return obj
 
 
 def _smooth(values: list[float], window: int = 20) -> np.ndarray:
@@ -431,20 +450,23 @@ def _plot(result: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(11, 3.2))
+    fig, axes = plt.subplots(1, 4, figsize=(13, 3.2))
     for name, run in result["runs"].items():
         log, evals = run["log"], run["evals"]
         loss = _smooth(log["loss"])
         axes[0].plot(np.arange(len(log["loss"]) - len(loss), len(log["loss"])), loss, label=name)
         axes[1].plot(evals["step"], evals["test_accuracy"], marker="o", ms=3, label=name)
         axes[2].semilogy(log["grad_first_layer"], lw=0.6, label=name)
+        ratio = np.asarray(log["grad_first_activation"]) / np.asarray(log["grad_last_activation"])
+        axes[3].semilogy(ratio, lw=0.6, label=name)
     axes[0].set(title="training loss (20-step mean)", xlabel="step")
-    axes[1].set(title="test accuracy (1000 images)", xlabel="step")
-    axes[2].set(title="gradient norm, first conv layer", xlabel="step")
+    axes[1].set(title=f"test accuracy ({result['config']['eval_size']} images)", xlabel="step")
+    axes[2].set(title="|dL/dK| at the first conv layer", xlabel="step")
+    axes[3].set(title="|dL/dh_1| / |dL/dh_L| (activations)", xlabel="step")
     for ax in axes:
         ax.legend(fontsize=7)
     c = result["config"]
-    fig.suptitle(f"{c['depth']} orthogonal convolutions, C = {c['channels']}, MNIST 14x14", fontsize=9)
+    fig.suptitle(f"{c['depth']} full-width convolutions + MaxMin, C = {c['channels']}, MNIST 14x14", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
