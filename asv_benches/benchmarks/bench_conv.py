@@ -7,7 +7,9 @@ the (F, C, C) stack), ``loop`` (F single-matrix calls) and ``dense`` (the batche
 factor from ``numpy.linalg.svd``, or the matrix exponential from ``numpy.linalg.eigh``).
 ``ConvUpdateSpeedup.track_*`` report the ratios measured in one process.
 
-BLAS runs single-threaded (threadpoolctl, set in ``setup``, restored in ``teardown``).
+BLAS runs single-threaded (threadpoolctl, set in ``setup``, restored in ``teardown``), for
+NumPy's and SciPy's OpenBLAS alike: SciPy's is a separate library, imported at the top of this
+module so that the limit sees it.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import timeit
 from typing import ClassVar
 
+import scipy.linalg  # noqa: F401  (loads SciPy's own OpenBLAS now, so threadpool_limits in setup covers it)
 from threadpoolctl import threadpool_limits
 
 from unitary_update.conv_demo import update_methods
