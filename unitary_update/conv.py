@@ -154,7 +154,7 @@ def _check_image_shape(image_shape: Any) -> tuple[int, int]:
     except TypeError:
         raise ValueError(f"image_shape must be a pair (H, W) of positive integers; got {image_shape!r}") from None
     if len(shape) != 2 or not all(
-        isinstance(s, numbers.Integral) and not isinstance(s, bool) and s >= 1 for s in shape
+        isinstance(s, numbers.Integral) and not isinstance(s, bool) and int(s) >= 1 for s in shape
     ):
         raise ValueError(f"image_shape must be a pair (H, W) of positive integers; got {image_shape!r}")
     return int(shape[0]), int(shape[1])
@@ -646,7 +646,8 @@ def _pairs(x: Any, axis: int) -> tuple[Any, Any, int]:
     split = (*x.shape[:axis], c // 2, 2, *x.shape[axis + 1 :])
     v = xp.reshape(x, split)
     lead = (slice(None),) * (axis + 1)
-    return v[(*lead, 0)], v[(*lead, 1)], axis  # views, no copies
+    first, second = (*lead, 0), (*lead, 1)
+    return v[first], v[second], axis  # views, no copies
 
 
 def maxmin(x: Any, *, axis: int = -3) -> Any:
