@@ -29,7 +29,8 @@ def test_bench_table_rows(capsys):
     assert [(r["F"], r["C"], r["update"]) for r in rows] == [(4, 3, "transport"), (4, 3, "project")]
     for r in rows:
         assert r["loop_ratio"] == pytest.approx(r["loop_s"] / r["batched_s"])
-    assert "loop/batched" in capsys.readouterr().out
+        assert r["numpy_ratio"] == pytest.approx(r["batched_numpy_s"] / r["batched_s"])
+    assert "loop/b" in capsys.readouterr().out
 
 
 def test_network_gradient_norm_is_preserved_through_orthogonal_layers():

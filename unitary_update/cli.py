@@ -130,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_cb.add_argument("--dtype", default="complex128", choices=["float32", "float64", "complex64", "complex128"])
     p_cb.add_argument("--ranks", type=int, nargs="+", default=[1, 4])
     p_cb.add_argument("--repeat", type=int, default=5)
-    p_cb.add_argument("--threads", type=int, default=1, help="BLAS threads set with threadpoolctl (0: leave as is)")
+    p_cb.add_argument("--threads", type=int, default=1, help="BLAS and Numba threads (0: leave as is)")
     p_cd = sub.add_parser("conv-demo", help="deep orthogonal convolutions on MNIST vs the unconstrained network")
     p_cd.add_argument("--data", default="../shared/data/mnist", help="folder with the MNIST IDX files")
     p_cd.add_argument("--depth", type=int, default=32)

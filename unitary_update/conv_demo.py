@@ -49,8 +49,10 @@ def update_methods(
     Returns
     -------
     dict of callables
-        ``batched``: one library call on the (F, C, C) stack; ``loop``: F library calls on
-        single matrices; ``dense``: the batched dense O(C^3) method, the polar factor from
+        ``batched``: one library call on the (F, C, C) stack (library options as they are:
+        ``backend="auto"`` takes the batched Numba kernels where they exist);
+        ``batched_numpy``: the same call with ``backend="numpy"`` (batched NumPy/LAPACK);
+        ``loop``: F library calls on single matrices; ``dense``: the batched dense O(C^3) method, the polar factor from
         ``numpy.linalg.svd`` of the stack, or the exponential of the skew-Hermitian stack from
         ``numpy.linalg.eigh`` (``V exp(i theta) V^H``; on stacks of small matrices this is much
         faster than :func:`scipy.linalg.expm`, so it is the stronger baseline).  Each returns the
@@ -83,6 +85,10 @@ def update_methods(
     def batched() -> Any:
         return fast(U, A, B)
 
+    def batched_numpy() -> Any:
+        with uu.options(backend="numpy"):
+            return fast(U, A, B)
+
     def loop() -> Any:
         return np.stack([fast(U[f], A[f], B[f]) for f in range(F)])
 
@@ -98,7 +104,7 @@ def update_methods(
         E = (V * np.exp(1j * theta)[..., None, :]) @ ht(V)
         return U @ (E.real if dt.kind == "f" else E).astype(dt, copy=False)
 
-    return {"batched": batched, "loop": loop, "dense": dense}
+    return {"batched": batched, "batched_numpy": batched_numpy, "loop": loop, "dense": dense}
 
 
 def _best_time(fn: Callable[[], Any], repeat: int) -> float:
@@ -130,14 +136,16 @@ def bench_table(
     repeat : int, default 5
         Each figure is the best of ``repeat`` runs, after one warm-up run.
     threads : int or None, default 1
-        BLAS/OpenMP threads, set with threadpoolctl for the whole run (None: leave as is); the
-        limit covers NumPy's and SciPy's OpenBLAS (SciPy's is loaded first so that it is seen).
+        BLAS threads, set with threadpoolctl for the whole run, and Numba threads (None: leave
+        both as they are); the limit covers NumPy's and SciPy's OpenBLAS (SciPy's is loaded
+        first so that it is seen).
 
     Returns
     -------
     list of dict
-        One row per (F, C, update, rank): the three times in seconds and the ratios
-        ``loop / batched`` and ``dense / batched``, plus the backend option in force.
+        One row per (F, C, update, rank): the four times of :func:`update_methods` in seconds
+        and the ratios ``batched_numpy / batched``, ``loop / batched`` and ``dense / batched``,
+        plus the backend option in force.
     """
     import contextlib
 
@@ -151,37 +159,48 @@ def bench_table(
         from threadpoolctl import threadpool_limits
 
         limiter = threadpool_limits(limits=threads)
+    import numba
+
+    numba_threads = numba.get_num_threads()
+    if threads is not None:  # oversubscribed Numba threads make timings erratic on a loaded machine
+        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
     rows = []
-    with limiter:
-        print(
-            f"batched unitary updates, {np.dtype(dtype)}, BLAS threads {threads if threads else 'unchanged'}, "
-            f"backend option {uu.get_options().backend!r}; best of {repeat} runs each"
-        )
-        header = f"{'F':>5} {'C':>4} {'k':>2} {'update':<9} {'batched':>10} {'loop':>10} {'dense':>10}"
-        print(f"{header} {'loop/batched':>12} {'dense/batched':>13}")
-        for F, C in cases:
-            for update in updates:
-                for rank in ranks:
-                    methods = update_methods(F, C, update=update, rank=rank, dtype=dtype)
-                    for fn in methods.values():  # warm up (Numba compilation, caches)
-                        fn()
-                    t = {name: _best_time(fn, repeat) for name, fn in methods.items()}
-                    row = {
-                        "F": F,
-                        "C": C,
-                        "rank": rank,
-                        "update": update,
-                        "dtype": str(np.dtype(dtype)),
-                        **{f"{name}_s": value for name, value in t.items()},
-                        "loop_ratio": t["loop"] / t["batched"],
-                        "dense_ratio": t["dense"] / t["batched"],
-                        "backend": uu.get_options().backend,
-                    }
-                    rows.append(row)
-                    print(
-                        f"{F:>5} {C:>4} {rank:>2} {update:<9} {t['batched'] * 1e3:8.2f}ms {t['loop'] * 1e3:8.1f}ms "
-                        f"{t['dense'] * 1e3:8.1f}ms {row['loop_ratio']:11.1f}x {row['dense_ratio']:12.1f}x"
-                    )
+    try:
+        with limiter:
+            print(
+                f"batched unitary updates, {np.dtype(dtype)}, BLAS and Numba threads "
+                f"{threads if threads else 'unchanged'}, backend option {uu.get_options().backend!r}; "
+                f"best of {repeat} runs each"
+            )
+            header = (
+                f"{'F':>5} {'C':>4} {'k':>2} {'update':<9} {'batched':>10} {'numpy':>10} {'loop':>10} {'dense':>10}"
+            )
+            print(f"{header} {'numpy/b':>8} {'loop/b':>8} {'dense/b':>8}")
+            for F, C in cases:
+                for update in updates:
+                    for rank in ranks:
+                        methods = update_methods(F, C, update=update, rank=rank, dtype=dtype)
+                        for fn in methods.values():  # warm up (Numba compilation, caches)
+                            fn()
+                        t = {name: _best_time(fn, repeat) for name, fn in methods.items()}
+                        row = {
+                            "F": F,
+                            "C": C,
+                            "rank": rank,
+                            "update": update,
+                            "dtype": str(np.dtype(dtype)),
+                            **{f"{name}_s": value for name, value in t.items()},
+                            "numpy_ratio": t["batched_numpy"] / t["batched"],
+                            "loop_ratio": t["loop"] / t["batched"],
+                            "dense_ratio": t["dense"] / t["batched"],
+                            "backend": uu.get_options().backend,
+                        }
+                        rows.append(row)
+                        times = " ".join(f"{t[n] * 1e3:8.2f}ms" for n in ("batched", "batched_numpy", "loop", "dense"))
+                        ratios = " ".join(f"{row[n]:7.1f}x" for n in ("numpy_ratio", "loop_ratio", "dense_ratio"))
+                        print(f"{F:>5} {C:>4} {rank:>2} {update:<9} {times} {ratios}")
+    finally:
+        numba.set_num_threads(numba_threads)
     return rows
 
 
