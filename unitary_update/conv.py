@@ -173,28 +173,56 @@ class ConvGradient:
     """The gradient of a loss with respect to the stacks of an :class:`OrthogonalConv2d`, factored.
 
     Each field is a pair ``(P, X)`` meaning the gradient ``P @ X^H`` per frequency: the form
-    :func:`unitary_update.sketch` takes without forming the C x C matrices.
+    :func:`unitary_update.sketch` takes without forming the C x C matrices.  Made by
+    :meth:`OrthogonalConv2d.backward`, consumed by :meth:`OrthogonalConv2d.step`.
 
-    Attributes
+    Parameters
     ----------
     U : tuple of arrays, each (F, C, m)
         Gradient with respect to the complex stack ``U`` (complex, the layer's complex dtype).
     Q : tuple of arrays, each (R, C, m), or None
         Gradient with respect to the real stack ``Q`` (real dtype); None for complex layers.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from unitary_update.conv import OrthogonalConv2d
+    >>> layer = OrthogonalConv2d(2, 2, (4, 4), rng=0)
+    >>> x = np.random.default_rng(1).standard_normal((3, 2, 4, 4))
+    >>> _, grad = layer.backward(x, layer(x))
+    >>> [part.shape for part in grad.U], [part.shape for part in grad.Q]
+    ([(6, 2, 3), (6, 2, 3)], [(4, 2, 3), (4, 2, 3)])
+    >>> G_U, G_Q = grad.dense()
+    >>> G_U.shape, G_Q.dtype
+    ((6, 2, 2), dtype('float64'))
     """
 
     U: tuple[Any, Any]
     Q: tuple[Any, Any] | None
 
     def dense(self) -> tuple[Any, Any]:
-        """The gradients as dense stacks ``(G_U, G_Q)``, shapes (F, C, C) and (R, C, C) (None)."""
+        """The gradients as dense stacks.
+
+        Returns
+        -------
+        G_U : array, shape (F, C, C)
+            ``P @ X^H`` of the ``U`` factors.
+        G_Q : array, shape (R, C, C), or None
+            The same for ``Q``; None for complex layers.
+        """
         xp = array_namespace(*self.U)
         G_U = self.U[0] @ _ht(xp, self.U[1])
         G_Q = None if self.Q is None else self.Q[0] @ _ht(xp, self.Q[1])
         return G_U, G_Q
 
     def norm(self) -> float:
-        """Frobenius norm of the gradient over both stacks (reads one number back on a GPU)."""
+        """Frobenius norm of the gradient over both stacks.
+
+        Returns
+        -------
+        float
+            ``sqrt(||G_U||_F^2 + ||G_Q||_F^2)`` (reads one number back on a GPU).
+        """
         xp = array_namespace(*self.U)
         total = 0.0
         for G in self.dense():
