@@ -352,4 +352,8 @@ def test_errors_name_the_argument():
     _, wrong = other.backward(np.ones((1, 4, 5)), np.ones((2, 4, 5)))
     with pytest.raises(ValueError, match=r"grad\.U has factor shapes"):
         layer.step(wrong, lr=0.1)
+    bad_Q = (grad.Q[0].copy(), grad.Q[1])
+    bad_Q[0][0, 0, 0] = np.inf
+    with pytest.raises(uu.NonFiniteError, match=r"grad\.Q\[0\]"):
+        layer.step(ConvGradient(grad.U, bad_Q), lr=0.1)
     np.testing.assert_array_equal(layer.U, U0)  # nothing written

@@ -651,6 +651,8 @@ class OrthogonalConv2d:
                         f"{name} has factor shapes {tuple(P.shape)}, {tuple(X.shape)}; expected (F, C, m) with "
                         f"(F, C) = {tuple(stack.shape[:2])}"
                     )
+            for part, which in ((P, "[0]"), (X, "[1]")):
+                check_finite(part, name + which)  # every check runs before the first stack is written
         gen = normalize_rng(rng)
         lr = float(lr)
         for stack, (P, X), _ in pairs:
