@@ -14,11 +14,17 @@ projUNN problem: a stack of F small unitary matrices updated at once by
 
 Symbols
 -------
-``K``  (H, W', C, C)   the per-frequency channel-mixing matrices (``W' = W // 2 + 1`` for real layers)
+
+=====  ==============  ===========================================================================
+name   shape           meaning
+=====  ==============  ===========================================================================
+``K``  (H, W', C, C)   the per-frequency channel-mixing matrices (``W' = W // 2 + 1`` for real
+                       layers, ``W`` for complex ones)
 ``U``  (F, C, C)       the stored complex unitary stack: every frequency of a complex layer; one
                        frequency of each conjugate pair ``{f, -f}`` of a real layer
 ``Q``  (R, C, C)       the stored real orthogonal stack of a real layer: the R <= 4 self-conjugate
                        frequencies ``f = -f`` (0 or H/2 in each direction)
+=====  ==============  ===========================================================================
 
 Real layers keep the Hermitian symmetry of the real FFT exactly: ``K[-f] = conj(K[f])`` holds by
 construction (only one of each pair is stored) and the self-conjugate matrices are real, so the
