@@ -511,6 +511,7 @@ class OrthogonalConv2d:
         Parameters
         ----------
         y : array, shape (..., C_out, H, W)
+            The output-side signal to map back.
 
         Returns
         -------
@@ -702,6 +703,7 @@ def maxmin(x: Any, *, axis: int = -3) -> Any:
     Returns
     -------
     array, same shape and dtype as x
+        Each channel pair sorted: the larger value first, the smaller second.
 
     Raises
     ------
@@ -735,6 +737,7 @@ def maxmin_backward(x: Any, grad_y: Any, *, axis: int = -3) -> Any:
     grad_y : array, same shape
         ``dL/dy``.
     axis : int, default -3
+        The channel axis, as given to :func:`maxmin`.
 
     Returns
     -------

@@ -43,6 +43,7 @@ def update_methods(
     rank : int, default 1
         Columns k of ``A, B``.
     dtype : dtype, default complex128
+        Dtype of U, A and B.
     seed : int
         Seed for U (Haar), A and B (Gaussian, scaled so that ``||A B^H|| ~ 0.1``).
 
@@ -130,9 +131,13 @@ def bench_table(
     Parameters
     ----------
     cases : tuple of (F, C)
+        Stack sizes F and matrix sizes C to time.
     updates : tuple of {"transport", "project"}
+        The updates to time.
     ranks : tuple of int
+        Ranks k of the updates.
     dtype : dtype, default complex128
+        Dtype of the matrices.
     repeat : int, default 5
         Each figure is the best of ``repeat`` runs, after one warm-up run.
     threads : int or None, default 1
@@ -146,6 +151,16 @@ def bench_table(
         One row per (F, C, update, rank): the four times of :func:`update_methods` in seconds
         and the ratios ``batched_numpy / batched``, ``loop / batched`` and ``dense / batched``,
         plus the backend option in force.
+
+    Examples
+    --------
+    >>> from unitary_update.conv_demo import bench_table
+    >>> rows = bench_table(((4, 8),), updates=("project",), ranks=(1,), repeat=1)  # doctest: +ELLIPSIS
+    batched unitary updates, complex128, ...
+        F    C  k update ...
+        4    8  1 project ...
+    >>> len(rows)
+    1
     """
     import contextlib
 
@@ -210,6 +225,18 @@ def bench_table(
 def downsample(images: np.ndarray, factor: int = 2) -> np.ndarray:
     """Average ``factor x factor`` blocks: (n, 28, 28) uint8 -> (n, 28/f, 28/f) float32 in [0, 1].
 
+    Parameters
+    ----------
+    images : numpy.ndarray, shape (n, H, W), uint8
+        The images; H and W divisible by ``factor``.
+    factor : int, default 2
+        Side of the averaged blocks.
+
+    Returns
+    -------
+    numpy.ndarray, shape (n, H / factor, W / factor), float32
+        The block means scaled to [0, 1].
+
     Examples
     --------
     >>> import numpy as np
@@ -242,12 +269,25 @@ class ConvNet:
     channels : int
         C, even (MaxMin pairs channels).
     image_shape : tuple of int
+        Height and width of the input images.
     constrained : bool
         True: the stacks are updated with batched projUNN (``update``); False: plain gradient
         descent on the same parameters (the network without the constraint).
     seed : int
         Initialisation (the same seed gives the same initial network in both variants).
     dtype : dtype, default float32
+        Dtype of all parameters.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from unitary_update.conv_demo import ConvNet
+    >>> net = ConvNet(2, 4, (6, 6), seed=0)
+    >>> logits, _ = net.forward(np.zeros((3, 1, 6, 6), dtype=np.float32))
+    >>> logits.shape
+    (3, 10)
+    >>> net.unitarity_error() < 1e-5
+    True
     """
 
     def __init__(
@@ -273,7 +313,20 @@ class ConvNet:
         self.constrained = constrained
 
     def forward(self, x: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
-        """Logits and the cache of layer inputs (pre-MaxMin activations included)."""
+        """Logits and the cache of layer inputs (pre-MaxMin activations included).
+
+        Parameters
+        ----------
+        x : numpy.ndarray, shape (n, C_in, H, W)
+            A batch of images.
+
+        Returns
+        -------
+        logits : numpy.ndarray, shape (n, 10)
+            The classifier's outputs.
+        cache : list of numpy.ndarray
+            Each layer's input and pre-MaxMin output, then the last activation (for backprop).
+        """
         from .conv import maxmin
 
         cache = []
@@ -289,7 +342,29 @@ class ConvNet:
     def train_step(
         self, x: np.ndarray, labels: np.ndarray, *, lr: float, lr_classifier: float, rank: int, rng: np.random.Generator
     ) -> dict[str, float]:
-        """One SGD step on a mini-batch; returns loss, accuracy and gradient norms."""
+        """One SGD step on a mini-batch; returns loss, accuracy and gradient norms.
+
+        Parameters
+        ----------
+        x : numpy.ndarray, shape (n, C_in, H, W)
+            The mini-batch of images.
+        labels : numpy.ndarray of int, shape (n,)
+            Their classes.
+        lr : float
+            Learning rate of the convolution stacks.
+        lr_classifier : float
+            Learning rate of the linear classifier.
+        rank : int
+            Rank of the projUNN update of each stack (constrained network only).
+        rng : numpy.random.Generator
+            Randomness of the sketches.
+
+        Returns
+        -------
+        dict of str to float
+            ``loss``, ``accuracy``, and the gradient norms ``grad_first_layer``,
+            ``grad_first_activation`` and ``grad_last_activation``.
+        """
         from .conv import maxmin_backward
 
         logits, cache = self.forward(x)
@@ -300,6 +375,7 @@ class ConvNet:
         g_b = g_logits.sum(axis=0)
         grads = []
         g_last = float(np.linalg.norm(g))
+        g_first_out = 0.0
         for i in range(len(self.layers) - 1, -1, -1):
             h_in, z = cache[2 * i], cache[2 * i + 1]
             g = maxmin_backward(z, g)
@@ -325,11 +401,30 @@ class ConvNet:
         }
 
     def predict(self, x: np.ndarray, batch: int = 500) -> np.ndarray:
-        """Class predictions, in batches."""
+        """Class predictions, in batches.
+
+        Parameters
+        ----------
+        x : numpy.ndarray, shape (n, C_in, H, W)
+            The images.
+        batch : int, default 500
+            How many images go through the network at once.
+
+        Returns
+        -------
+        numpy.ndarray of int, shape (n,)
+            The predicted classes.
+        """
         return np.concatenate([np.argmax(self.forward(x[i : i + batch])[0], axis=1) for i in range(0, len(x), batch)])
 
     def unitarity_error(self) -> float:
-        """Largest ``||K^H K - I||_F`` over all stored frequency matrices of all layers."""
+        """Largest ``||K^H K - I||_F`` over all stored frequency matrices of all layers.
+
+        Returns
+        -------
+        float
+            The largest unitarity error.
+        """
         import unitary_update as uu
 
         return max(max(uu.unitarity_error(layer.U), uu.unitarity_error(layer.Q)) for layer in self.layers)
@@ -377,7 +472,21 @@ def train_mnist(
     eval_every, eval_size : int
         Test accuracy on the first ``eval_size`` test images every ``eval_every`` steps.
     seed : int
+        Seed of the initial weights and of the mini-batch order.
     out, plot : path, optional
+        Where to write the JSON log and the PNG figure (nothing is written when None).
+
+    Returns
+    -------
+    dict
+        The configuration, the per-step logs of each run and the final test accuracies.
+
+    Examples
+    --------
+    Needs the MNIST files (nothing is downloaded):
+
+    >>> from unitary_update.conv_demo import train_mnist
+    >>> result = train_mnist("data/mnist", depth=4, steps=10)  # doctest: +SKIP
     """
     import scipy.linalg  # noqa: F401  (load scipy's OpenBLAS before limiting threads, see bench_table)
     from threadpoolctl import threadpool_limits
