@@ -194,9 +194,12 @@ class URNN:
     Notes
     -----
     One :meth:`loss_and_grads` costs O(T batch N (N + input + output)) time and keeps two
-    (T + 1, batch, N) state buffers, reused between calls of the same shape.  Initialisation
-    follows Arjovsky et al. / expRNN: V Kaiming-normal (std ``sqrt(2 / input)``), b uniform in
-    [-0.01, 0.01], O Glorot-normal, c zero.
+    (T + 1, batch, N) state buffers, reused between calls of the same shape.  Initialisation:
+    V Glorot-normal (std ``sqrt(2 / (input + N))``), b uniform in [-0.01, 0.01] (as expRNN), O
+    and c zero.  A unitary W keeps the norm of h_t, which grows like sqrt(T) with the inputs, so a
+    random readout would start with a loss that grows with T; a zero readout starts at the
+    uninformed loss (log C for cross-entropy) for every T, and learned faster on copy and adding
+    in a seeded comparison (300 steps, N = 64).
 
     Examples
     --------
@@ -239,11 +242,12 @@ class URNN:
         gen = normalize_rng(rng)
         n = self.hidden_size
         W = init_recurrent(n, init, complex=self.complex, rng=gen)
-        V = gen.standard_normal((n, input_size)) * np.sqrt(2.0 / input_size)
+        std = np.sqrt(2.0 / (input_size + n))  # Glorot
+        V = gen.standard_normal((n, input_size)) * std
         if self.complex:
-            V = (V + 1j * gen.standard_normal((n, input_size)) * np.sqrt(2.0 / input_size)) / np.sqrt(2.0)
+            V = (V + 1j * gen.standard_normal((n, input_size)) * std) / np.sqrt(2.0)
         readout_in = 2 * n if self.complex else n
-        out_w = gen.standard_normal((output_size, readout_in)) * np.sqrt(2.0 / (readout_in + output_size))
+        out_w = np.zeros((output_size, readout_in))
         self.params: dict[str, Any] = {
             "W": np.ascontiguousarray(W, dtype=self.dtype),
             "V": np.ascontiguousarray(V, dtype=self.dtype),
