@@ -178,7 +178,14 @@ def _run_rnn_command(args: argparse.Namespace) -> int:
         raise SystemExit("train: give a task (copy, adding, pmnist) or --resume RUN_DIR")
     with _blas_threads(args.threads):
         if args.resume is not None:
-            result = train(None, args.resume, resume=True, steps=args.steps, progress=not args.no_progress)
+            result = train(
+                None,
+                args.resume,
+                resume=True,
+                steps=args.steps,
+                time_limit_s=args.time_limit,
+                progress=not args.no_progress,
+            )
         else:
             config = TrainConfig(
                 task=args.task,

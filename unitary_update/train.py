@@ -265,6 +265,7 @@ def train(
     *,
     resume: bool = False,
     steps: int | None = None,
+    time_limit_s: float | None = None,
     progress: bool = True,
     on_step: Callable[[int, float], None] | None = None,
 ) -> dict[str, Any]:
@@ -282,6 +283,8 @@ def train(
         ``steps`` (default: the configured total).
     steps : int, optional
         Override the total number of steps (e.g. to extend a resumed run).
+    time_limit_s : float, optional
+        Override the configured wall-clock limit of this process (seconds).
     progress : bool, default True
         Show a progress bar on stderr.
     on_step : callable, optional
@@ -327,6 +330,8 @@ def train(
         raise ValueError("config is required unless resume=True")
     if steps is not None:
         config = dataclasses.replace(config, steps=int(steps))
+    if time_limit_s is not None:
+        config = dataclasses.replace(config, time_limit_s=float(time_limit_s))
     task, model, opt, w_opt = build(config)
     start, elapsed_before = 0, 0.0
     if resume:
