@@ -125,7 +125,12 @@ def _add_rnn_commands(sub: Any) -> None:
     p.add_argument("--log-every", type=int, default=d.log_every)
     p.add_argument("--time-limit", type=float, default=None, help="stop (with a checkpoint) after this many seconds")
     p.add_argument("--mnist-dir", default=d.mnist_dir)
-    p.add_argument("--threads", type=int, default=None, help="BLAS threads (threadpoolctl); default: BLAS's own")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="BLAS threads (threadpoolctl; default 1: the per-time-step products are too small to share)",
+    )
     p.add_argument("--no-progress", action="store_true")
     q = sub.add_parser("plot", help="draw a run's loss curves to RUN_DIR/loss.png")
     q.add_argument("run_dir")
