@@ -28,7 +28,12 @@ zero) on the orthogonal complement of ``span W`` and map ``span W`` into itself.
 * transport (projUNN-T):  ``skew(U^H A B^H) = W K W^H`` with the skew-Hermitian
   ``K = (a b^H - b a^H) / 2``, so ``U expm(W K W^H) = U + (U W)(expm(K) - I) W^H``.  ``expm(K)`` is
   computed from the Hermitian eigenproblem ``-iK = V diag(theta) V^H``:
-  ``expm(K) - I = V diag(expm1(i theta)) V^H``, real for real inputs.
+  ``expm(K) - I = V diag(expm1(i theta)) V^H``, real for real inputs.  For real inputs with
+  huge angles (a step of norm ~1e4 or more) the eigenvalues' rounding, ``eps ||K||``, breaks the
+  ``+-theta`` pairing that makes this real; the real part is then no longer orthogonal, so it is
+  replaced by its nearest rotation (SVD polar factor with determinant +1, r x r).  On CuPy this
+  replacement always runs (deciding would need a device-to-host read); it changes a core that is
+  already orthogonal only by rounding.
 
 Cost: ``A_hat`` and ``U W`` are two products of U with thin blocks (O(N^2 k)); the QR is
 O(N k^2); the r x r core O(k^3); and the final ``U += (U W D) W^H`` is one rank-r BLAS update.
@@ -44,29 +49,44 @@ from typing import Any
 
 import numpy as np
 
-from ._backend import add_lowrank_
+from . import _kernels
+from ._backend import add_lowrank_, get_options
+from ._validation import NonFiniteError, check_finite
 
-__all__ = ["apply_update", "basis", "project_core", "transport_core"]
+__all__ = ["adjoint_matmul", "apply_update", "basis", "lowrank_update", "project_core", "transport_core"]
 
 
 def _hermitian_transpose(xp: ModuleType, x: Any) -> Any:
     return xp.conj(xp.swapaxes(x, -1, -2))
 
 
-def basis(xp: ModuleType, U: Any, A: Any, B: Any) -> tuple[Any, Any, Any]:
+def adjoint_matmul(xp: ModuleType, U: Any, A: Any) -> Any:
+    """``U^H @ A`` without materialising ``U^H`` (for complex U: ``conj(U^T @ conj(A))``)."""
+    Ut = xp.swapaxes(U, -1, -2)
+    if U.dtype.kind != "c":
+        return Ut @ A
+    return xp.conj(Ut @ xp.conj(A))
+
+
+def basis(xp: ModuleType, U: Any, A: Any, B: Any, A_hat: Any = None) -> tuple[Any, Any, Any]:
     """Return ``W, a, b``: the orthonormal basis of ``span[B, U^H A]`` and the factors in it.
 
     Shapes: ``W (..., N, r)``, ``a, b (..., r, k)`` with ``r = min(N, 2k)``.  Householder QR
     gives an orthonormal ``W`` even when ``[B, A_hat]`` is rank deficient (A or B zero,
-    ``A_hat`` parallel to ``B``): no rank decision is needed.
+    ``A_hat`` parallel to ``B``): no rank decision is needed.  ``A_hat`` may be passed in when
+    already computed.
     """
     k = A.shape[-1]
-    A_hat = _hermitian_transpose(xp, U) @ A
-    batch = np.broadcast_shapes(A_hat.shape[:-2], B.shape[:-2])
-    X = xp.concatenate(
-        [xp.broadcast_to(B, (*batch, *B.shape[-2:])), xp.broadcast_to(A_hat, (*batch, *A_hat.shape[-2:]))],
-        axis=-1,
-    )
+    if A_hat is None:
+        A_hat = adjoint_matmul(xp, U, A)
+    if A_hat.shape[:-2] == B.shape[:-2]:
+        X = xp.concatenate([B, A_hat], axis=-1)
+    else:
+        batch = np.broadcast_shapes(A_hat.shape[:-2], B.shape[:-2])
+        X = xp.concatenate(
+            [xp.broadcast_to(B, (*batch, *B.shape[-2:])), xp.broadcast_to(A_hat, (*batch, *A_hat.shape[-2:]))],
+            axis=-1,
+        )
     W, R = xp.linalg.qr(X, mode="reduced")
     return W, R[..., :, k:], R[..., :, :k]
 
@@ -100,11 +120,25 @@ def transport_core(xp: ModuleType, a: Any, b: Any) -> Any:
     # expm1(i theta) = (cos theta - 1) + i sin theta, accurate for small theta
     e = -2.0 * xp.sin(0.5 * theta) ** 2 + 1j * xp.sin(theta)
     D = (V * e[..., None, :]) @ _hermitian_transpose(xp, V)
-    return D.real if real else D
+    return _nearest_rotation(xp, D) if real else D
+
+
+_IMAG_TOL = 1e-13
+
+
+def _nearest_rotation(xp: ModuleType, D: Any) -> Any:
+    """``Q - I`` for the rotation Q nearest to ``I + Re D``; just ``Re D`` when ``Im D`` is rounding."""
+    if xp is np and not float(np.max(np.abs(D.imag))) > _IMAG_TOL:
+        return D.real
+    eye = xp.eye(D.shape[-1], dtype=np.float64)
+    X, _, Yh = xp.linalg.svd(eye + D.real)
+    flip = xp.where(xp.linalg.det(X) * xp.linalg.det(Yh) < 0, -1.0, 1.0)
+    X[..., :, -1] *= flip[..., None]  # smallest singular value's direction: SO(r), det(U) kept
+    return X @ Yh - eye
 
 
 def apply_update(xp: ModuleType, U: Any, W: Any, D: Any, out: Any) -> None:
-    """``out = U + (U W) D W^H``; ``out`` already holds ``U`` (or is ``U``).
+    """``out = U + (U W) D W^H``, with ``out`` either ``U`` itself or already holding ``U``.
 
     ``U W`` is computed before ``out`` is written, so ``out=U`` is safe.  Extra memory is
     O(N r): ``U W`` and ``P = (U W) D``.
@@ -112,3 +146,92 @@ def apply_update(xp: ModuleType, U: Any, W: Any, D: Any, out: Any) -> None:
     D = D.astype(U.dtype)
     P = (U @ W) @ D
     add_lowrank_(out, P, W)
+
+
+def _fused_eligible(U: Any, target: Any, r: int) -> bool:
+    n = U.shape[-1]
+    auto = n >= 256 and r <= 8
+    return (
+        U.ndim == 2
+        and U.flags.c_contiguous
+        and (target is None or (target.ndim == 2 and target.flags.c_contiguous))
+        and _kernels.use_numba(auto)
+    )
+
+
+_HUGE_ANGLE = 1e2
+
+
+def _huge_real_rotation(U: Any, A: Any, B: Any) -> bool:
+    """Real transport with angles up to ``||A||_F ||B||_F`` above ``_HUGE_ANGLE`` (NumPy only).
+
+    The Numba batched kernel takes the real part of its complex ``expm(K) - I`` as it is; for
+    angles this large the eigenvalue rounding (``eps * angle``) makes that part measurably
+    non-orthogonal, so such steps go through :func:`transport_core`, which replaces it by the
+    nearest rotation.  O(F N k) on the host.
+    """
+    if U.dtype.kind == "c":
+        return False
+    with np.errstate(over="ignore", invalid="ignore"):  # inf or nan (inf * 0) mean "huge" here
+        norm_a = np.sum(np.square(A, dtype=np.float64), axis=(-2, -1))
+        norm_b = np.sum(np.square(B, dtype=np.float64), axis=(-2, -1))
+        product = float(np.max(norm_a * norm_b))
+    return not product <= _HUGE_ANGLE**2
+
+
+def lowrank_update(xp: ModuleType, kind: str, U: Any, A: Any, B: Any, target: Any, shape: tuple[int, ...]) -> Any:
+    """Run one projUNN update (``kind`` "project" or "transport") and return the result array.
+
+    ``target`` is where the result goes (``U`` itself for an in-place update, another array, or
+    None to allocate one of ``shape``).  Inputs are validated except for the finiteness of U,
+    which is checked here before anything is written -- by a separate pass, or, on the fused
+    Numba path, through ``A_hat = U^H A`` (NaN/Inf in U always reach it).  Paths:
+
+    * stacks of small matrices (NumPy, Numba): :func:`_kernels.batched_update_numba`;
+    * large single matrices (NumPy, Numba): one streaming pass for ``A_hat`` plus the fused
+      row-block update;
+    * otherwise (NumPy BLAS/LAPACK, CuPy): batched ``matmul``/``qr``/``svd``/``eigh`` and the
+      in-place rank update of :func:`_backend.add_lowrank_`.
+    """
+    n, k = U.shape[-1], A.shape[-1]
+    count = int(np.prod(shape[:-2], dtype=np.int64))
+    if (
+        xp is np
+        and (target is None or target.flags.c_contiguous)
+        and _kernels.use_numba(count >= 16 and n <= 64)
+        and not (kind == "transport" and _huge_real_rotation(U, A, B))
+    ):
+        check_finite(U, "U")
+        if target is None:
+            target = np.empty(shape, dtype=U.dtype)
+        U3, A3, B3 = (
+            np.ascontiguousarray(np.broadcast_to(x, (*shape[:-2], *x.shape[-2:])).reshape(-1, *x.shape[-2:]))
+            for x in (U, A, B)
+        )
+        out3 = target.reshape(-1, n, n)
+        _kernels.batched_update_numba(U3 if target is not U else out3, A3, B3, kind == "transport", out3)
+        return target
+    fused = xp is np and _fused_eligible(U, target, min(n, 2 * k))
+    if fused:
+        A_hat = _kernels.adjoint_matmul_numba(U, A)
+        if get_options().check_finite and not np.isfinite(A_hat).all():
+            check_finite(U, "U")
+            raise NonFiniteError("U^H A overflows (A is too large for U's dtype)")
+    else:
+        check_finite(U, "U")
+        A_hat = adjoint_matmul(xp, U, A)
+    W, a, b = basis(xp, U, A, B, A_hat)
+    D = project_core(xp, a, b) if kind == "project" else transport_core(xp, a, b)
+    # everything that can fail has run: only now is the target written
+    if fused:
+        if target is None:
+            target = np.empty(shape, dtype=U.dtype)
+        _kernels.fused_update_numba(U, W, D.astype(U.dtype), target)
+        return target
+    if target is None:
+        target = xp.empty(shape, dtype=U.dtype)
+        target[...] = U
+    elif target is not U:
+        target[...] = U
+    apply_update(xp, U, W, D, target)
+    return target

@@ -10,7 +10,7 @@ from typing import Any
 
 from . import _lowrank
 from ._backend import array_namespace, from_compute, to_compute
-from ._validation import check_factor_pair, check_finite, check_out, check_square
+from ._validation import check_factor_pair, check_finite, check_out, check_square, same_view
 
 __all__ = ["project", "transport"]
 
@@ -28,24 +28,18 @@ def _prepare(U: Any, A: Any, B: Any, out: Any) -> tuple[Any, Any, Any, Any, str,
     if out is not None:
         target = U if out is original_U else to_compute(out, "out")[0]
         check_out(target, U, shape)
-    for x, name in ((U, "U"), (A, "A"), (B, "B")):
-        check_finite(x, name)
+        if same_view(target, U):
+            target = U
+    for x, name in ((A, "A"), (B, "B")):
+        check_finite(x, name)  # U's finiteness is checked by _lowrank.lowrank_update
     return U, A, B, target, library, shape
 
 
 def _update(kind: str, U: Any, A: Any, B: Any, out: Any) -> Any:
     U, A, B, target, library, shape = _prepare(U, A, B, out)
     xp = array_namespace(U, A, B)
-    W, a, b = _lowrank.basis(xp, U, A, B)
-    D = _lowrank.project_core(xp, a, b) if kind == "project" else _lowrank.transport_core(xp, a, b)
-    # everything that can fail has run: only now is the target written
-    if target is None:
-        target = xp.empty(shape, dtype=U.dtype)
-        target[...] = U
-    elif target is not U:
-        target[...] = U
-    _lowrank.apply_update(xp, U, W, D, target)
-    return out if out is not None else from_compute(target, library)
+    result = _lowrank.lowrank_update(xp, kind, U, A, B, target, shape)
+    return out if out is not None else from_compute(result, library)
 
 
 def project(U: Any, A: Any, B: Any, *, out: Any = None) -> Any:
