@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import unitary_update as uu
-from unitary_update.optim import SGD, Adam, PeriodicRetraction, RMSprop, UnitaryOptimizer, make_optimizer
+from unitary_update.optim import SGD, Adam, RMSprop, UnitaryOptimizer, make_optimizer
 
 CASES = [
     (lambda: SGD(0.1), lambda torch, p: torch.optim.SGD(p, lr=0.1)),
@@ -67,7 +67,6 @@ def test_state_dict_round_trip_continues_identically():
         (lambda: make_optimizer("lbfgs", 0.1), "optimizer must be one of"),
         (lambda: UnitaryOptimizer(SGD(0.1), update="cayley"), "update must be 'project' or 'transport'"),
         (lambda: UnitaryOptimizer(SGD(0.1), sketch="svd"), "sketch must be one of"),
-        (lambda: PeriodicRetraction(0), "every must be a positive integer"),
     ],
 )
 def test_bad_arguments(call, match):
@@ -138,16 +137,6 @@ def test_drift_control_is_called_after_each_update():
 
 def test_no_drift_control_by_default():
     assert UnitaryOptimizer(SGD(0.1)).drift is None
-
-
-def test_periodic_retraction_restores_unitarity():
-    U = uu.random_unitary(9, dtype=np.complex128, rng=0)
-    U += 1e-3 * np.random.default_rng(1).standard_normal((9, 9))
-    r = PeriodicRetraction(3)
-    assert not r.maybe_retract(U, step=2)
-    assert uu.unitarity_error(U) > 1e-4
-    assert r.maybe_retract(U, step=3)
-    assert uu.unitarity_error(U) < 1e-13
 
 
 def test_unitary_state_dict_restores_sketch_generator():

@@ -11,7 +11,7 @@ from threadpoolctl import threadpool_limits
 
 from unitary_update.cli import main
 from unitary_update.tasks import AddingTask, CopyTask
-from unitary_update.train import TrainConfig, plot_run, read_metrics, train
+from unitary_update.train import TrainConfig, build, plot_run, read_metrics, train
 
 SMALL = {"hidden_size": 12, "batch_size": 8, "eval_size": 16, "log_every": 1, "eval_every": 4}
 
@@ -81,6 +81,16 @@ def test_metrics_and_plot(tmp_path):
     assert all(r["unitarity_error"] < 1e-5 for r in evals)
     png = plot_run(tmp_path)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_retraction_option_keeps_w_unitary(tmp_path):
+    config = TrainConfig(task="copy", length=3, steps=4, retract_every=2, dtype="float32", **SMALL)
+    *_, w_opt = build(config)
+    assert w_opt.drift is not None
+    assert w_opt.drift.every == 2
+    train(config, tmp_path, progress=False)
+    W = np.load(tmp_path / "checkpoint.npz")["param/W"]
+    np.testing.assert_allclose(W.T.astype(np.float64) @ W, np.eye(12), atol=1e-5)
 
 
 def test_time_limit_stops_with_a_checkpoint(tmp_path):

@@ -27,7 +27,7 @@ from .sketch import SKETCH_METHODS
 from .sketch import sketch as _sketch
 from .update import project, transport
 
-__all__ = ["SGD", "Adam", "Optimizer", "PeriodicRetraction", "RMSprop", "UnitaryOptimizer", "make_optimizer"]
+__all__ = ["SGD", "Adam", "Optimizer", "RMSprop", "UnitaryOptimizer", "make_optimizer"]
 
 
 def _real_view(x: Any) -> Any:
@@ -244,41 +244,6 @@ def make_optimizer(name: str, lr: float, **options: Any) -> Optimizer:
     return _OPTIMIZERS[name](lr, **options)
 
 
-class PeriodicRetraction:
-    """Drift control: every ``every`` steps replace U by its polar factor (an O(N^3) SVD).
-
-    A minimal object with the ``maybe_retract(U, *, step) -> bool`` interface that
-    :class:`UnitaryOptimizer` accepts as ``drift``.
-
-    Parameters
-    ----------
-    every : int
-        Retract when ``step % every == 0``.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from unitary_update.optim import PeriodicRetraction
-    >>> U = np.eye(3) * 1.001
-    >>> PeriodicRetraction(2).maybe_retract(U, step=4), U[0, 0]
-    (True, np.float64(1.0))
-    """
-
-    def __init__(self, every: int) -> None:
-        if isinstance(every, bool) or not isinstance(every, (int, np.integer)) or every < 1:
-            raise ValueError(f"every must be a positive integer; got {every!r}")
-        self.every = int(every)
-
-    def maybe_retract(self, U: Any, *, step: int) -> bool:
-        """Re-unitarise ``U`` in place if ``step`` is a multiple of ``every``; return whether it did."""
-        if step % self.every:
-            return False
-        xp = array_namespace(U)
-        L, _, Rh = xp.linalg.svd(U)
-        U[...] = L @ Rh
-        return True
-
-
 class UnitaryOptimizer:
     r"""projUNN for a unitary parameter: a Euclidean optimizer's step, sketched to rank k, kept unitary.
 
@@ -299,8 +264,8 @@ class UnitaryOptimizer:
     rng : numpy.random.Generator, int or None
         Seed or generator of the sketches; its state is part of :meth:`state_dict`.
     drift : object, optional
-        Anything with ``maybe_retract(U, *, step: int) -> bool`` (e.g. :class:`PeriodicRetraction`
-        or ``unitary_update.retract.DriftControl``), called after each update with the step
+        Anything with ``maybe_retract(U, *, step: int) -> bool``, such as
+        :class:`unitary_update.retract.DriftControl`; called after each update with the step
         count (1, 2, ...).  Off (None) by default.
 
     Raises

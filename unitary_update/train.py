@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from .optim import Optimizer, PeriodicRetraction, UnitaryOptimizer, make_optimizer
+from .optim import Optimizer, UnitaryOptimizer, make_optimizer
 from .tasks import PermutedMNIST, Task, make_task
 from .urnn import URNN
 
@@ -79,7 +79,8 @@ class TrainConfig:
     sketch : str
         Sketch method of :func:`unitary_update.sketch`.
     retract_every : int
-        Replace W by its polar factor every this many steps (0: never, the default).
+        Re-unitarise W every this many steps with :class:`unitary_update.retract.DriftControl`
+        (0: never, the default).
     seed : int
         Seeds the model, the data and the sketches.
     eval_every, eval_size : int
@@ -145,7 +146,11 @@ def build(config: TrainConfig) -> tuple[Task, URNN, Optimizer, UnitaryOptimizer]
     extra = {"momentum": config.momentum} if config.optimizer == "sgd" else {}
     opt = make_optimizer(config.optimizer, config.lr, **extra)
     w_base = make_optimizer(config.optimizer, config.lr / config.w_lr_divisor, **extra)
-    drift = PeriodicRetraction(config.retract_every) if config.retract_every else None
+    drift = None
+    if config.retract_every:
+        from .retract import DriftControl
+
+        drift = DriftControl(every=config.retract_every, tol=None)
     w_opt = UnitaryOptimizer(
         w_base,
         rank=config.rank,
