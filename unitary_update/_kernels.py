@@ -484,27 +484,22 @@ def _modrelu_real_loop(z: Any, b: Any) -> None:  # pragma: no cover - compiled
 def _modrelu_complex_loop(z: Any, b: Any) -> None:  # pragma: no cover - compiled
     rows, cols = z.shape
     for i in range(rows):
-        for j in range(cols):
+        for j in range(cols):  # |z| by sqrt (not hypot) and selects, so the loop vectorises
             v = z[i, j]
-            m = abs(v)
+            m = np.sqrt(v.real * v.real + v.imag * v.imag)
             a = m + b[j]
-            if a > 0 and m > 0:
-                z[i, j] = v * (a / m)
-            else:
-                z[i, j] = 0
+            scale = a / m if (a > 0 and m > 0) else 0 * m
+            z[i, j] = v * scale
 
 
 def _modrelu_backward_real_loop(h: Any, b: Any, g: Any, db: Any) -> None:  # pragma: no cover - compiled
     rows, cols = h.shape
     for i in range(rows):
-        for j in range(cols):
+        for j in range(cols):  # branch-free selects, so the loop over j vectorises
             v = h[i, j]
-            if v > 0:
-                db[j] += g[i, j]
-            elif v < 0:
-                db[j] -= g[i, j]
-            else:
-                g[i, j] = 0
+            a = g[i, j] if v != 0 else 0
+            g[i, j] = a
+            db[j] += a if v > 0 else -a
 
 
 def _modrelu_backward_complex_loop(h: Any, b: Any, g: Any, db: Any) -> None:  # pragma: no cover - compiled
@@ -512,17 +507,17 @@ def _modrelu_backward_complex_loop(h: Any, b: Any, g: Any, db: Any) -> None:  # 
     for i in range(rows):
         for j in range(cols):
             v = h[i, j]
-            r = abs(v)
-            if r > 0:
-                u = v / r
-                gv = g[i, j]
-                p = gv.real * u.real + gv.imag * u.imag  # Re(conj(g) u)
-                q = gv.real * u.imag - gv.imag * u.real  # Im(conj(g) u)
-                db[j] += p
-                s = b[j] / (r - b[j]) * q  # (b / |z|) Im(conj(g) u)
-                g[i, j] = gv - s * (1j * u)
-            else:
-                g[i, j] = 0
+            r = np.sqrt(v.real * v.real + v.imag * v.imag)
+            active = r > 0
+            inv = 1 / r if active else 0 * r
+            ur, ui = v.real * inv, v.imag * inv  # u = h / |h| (0 where inactive)
+            gv = g[i, j]
+            p = gv.real * ur + gv.imag * ui  # Re(conj(g) u)
+            q = gv.real * ui - gv.imag * ur  # Im(conj(g) u)
+            db[j] += p
+            s = b[j] / (r - b[j]) * q if active else 0 * q  # (b / |z|) Im(conj(g) u)
+            # g - s i u, and 0 where inactive
+            g[i, j] = complex(gv.real + s * ui, gv.imag - s * ur) if active else 0 * gv
 
 
 _modrelu_real_numba = _njit(_modrelu_real_loop)

@@ -378,7 +378,7 @@ class URNN:
         info = np.finfo(logits.dtype)
         floor = float(info.tiny / info.eps)
         m = xp.max(logits, axis=-1, keepdims=True)
-        e = xp.exp(xp.maximum(logits - m, np.log(floor)))
+        e = xp.exp(xp.maximum(logits - m, float(np.log(floor))))
         s = xp.sum(e, axis=-1, keepdims=True)
         mask = y >= 0
         count = max(int(xp.sum(mask)), 1)

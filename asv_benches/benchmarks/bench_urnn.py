@@ -93,3 +93,32 @@ class CopyStepRatio:
         return best["projunn"] / best["plain_numpy"]
 
     track_ratio_to_plain_numpy.unit = "ratio"
+
+
+class ModReLUKernels:
+    """The modReLU forward / backward kernels at one time step of the paper's size (batch 128, N 190)."""
+
+    params = (["numba", "numpy"], ["float32", "complex64"])
+    param_names = ("kernel", "dtype")
+
+    def setup(self, kernel, dtype):
+        from unitary_update import _kernels
+
+        rng = np.random.default_rng(0)
+        z = rng.standard_normal((128, 190))
+        if dtype == "complex64":
+            z = z + 1j * rng.standard_normal((128, 190))
+        self.z = z.astype(dtype)
+        self.b = rng.uniform(-0.1, 0.1, 190).astype(np.float32)
+        self.g = self.z.copy()
+        self.db = np.zeros(190)
+        self.forward = getattr(_kernels, f"modrelu_{kernel}")
+        self.backward = getattr(_kernels, f"modrelu_backward_{kernel}")
+        self.forward(self.z.copy(), self.b)  # compile
+        self.backward(self.z, self.b, self.g.copy(), self.db)
+
+    def time_forward(self, kernel, dtype):
+        self.forward(self.z, self.b)
+
+    def time_backward(self, kernel, dtype):
+        self.backward(self.z, self.b, self.g, self.db)
