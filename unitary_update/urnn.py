@@ -42,6 +42,10 @@ from typing import Any
 
 import numpy as np
 
+# Imported here, not lazily: SciPy's BLAS is a separate library from NumPy's, and it must be loaded
+# before a caller limits BLAS threads (threadpoolctl only sees libraries already loaded).
+from scipy.linalg.blas import get_blas_funcs
+
 from ._backend import array_namespace, normalize_rng
 from ._kernels import modrelu_, modrelu_backward_
 
@@ -134,8 +138,6 @@ def init_recurrent(n: int, method: str, *, complex: bool = False, rng: Any = Non
 # --------------------------------------------------------------------------------------------
 @functools.lru_cache(maxsize=8)
 def _gemm(dtype: np.dtype) -> Any:
-    from scipy.linalg.blas import get_blas_funcs
-
     return get_blas_funcs("gemm", dtype=dtype)
 
 
