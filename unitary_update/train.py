@@ -467,8 +467,9 @@ def plot_run(run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | None
     config_path = Path(run_dir) / "config.json"
     title = Path(run_dir).name
     if config_path.is_file():
-        cfg = json.loads(config_path.read_text())
-        title = f"{cfg['task']} (length {cfg['length']}), N={cfg['hidden_size']}, rank {cfg['rank']}, {cfg['update']}"
+        cfg = TrainConfig(**json.loads(config_path.read_text()))
+        length = "" if cfg.task == "pmnist" else f" {'delay' if cfg.task == 'copy' else 'length'} {cfg.length}"
+        title = f"{cfg.task}{length}, N={cfg.resolved_hidden()}, rank {cfg.rank}, {cfg.update}, {cfg.optimizer}"
     fig, ax = plt.subplots(figsize=(6, 3.6), dpi=100)
     for split, style in (("train", "-"), ("eval", "o-")):
         rows = [r for r in records if r["split"] == split]
