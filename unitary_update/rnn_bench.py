@@ -20,6 +20,7 @@ threadpoolctl; default 1).  The figures are the best of ``repeat`` timed steps a
 
 from __future__ import annotations
 
+import functools
 import json
 import platform
 import time
@@ -177,7 +178,7 @@ def run_benchmark(
         model = URNN(10, hidden, 10, dtype=np.float32, rng=0)
         model.params["O"][...] = np.random.default_rng(1).standard_normal(model.params["O"].shape) * 0.1
         step = make_step(kind, model, rank=rank, update=update)
-        results[kind] = _best(lambda s=step: s(x, y), repeat)
+        results[kind] = _best(functools.partial(step, x, y), repeat)
     base = results.get("plain_numpy")
     out = {
         "task": f"copy T={task.length} (delay {delay}), hidden {hidden}, batch {batch}, rank {rank}, {update}, float32",

@@ -340,8 +340,8 @@ def train(
     task, model, opt, w_opt = build(config)
     start, elapsed_before = 0, 0.0
     if resume:
-        meta = load_checkpoint(ckpt_path, model, opt, w_opt)
-        start, elapsed_before = int(meta["step"]), float(meta.get("elapsed_s", 0.0))
+        resumed = load_checkpoint(ckpt_path, model, opt, w_opt)
+        start, elapsed_before = int(resumed["step"]), float(resumed.get("elapsed_s", 0.0))
         kept = [r for r in read_metrics(run) if r["step"] <= start] if metrics_path.is_file() else []
         metrics_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
     else:
