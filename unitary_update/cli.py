@@ -147,9 +147,16 @@ def _bench_command(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
 
     machine = _bench.machine_description(args.threads)
     print(f"# projUNN bench: {machine}")
+    command = "python -m unitary_update " + " ".join(sys.argv[1:] if argv is None else argv)
+    if args.stack:
+        table = _bench.format_stack_markdown(_bench.run_stack(threads=args.threads, repeat=args.repeat))
+        print(table)
+        if args.markdown:
+            with open(args.markdown, "w") as f:
+                f.write(f"Command: `{command}`\n\nMachine: {machine}\n\n{table}")
+        return 0
     rows = _bench.run(args.n, args.rank, args.dtype, args.threads, args.repeat, args.dense_max)
     table = _bench.format_markdown(rows)
-    command = "python -m unitary_update " + " ".join(sys.argv[1:] if argv is None else argv)
     print(table)
     ns = sorted({r["n"] for r in rows})
     if len(ns) >= 2:
@@ -196,6 +203,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_bench.add_argument("--dense-max", type=int, default=4096, help="largest N at which dense baselines run")
     p_bench.add_argument("--plot", metavar="FILE.png", help="draw time vs N (log-log) with O(N^2), O(N^3) slopes")
     p_bench.add_argument("--markdown", metavar="FILE.md", help="also write the table (and machine line) here")
+    p_bench.add_argument(
+        "--stack",
+        action="store_true",
+        help="time a stack of 4096 16 x 16 complex64 matrices instead (Numba/NumPy/loop)",
+    )
     p_cb = sub.add_parser("conv-bench", help="batched updates of (F, C, C) stacks vs loop vs dense, as ratios")
     p_cb.add_argument("--dtype", default="complex128", choices=["float32", "float64", "complex64", "complex128"])
     p_cb.add_argument("--ranks", type=int, nargs="+", default=[1, 4])
