@@ -61,7 +61,10 @@ def basis(xp: ModuleType, U: Any, A: Any, B: Any) -> tuple[Any, Any, Any]:
     ``A_hat`` parallel to ``B``): no rank decision is needed.
     """
     k = A.shape[-1]
-    A_hat = _hermitian_transpose(xp, U) @ A
+    # U^H A as conj(U^T conj(A)): the conjugate lands on the thin blocks, and U^T is a view, so no
+    # N x N temporary is made (xp.conj(U^T) would copy all of U: two extra passes over memory)
+    U_t = xp.swapaxes(U, -1, -2)
+    A_hat = xp.conj(U_t @ xp.conj(A)) if U.dtype.kind == "c" else U_t @ A
     batch = np.broadcast_shapes(A_hat.shape[:-2], B.shape[:-2])
     X = xp.concatenate(
         [xp.broadcast_to(B, (*batch, *B.shape[-2:])), xp.broadcast_to(A_hat, (*batch, *A_hat.shape[-2:]))],

@@ -33,7 +33,15 @@ from typing import Any
 
 import numpy as np
 
-from ._backend import array_namespace, from_compute, normalize_rng, standard_normal, to_compute, uniform
+from ._backend import (
+    array_namespace,
+    compute_context,
+    from_compute,
+    normalize_rng,
+    standard_normal,
+    to_compute,
+    uniform,
+)
 from ._validation import check_choice, check_finite, check_float_dtype, check_rank
 
 __all__ = ["SKETCH_METHODS", "sketch"]
@@ -263,17 +271,18 @@ def sketch(
             raise TypeError(f"unknown option {key!r} for sketch method {method!r}; valid options: {listed}")
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
             raise ValueError(f"option {key} must be a non-negative integer; got {value!r}")
-    op, library = _as_operator(G)
-    rank = check_rank(rank, min(op.shape))
-    rng = normalize_rng(rng)
-    xp = op.xp
-    if method == "randomized":
-        opts = {**valid, **options}
-        A, B = _randomized(xp, op, rank, rng, int(opts["oversampling"]), int(opts["power_iterations"]))
-    elif method == "lsi":
-        A, B = _lsi(xp, op, rank, rng)
-    elif method == "column":
-        A, B = _column(xp, op, rank, rng)
-    else:
-        A, B = _exact(xp, op, rank)
-    return from_compute(A, library), from_compute(B, library)
+    with compute_context(G[0] if isinstance(G, tuple) and G else G):
+        op, library = _as_operator(G)
+        rank = check_rank(rank, min(op.shape))
+        rng = normalize_rng(rng)
+        xp = op.xp
+        if method == "randomized":
+            opts = {**valid, **options}
+            A, B = _randomized(xp, op, rank, rng, int(opts["oversampling"]), int(opts["power_iterations"]))
+        elif method == "lsi":
+            A, B = _lsi(xp, op, rank, rng)
+        elif method == "column":
+            A, B = _column(xp, op, rank, rng)
+        else:
+            A, B = _exact(xp, op, rank)
+        return from_compute(A, library), from_compute(B, library)
