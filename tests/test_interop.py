@@ -79,6 +79,7 @@ def test_torch_sketch_and_step_return_tensors(torch):
     assert tuple(B.shape) == (40, 3)
     A_np, B_np = uu.sketch(G0, 3, rng=2)
     np.testing.assert_allclose(A.numpy(), A_np, atol=1e-14)
+    np.testing.assert_allclose(B.numpy(), B_np, atol=1e-14)
     U = torch.from_numpy(U0.copy())
     ptr = U.data_ptr()
     assert uu.step(U, torch.from_numpy(G0), rank=3, rng=4, out=U) is U
@@ -281,3 +282,15 @@ def test_cupy_gemm_inplace_leaves_small_matrices_to_matmul(fake_cupy):
     U = np.eye(8)
     assert not _backend._cupy_gemm_inplace_(U, np.ones((8, 1)), np.ones((8, 1)))
     np.testing.assert_array_equal(U, np.eye(8))
+
+
+@pytest.mark.parametrize("batch", [(), (3,), (2, 2)])
+def test_top_k_by_argmax_matches_sort(batch):
+    """The sync-free top-k used on CuPy picks exactly what the NumPy sort picks."""
+    from unitary_update.sketch import _top_k
+
+    keys = np.random.default_rng(0).standard_normal((*batch, 50))
+    by_sort = _top_k(np, keys, 7, by_argmax=False)
+    by_argmax = _top_k(np, keys, 7, by_argmax=True)
+    assert by_argmax.shape == (*batch, 7)
+    np.testing.assert_array_equal(by_argmax, by_sort)
