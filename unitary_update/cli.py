@@ -5,16 +5,23 @@ Subcommands
 demo (default)
     One projUNN-D and one projUNN-T step at N = 1024 beside the dense O(N^3) methods: the
     errors against them and the speed ratio.
+bench-gpu
+    projUNN-D/T on the GPU (CuPy) against the dense GPU methods and the memory floor, for
+    N in {1024, 4096, 8192}, float32/complex64, k in {1, 16}: a markdown table of times and
+    ratios (see ``docs/gpu.md``); ``--device cpu`` runs the same on NumPy.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+
+from . import _bench_gpu
 
 __all__ = ["main"]
 
@@ -73,7 +80,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_demo.add_argument("--rank", type=int, default=1)
     p_demo.add_argument("--dtype", default="float64", choices=["float32", "float64", "complex64", "complex128"])
     p_demo.add_argument("--seed", type=int, default=0)
+    p_bench_gpu = sub.add_parser("bench-gpu", help="GPU timings vs the dense method and the memory floor")
+    _bench_gpu.add_arguments(p_bench_gpu)
     args = parser.parse_args(argv)
+    if args.command == "bench-gpu":
+        words = list(sys.argv[1:] if argv is None else argv)
+        _bench_gpu.main(args, "python -m unitary_update " + " ".join(words))
+        return 0
     if args.command in (None, "demo"):
         kwargs = (
             {} if args.command is None else {"n": args.n, "rank": args.rank, "dtype": args.dtype, "seed": args.seed}
