@@ -305,7 +305,7 @@ def compute_context(x: Any) -> contextlib.AbstractContextManager[Any]:
     """
     root = _module_root(x)
     if root == "cupy":
-        return x.device  # type: ignore[no-any-return]
+        return x.device
     if root == "torch" and x.device.type == "cuda":
         import cupy
         import torch
@@ -363,7 +363,7 @@ def get_namespace(device: str) -> ModuleType:
         raise RuntimeError(f"device {device!r} is not available: CuPy sees {count} GPU(s)")
     if index:
         cupy.cuda.Device(int(index)).use()
-    return cupy  # type: ignore[no-any-return]
+    return cupy
 
 
 def to_namespace(x: Any, xp: ModuleType) -> Any:

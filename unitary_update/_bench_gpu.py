@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import functools
 import math
 import statistics
 import time
@@ -185,13 +186,13 @@ def run(
                 for k in ranks:
                     A = standard_normal(xp, rng, (n, k), dtype) * (1e-2 / math.sqrt(n))
                     B = standard_normal(xp, rng, (n, k), dtype)
-                    t_project = timer(lambda U=U, A=A, B=B: project(U, A, B, out=U), repeat, 2)
-                    t_transport = timer(lambda U=U, A=A, B=B: transport(U, A, B, out=U), repeat, 2)
+                    t_project = timer(functools.partial(project, U, A, B, out=U), repeat, 2)
+                    t_transport = timer(functools.partial(transport, U, A, B, out=U), repeat, 2)
                     if dense is None:
                         warm = 1 if n <= 2048 else 0  # an O(N^3) warm-up at large N costs more than it tells
                         dense = (
-                            timer(lambda U=U, A=A, B=B: project_dense(U, A, B), dense_repeat, warm),
-                            timer(lambda U=U, A=A, B=B: transport_dense(U, A, B), dense_repeat, warm),
+                            timer(functools.partial(project_dense, U, A, B), dense_repeat, warm),
+                            timer(functools.partial(transport_dense, U, A, B), dense_repeat, warm),
                         )
                     row = BenchRow(
                         n=n,
