@@ -247,3 +247,14 @@ def test_property_large_updates_stay_unitary_and_finite(problem):
         result = fn(U, A, B)
         assert np.all(np.isfinite(result))
         assert uu.unitarity_error(result) <= unitary_tol(U.dtype, U.shape[-1])
+
+
+def test_out_may_be_an_equal_view_of_U():
+    """``project(U[i], A, B, out=U[i])``: two view objects of the same elements count as in place."""
+    rng = np.random.default_rng(13)
+    U = uu.random_unitary(5, dtype=np.float64, batch_shape=(3,), rng=rng)
+    U0 = U.copy()
+    A, B = rng.standard_normal((5, 1)), rng.standard_normal((5, 1))
+    uu.transport(U[1], A, B, out=U[1])
+    np.testing.assert_allclose(U[1], transport_dense(U0[1], A, B), atol=1e-13)
+    np.testing.assert_array_equal(U[[0, 2]], U0[[0, 2]])

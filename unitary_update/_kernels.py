@@ -9,6 +9,10 @@ wins.  Validation and dispatch live in the public wrappers, never in the kernels
 
 from __future__ import annotations
 
+import numba
+import numpy as np
+from numba.extending import overload
+
 from ._backend import get_options
 
 __all__ = ["use_numba"]
@@ -23,6 +27,389 @@ def use_numba(auto: bool) -> bool:
 
 
 # ---- section: low-rank update kernels (fused U W + rank update; batched small matrices) ------
+#
+# Large N (memory bound): a projUNN step reads U twice and writes it once.
+#   * adjoint_matmul: A_hat = U^H A in one streaming pass over the rows of U; NaN/Inf anywhere in
+#     U propagates into A_hat (the loop never skips a zero of A, unlike reference BLAS), so a
+#     finiteness check of the small A_hat replaces a separate pass over U.
+#   * fused_update: for each row i, p = U[i] W, then out[i] = U[i] + (p D) W^H while the row is
+#     still in cache: one read and one write of U instead of two reads and one read-write.
+# Stacks of small matrices (the convolution case): batched_update does the whole step per matrix
+# (A_hat, Gram-Schmidt basis, r x r core by Jacobi rotations, rank update) in one parallel loop.
+
+_ROW_BLOCK = 64
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _adjoint_matmul_numba(U, A, nthreads):  # pragma: no cover - compiled
+    n, k = A.shape
+    nchunks = min(nthreads, max(1, n // _ROW_BLOCK))
+    partial = np.zeros((nchunks, k, n), dtype=U.dtype)
+    for c in numba.prange(nchunks):
+        lo = c * n // nchunks
+        hi = (c + 1) * n // nchunks
+        acc = partial[c]
+        for i in range(lo, hi):
+            for col in range(k):
+                a = A[i, col]
+                for j in range(n):
+                    acc[col, j] += np.conj(U[i, j]) * a
+    out = np.empty((n, k), dtype=U.dtype)
+    for col in range(k):
+        for j in range(n):
+            total = partial[0, col, j]
+            for c in range(1, nchunks):
+                total += partial[c, col, j]
+            out[j, col] = total
+    return out
+
+
+def adjoint_matmul_numba(U: np.ndarray, A: np.ndarray) -> np.ndarray:
+    """``U^H @ A`` for a C-contiguous N x N ``U``; one pass over U, NaN/Inf always propagate."""
+    return _adjoint_matmul_numba(U, A, numba.get_num_threads())
+
+
+def adjoint_matmul_numpy(U: np.ndarray, A: np.ndarray) -> np.ndarray:
+    """NumPy twin of :func:`adjoint_matmul_numba`: ``U^H @ A`` by BLAS, without copying U."""
+    if U.dtype.kind != "c":
+        return U.T @ A
+    return np.conj(U.T @ np.conj(A))
+
+
+@numba.njit(cache=True, nogil=True, parallel=True, fastmath={"reassoc", "contract"})
+def fused_update_numba(U, W, D, out):  # pragma: no cover - compiled
+    """``out = U + (U W) D W^H`` row by row (C-contiguous U and out; ``out`` may be ``U``).
+
+    ``fastmath`` allows only re-association and FMA contraction, so that the row dot products
+    vectorise (as BLAS's do); NaN and Inf semantics are untouched.
+    """
+    n, r = W.shape
+    Wt = np.ascontiguousarray(W.T)  # r x N: rows of W^T are contiguous
+    Wh = np.conj(Wt)  # r x N: W^H
+    nblocks = (n + _ROW_BLOCK - 1) // _ROW_BLOCK
+    for blk in numba.prange(nblocks):
+        p = np.empty(r, dtype=U.dtype)
+        q = np.empty(r, dtype=U.dtype)
+        for i in range(blk * _ROW_BLOCK, min(n, (blk + 1) * _ROW_BLOCK)):
+            for col in range(r):
+                acc = U.dtype.type(0)
+                for j in range(n):
+                    acc += U[i, j] * Wt[col, j]
+                p[col] = acc
+            for col in range(r):
+                acc = U.dtype.type(0)
+                for m in range(r):
+                    acc += p[m] * D[m, col]
+                q[col] = acc
+            if out is not U:
+                for j in range(n):
+                    out[i, j] = U[i, j]
+            for col in range(r):
+                qc = q[col]
+                for j in range(n):
+                    out[i, j] += qc * Wh[col, j]
+
+
+def fused_update_numpy(U: np.ndarray, W: np.ndarray, D: np.ndarray, out: np.ndarray) -> None:
+    """NumPy twin of :func:`fused_update_numba`: ``U W`` by BLAS, then an in-place BLAS update."""
+    from ._backend import add_lowrank_
+
+    P = (U @ W) @ D
+    if out is not U:
+        out[...] = U
+    add_lowrank_(out, P, W)
+
+
+# -- small dense helpers for the batched kernel (complex128 cores, any r) --------------------
+@numba.njit(cache=True, nogil=True, inline="always")
+def _abs2(x):  # pragma: no cover - compiled
+    return x.real * x.real + x.imag * x.imag
+
+
+@numba.njit(cache=True, nogil=True)
+def _one_sided_jacobi(G, V):  # pragma: no cover - compiled
+    """Rotate the columns of G (and V alike) until they are mutually orthogonal (Hestenes).
+
+    On return ``G_in @ V_in_total = G`` with V unitary; used for the SVD-based polar factor and,
+    on a shifted positive semidefinite matrix, for Hermitian eigenvectors.
+    """
+    m = G.shape[1]
+    rows = G.shape[0]
+    for _sweep in range(30):
+        rotated = False
+        for p in range(m - 1):
+            for q in range(p + 1, m):
+                alpha = 0.0
+                beta = 0.0
+                gamma = 0j
+                for i in range(rows):
+                    alpha += _abs2(G[i, p])
+                    beta += _abs2(G[i, q])
+                    gamma += np.conj(G[i, p]) * G[i, q]
+                g = abs(gamma)
+                if g <= 1e-14 * m * np.sqrt(alpha * beta) or g == 0.0:
+                    continue
+                rotated = True
+                zeta = (beta - alpha) / (2.0 * g)
+                t = (1.0 if zeta >= 0 else -1.0) / (abs(zeta) + np.sqrt(1.0 + zeta * zeta))
+                c = 1.0 / np.sqrt(1.0 + t * t)
+                s = c * t
+                phase = np.conj(gamma / g)  # e^{-i phi}
+                for i in range(rows):
+                    gp = G[i, p]
+                    gq = G[i, q] * phase
+                    G[i, p] = c * gp - s * gq
+                    G[i, q] = s * gp + c * gq
+                for i in range(m):
+                    vp = V[i, p]
+                    vq = V[i, q] * phase
+                    V[i, p] = c * vp - s * vq
+                    V[i, q] = s * vp + c * vq
+        if not rotated:
+            break
+
+
+@numba.njit(cache=True, nogil=True)
+def _orthonormalize_columns(X, order):  # pragma: no cover - compiled
+    """Gram-Schmidt twice on the columns of X taken in ``order``; dependent columns are replaced
+    by unit vectors completing the basis (so X becomes unitary when square)."""
+    rows, m = X.shape
+    for idx in range(m):
+        j = order[idx]
+        for _attempt in range(rows + 1):
+            before = 0.0
+            for i in range(rows):
+                before += _abs2(X[i, j])
+            for _twice in range(2):
+                for prev in range(idx):
+                    pj = order[prev]
+                    proj = 0j
+                    for i in range(rows):
+                        proj += np.conj(X[i, pj]) * X[i, j]
+                    for i in range(rows):
+                        X[i, j] -= proj * X[i, pj]
+            norm = 0.0
+            for i in range(rows):
+                norm += _abs2(X[i, j])
+            norm = np.sqrt(norm)
+            if norm > 1e-8 * np.sqrt(before) and norm > 1e-300:
+                for i in range(rows):
+                    X[i, j] /= norm
+                break
+            # dependent: restart from the next unit vector
+            for i in range(rows):
+                X[i, j] = 0j
+            X[_attempt % rows, j] = 1.0
+
+
+@numba.njit(cache=True, nogil=True)
+def _polar_minus_identity(T, D, G, V, s, order):  # pragma: no cover - compiled
+    """D = polar(T) - I for a small complex T, via one-sided Jacobi (defined for singular T).
+
+    ``G, V`` (m x m complex128), ``s`` (m float64) and ``order`` (m int64) are workspaces.
+    """
+    m = T.shape[0]
+    for i in range(m):
+        for j in range(m):
+            G[i, j] = T[i, j]
+            V[i, j] = 1.0 if i == j else 0.0
+    _one_sided_jacobi(G, V)
+    for j in range(m):
+        acc = 0.0
+        for i in range(m):
+            acc += _abs2(G[i, j])
+        s[j] = np.sqrt(acc)
+        order[j] = j
+    for a in range(1, m):  # insertion sort: decreasing singular values
+        b = a
+        while b > 0 and s[order[b]] > s[order[b - 1]]:
+            order[b], order[b - 1] = order[b - 1], order[b]
+            b -= 1
+    _orthonormalize_columns(G, order)  # G -> X, the left singular vectors
+    for i in range(m):
+        for j in range(m):
+            acc = 0j
+            for c in range(m):
+                acc += G[i, c] * np.conj(V[j, c])
+            D[i, j] = acc - (1.0 if i == j else 0.0)
+
+
+@numba.njit(cache=True, nogil=True)
+def _expm_skew_minus_identity(K, D, G, V, e, order):  # pragma: no cover - compiled
+    """D = expm(K) - I for a small skew-Hermitian K, from the eigenvectors of H = -iK.
+
+    H + c I (c > ||H||_F) is positive definite, so the one-sided Jacobi rotations that
+    orthogonalise its columns diagonalise it; the eigenvalues are Rayleigh quotients.
+    ``G, V`` (m x m complex128), ``e`` (m complex128) and ``order`` (m int64) are workspaces.
+    """
+    m = K.shape[0]
+    shift = 0.0
+    for i in range(m):
+        for j in range(m):
+            shift += _abs2(K[i, j])
+    shift = np.sqrt(shift) + 1.0
+    for i in range(m):
+        order[i] = i
+        for j in range(m):
+            G[i, j] = -1j * K[i, j] + (shift if i == j else 0.0)
+            V[i, j] = 1.0 if i == j else 0.0
+    _one_sided_jacobi(G, V)
+    _orthonormalize_columns(V, order)
+    for j in range(m):
+        theta = 0j
+        for i in range(m):
+            hv = 0j
+            for c in range(m):
+                hv += -1j * K[i, c] * V[c, j]
+            theta += np.conj(V[i, j]) * hv
+        th = theta.real
+        e[j] = complex(-2.0 * np.sin(0.5 * th) ** 2, np.sin(th))
+    for i in range(m):
+        for j in range(m):
+            acc = 0j
+            for c in range(m):
+                acc += V[i, c] * e[c] * np.conj(V[j, c])
+            D[i, j] = acc
+
+
+def _as_dtype_of(value, like):  # pragma: no cover - only used inside compiled code
+    """``value`` converted to the type of ``like`` (the real part for a real ``like``)."""
+    return value if isinstance(like, complex) else value.real
+
+
+@overload(_as_dtype_of)
+def _as_dtype_of_overload(value, like):  # pragma: no cover - typing-time
+    if isinstance(like, numba.types.Complex):
+        return lambda value, like: value
+    return lambda value, like: value.real
+
+
+@numba.njit(cache=True, nogil=True, parallel=True, fastmath={"reassoc", "contract"})
+def _batched_update_numba(U, A, B, transport, out, nthreads):  # pragma: no cover - compiled
+    """The whole projUNN step for each matrix of a stack, in one parallel loop.
+
+    ``U, out: (F, n, n)``, ``A, B: (F, n, k)`` in U's dtype (``out`` may be ``U``);
+    ``transport`` selects projUNN-T, else projUNN-D.  Per matrix: ``A_hat = U^H A``; an
+    orthonormal basis W of ``[B, A_hat]`` by Gram-Schmidt twice (dependent columns become zero,
+    so the r x r core acts as the identity there); the core (``polar(I + a b^H) - I`` or
+    ``expm(K) - I``) in complex128 by Jacobi rotations; ``out = U + (U W) D W^H``.  Products
+    with U run in U's dtype, like the BLAS path.
+    """
+    F, n, _ = U.shape
+    k = A.shape[2]
+    r = 2 * k
+    zero = U.dtype.type(0)
+    nchunks = min(F, 4 * nthreads)
+    for c in numba.prange(nchunks):
+        Wt = np.empty((r, n), dtype=U.dtype)  # rows: basis vectors (W^T)
+        R = np.empty((r, r), dtype=np.complex128)
+        core = np.empty((r, r), dtype=np.complex128)
+        D = np.empty((r, r), dtype=np.complex128)
+        Dc = np.empty((r, r), dtype=U.dtype)
+        UW = np.empty(r, dtype=U.dtype)
+        P = np.empty(r, dtype=U.dtype)
+        keep = np.empty(r, dtype=np.bool_)
+        G = np.empty((r, r), dtype=np.complex128)
+        V = np.empty((r, r), dtype=np.complex128)
+        sv = np.empty(r, dtype=np.float64)
+        ev = np.empty(r, dtype=np.complex128)
+        order = np.empty(r, dtype=np.int64)
+        for f in range(c * F // nchunks, (c + 1) * F // nchunks):
+            u = U[f]
+            # rows of Wt: [B, U^H A]^T
+            for col in range(k):
+                for i in range(n):
+                    Wt[col, i] = B[f, i, col]
+                    Wt[k + col, i] = zero
+            for i in range(n):
+                for col in range(k):
+                    a = A[f, i, col]
+                    for j in range(n):
+                        Wt[k + col, j] += np.conj(u[i, j]) * a
+            # Gram-Schmidt twice, R = W^H [B, A_hat]; dependent columns dropped (zero rows of Wt)
+            for i in range(r):
+                for j in range(r):
+                    R[i, j] = 0j
+            for j in range(r):
+                before = 0.0
+                for i in range(n):
+                    before += _abs2(Wt[j, i])
+                for _twice in range(2):
+                    for p in range(j):
+                        if not keep[p]:
+                            continue
+                        proj = zero
+                        for i in range(n):
+                            proj += np.conj(Wt[p, i]) * Wt[j, i]
+                        R[p, j] += proj
+                        for i in range(n):
+                            Wt[j, i] -= proj * Wt[p, i]
+                norm = 0.0
+                for i in range(n):
+                    norm += _abs2(Wt[j, i])
+                norm = np.sqrt(norm)
+                keep[j] = norm > 1e-5 * np.sqrt(before) and norm > 0.0
+                if keep[j]:
+                    R[j, j] = norm
+                    inv = 1.0 / norm
+                    for i in range(n):
+                        Wt[j, i] *= inv
+                else:
+                    for i in range(n):
+                        Wt[j, i] = zero
+            # a = R[:, k:], b = R[:, :k];  core = a b^H
+            for i in range(r):
+                for j in range(r):
+                    ab = 0j
+                    for col in range(k):
+                        ab += R[i, k + col] * np.conj(R[j, col])
+                    core[i, j] = ab
+            if transport:
+                for i in range(r):
+                    for j in range(r):
+                        R[i, j] = 0.5 * (core[i, j] - np.conj(core[j, i]))  # K
+                _expm_skew_minus_identity(R, D, G, V, ev, order)
+            else:
+                for i in range(r):
+                    core[i, i] += 1.0
+                _polar_minus_identity(core, D, G, V, sv, order)
+            for i in range(r):
+                for j in range(r):
+                    Dc[i, j] = _as_dtype_of(D[i, j], zero)
+            # row by row: p = u[i] W, P = p D, out[i] = u[i] + P W^H
+            for i in range(n):
+                for j in range(r):
+                    acc = zero
+                    for m in range(n):
+                        acc += u[i, m] * Wt[j, m]
+                    UW[j] = acc
+                for j in range(r):
+                    acc = zero
+                    for m in range(r):
+                        acc += UW[m] * Dc[m, j]
+                    P[j] = acc
+                for j in range(n):
+                    out[f, i, j] = u[i, j]
+                for m in range(r):
+                    pm = P[m]
+                    for j in range(n):
+                        out[f, i, j] += pm * np.conj(Wt[m, j])
+
+
+def batched_update_numba(U: np.ndarray, A: np.ndarray, B: np.ndarray, transport: bool, out: np.ndarray) -> None:
+    """The whole projUNN step per matrix of a C-contiguous stack (see ``_batched_update_numba``)."""
+    _batched_update_numba(U, A, B, transport, out, numba.get_num_threads())
+
+
+def batched_update_numpy(U: np.ndarray, A: np.ndarray, B: np.ndarray, transport: bool, out: np.ndarray) -> None:
+    """NumPy twin of :func:`batched_update_numba`: the batched NumPy/LAPACK path of ``_lowrank``."""
+    from . import _lowrank
+
+    W, a, b = _lowrank.basis(np, U, A, B)
+    D = _lowrank.transport_core(np, a, b) if transport else _lowrank.project_core(np, a, b)
+    if out is not U:
+        out[...] = U
+    _lowrank.apply_update(np, U, W, D, out)
 
 
 # ---- section: RNN elementwise kernels (modReLU forward / backward) ----------------------------

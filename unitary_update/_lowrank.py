@@ -44,27 +44,36 @@ from typing import Any
 
 import numpy as np
 
-from ._backend import add_lowrank_
+from . import _kernels
+from ._backend import add_lowrank_, get_options
+from ._validation import NonFiniteError, check_finite
 
-__all__ = ["apply_update", "basis", "project_core", "transport_core"]
+__all__ = ["adjoint_matmul", "apply_update", "basis", "lowrank_update", "project_core", "transport_core"]
 
 
 def _hermitian_transpose(xp: ModuleType, x: Any) -> Any:
     return xp.conj(xp.swapaxes(x, -1, -2))
 
 
-def basis(xp: ModuleType, U: Any, A: Any, B: Any) -> tuple[Any, Any, Any]:
+def adjoint_matmul(xp: ModuleType, U: Any, A: Any) -> Any:
+    """``U^H @ A`` without materialising ``U^H`` (for complex U: ``conj(U^T @ conj(A))``)."""
+    Ut = xp.swapaxes(U, -1, -2)
+    if U.dtype.kind != "c":
+        return Ut @ A
+    return xp.conj(Ut @ xp.conj(A))
+
+
+def basis(xp: ModuleType, U: Any, A: Any, B: Any, A_hat: Any = None) -> tuple[Any, Any, Any]:
     """Return ``W, a, b``: the orthonormal basis of ``span[B, U^H A]`` and the factors in it.
 
     Shapes: ``W (..., N, r)``, ``a, b (..., r, k)`` with ``r = min(N, 2k)``.  Householder QR
     gives an orthonormal ``W`` even when ``[B, A_hat]`` is rank deficient (A or B zero,
-    ``A_hat`` parallel to ``B``): no rank decision is needed.
+    ``A_hat`` parallel to ``B``): no rank decision is needed.  ``A_hat`` may be passed in when
+    already computed.
     """
     k = A.shape[-1]
-    # U^H A as conj(U^T conj(A)): the conjugate lands on the thin blocks, and U^T is a view, so no
-    # N x N temporary is made (xp.conj(U^T) would copy all of U: two extra passes over memory)
-    U_t = xp.swapaxes(U, -1, -2)
-    A_hat = xp.conj(U_t @ xp.conj(A)) if U.dtype.kind == "c" else U_t @ A
+    if A_hat is None:
+        A_hat = adjoint_matmul(xp, U, A)
     batch = np.broadcast_shapes(A_hat.shape[:-2], B.shape[:-2])
     X = xp.concatenate(
         [xp.broadcast_to(B, (*batch, *B.shape[-2:])), xp.broadcast_to(A_hat, (*batch, *A_hat.shape[-2:]))],
@@ -107,7 +116,7 @@ def transport_core(xp: ModuleType, a: Any, b: Any) -> Any:
 
 
 def apply_update(xp: ModuleType, U: Any, W: Any, D: Any, out: Any) -> None:
-    """``out = U + (U W) D W^H``; ``out`` already holds ``U`` (or is ``U``).
+    """``out = U + (U W) D W^H``, with ``out`` either ``U`` itself or already holding ``U``.
 
     ``U W`` is computed before ``out`` is written, so ``out=U`` is safe.  Extra memory is
     O(N r): ``U W`` and ``P = (U W) D``.
@@ -115,3 +124,67 @@ def apply_update(xp: ModuleType, U: Any, W: Any, D: Any, out: Any) -> None:
     D = D.astype(U.dtype)
     P = (U @ W) @ D
     add_lowrank_(out, P, W)
+
+
+def _fused_eligible(U: Any, target: Any, r: int) -> bool:
+    n = U.shape[-1]
+    auto = n >= 256 and r <= 8
+    return (
+        U.ndim == 2
+        and U.flags.c_contiguous
+        and (target is None or (target.ndim == 2 and target.flags.c_contiguous))
+        and _kernels.use_numba(auto)
+    )
+
+
+def lowrank_update(xp: ModuleType, kind: str, U: Any, A: Any, B: Any, target: Any, shape: tuple[int, ...]) -> Any:
+    """Run one projUNN update (``kind`` "project" or "transport") and return the result array.
+
+    ``target`` is where the result goes (``U`` itself for an in-place update, another array, or
+    None to allocate one of ``shape``).  Inputs are validated except for the finiteness of U,
+    which is checked here before anything is written -- by a separate pass, or, on the fused
+    Numba path, through ``A_hat = U^H A`` (NaN/Inf in U always reach it).  Paths:
+
+    * stacks of small matrices (NumPy, Numba): :func:`_kernels.batched_update_numba`;
+    * large single matrices (NumPy, Numba): one streaming pass for ``A_hat`` plus the fused
+      row-block update;
+    * otherwise (NumPy BLAS/LAPACK, CuPy): batched ``matmul``/``qr``/``svd``/``eigh`` and the
+      in-place rank update of :func:`_backend.add_lowrank_`.
+    """
+    n, k = U.shape[-1], A.shape[-1]
+    count = int(np.prod(shape[:-2], dtype=np.int64))
+    if xp is np and (target is None or target.flags.c_contiguous) and _kernels.use_numba(count >= 16 and n <= 64):
+        check_finite(U, "U")
+        if target is None:
+            target = np.empty(shape, dtype=U.dtype)
+        U3, A3, B3 = (
+            np.ascontiguousarray(np.broadcast_to(x, (*shape[:-2], *x.shape[-2:])).reshape(-1, *x.shape[-2:]))
+            for x in (U, A, B)
+        )
+        out3 = target.reshape(-1, n, n)
+        _kernels.batched_update_numba(U3 if target is not U else out3, A3, B3, kind == "transport", out3)
+        return target
+    fused = xp is np and _fused_eligible(U, target, min(n, 2 * k))
+    if fused:
+        A_hat = _kernels.adjoint_matmul_numba(U, A)
+        if get_options().check_finite and not np.isfinite(A_hat).all():
+            check_finite(U, "U")
+            raise NonFiniteError("U^H A overflows (A is too large for U's dtype)")
+    else:
+        check_finite(U, "U")
+        A_hat = adjoint_matmul(xp, U, A)
+    W, a, b = basis(xp, U, A, B, A_hat)
+    D = project_core(xp, a, b) if kind == "project" else transport_core(xp, a, b)
+    # everything that can fail has run: only now is the target written
+    if fused:
+        if target is None:
+            target = np.empty(shape, dtype=U.dtype)
+        _kernels.fused_update_numba(U, W, D.astype(U.dtype), target)
+        return target
+    if target is None:
+        target = xp.empty(shape, dtype=U.dtype)
+        target[...] = U
+    elif target is not U:
+        target[...] = U
+    apply_update(xp, U, W, D, target)
+    return target

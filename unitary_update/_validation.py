@@ -25,6 +25,7 @@ __all__ = [
     "check_out",
     "check_rank",
     "check_square",
+    "same_view",
 ]
 
 FLOAT_DTYPES = (np.float32, np.float64, np.complex64, np.complex128)
@@ -101,8 +102,20 @@ def check_out(out: Any, U: Any, shape: tuple[int, ...]) -> None:
     flags = getattr(out, "flags", None)
     if flags is not None and not getattr(flags, "writeable", True):  # CuPy flags have no writeable
         raise ValueError("out is read-only")
-    if out is not U and _may_share_memory(out, U):
+    if not same_view(out, U) and _may_share_memory(out, U):
         raise ValueError("out overlaps U without being U; pass out=U for an in-place update")
+
+
+def same_view(a: Any, b: Any) -> bool:
+    """True when ``a`` and ``b`` are views of exactly the same elements (same start, shape, strides)."""
+    if a is b:
+        return True
+    if type(a) is not type(b) or a.shape != b.shape or a.strides != b.strides or a.dtype != b.dtype:
+        return False
+    if isinstance(a, np.ndarray):
+        return bool(a.__array_interface__["data"][0] == b.__array_interface__["data"][0])
+    data_a, data_b = getattr(a, "data", None), getattr(b, "data", None)
+    return data_a is not None and data_b is not None and getattr(data_a, "ptr", None) == getattr(data_b, "ptr", 0)
 
 
 def _may_share_memory(a: Any, b: Any) -> bool:

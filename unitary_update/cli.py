@@ -5,6 +5,10 @@ Subcommands
 demo (default)
     One projUNN-D and one projUNN-T step at N = 1024 beside the dense O(N^3) methods: the
     errors against them and the speed ratio.
+bench
+    Time per step of project and transport (``out=U``) for a grid of N and k, as ratios to one
+    GEMM, a copy of U, the in-place BLAS rank update and the dense methods, measured in one run;
+    ``--plot FILE.png`` draws time against N on log-log axes.
 bench-gpu
     projUNN-D/T on the GPU (CuPy) against the dense GPU methods and the memory floor, for
     N in {1024, 4096, 8192}, float32/complex64, k in {1, 16}: a markdown table of times and
@@ -14,6 +18,7 @@ bench-gpu
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -69,6 +74,38 @@ def demo(n: int = 1024, rank: int = 1, dtype: str = "float64", seed: int = 0, re
     return rows
 
 
+def _bench_command(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
+    # numpy and scipy each load their own OpenBLAS; two idle pools spinning on 2 cores slow each
+    # other down.  A short OPENBLAS_THREAD_TIMEOUT must be set before the libraries load, so the
+    # command re-executes itself once with it.
+    if "OPENBLAS_THREAD_TIMEOUT" not in os.environ:
+        os.environ["OPENBLAS_THREAD_TIMEOUT"] = "1"
+        command = [sys.executable, "-m", "unitary_update", *(sys.argv[1:] if argv is None else argv)]
+        os.execv(sys.executable, command)
+    from unitary_update import _bench
+
+    machine = _bench.machine_description(args.threads)
+    print(f"# projUNN bench: {machine}")
+    rows = _bench.run(args.n, args.rank, args.dtype, args.threads, args.repeat, args.dense_max)
+    table = _bench.format_markdown(rows)
+    command = "python -m unitary_update " + " ".join(sys.argv[1:] if argv is None else argv)
+    print(table)
+    ns = sorted({r["n"] for r in rows})
+    if len(ns) >= 2:
+        ratios = _bench.scaling(rows, ns[0] if 1024 not in ns else 1024, ns[-1])
+        print(
+            f"scaling time(N={ns[-1]}) / time(N={ns[0] if 1024 not in ns else 1024}): "
+            + ", ".join(f"{k} {v:.1f}" for k, v in ratios.items())
+        )
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(f"Command: `{command}`\n\nMachine: {machine}\n\n{table}")
+    if args.plot:
+        _bench.plot(rows, args.plot)
+        print(f"plot written to {args.plot}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m unitary_update`` and the ``unitary-update`` script."""
     parser = argparse.ArgumentParser(
@@ -80,9 +117,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_demo.add_argument("--rank", type=int, default=1)
     p_demo.add_argument("--dtype", default="float64", choices=["float32", "float64", "complex64", "complex128"])
     p_demo.add_argument("--seed", type=int, default=0)
+    p_bench = sub.add_parser("bench", help="time projUNN steps against GEMM, copy, rank update and dense baselines")
+    p_bench.add_argument("--n", type=int, nargs="+", default=[256, 1024, 2048, 4096], help="matrix sizes N")
+    p_bench.add_argument("--rank", type=int, nargs="+", default=[1], help="ranks k")
+    p_bench.add_argument("--dtype", default="float32", choices=["float32", "float64", "complex64", "complex128"])
+    p_bench.add_argument("--threads", type=int, default=2, help="BLAS and Numba threads (default 2)")
+    p_bench.add_argument("--repeat", type=int, default=7, help="repetitions per figure; the best is kept")
+    p_bench.add_argument("--dense-max", type=int, default=4096, help="largest N at which dense baselines run")
+    p_bench.add_argument("--plot", metavar="FILE.png", help="draw time vs N (log-log) with O(N^2), O(N^3) slopes")
+    p_bench.add_argument("--markdown", metavar="FILE.md", help="also write the table (and machine line) here")
     p_bench_gpu = sub.add_parser("bench-gpu", help="GPU timings vs the dense method and the memory floor")
     _bench_gpu.add_arguments(p_bench_gpu)
     args = parser.parse_args(argv)
+    if args.command == "bench":
+        return _bench_command(args, argv)
     if args.command == "bench-gpu":
         words = list(sys.argv[1:] if argv is None else argv)
         _bench_gpu.main(args, "python -m unitary_update " + " ".join(words))

@@ -10,7 +10,7 @@ from typing import Any
 
 from . import _lowrank
 from ._backend import array_namespace, compute_context, from_compute, mark_written, to_compute
-from ._validation import check_factor_pair, check_finite, check_out, check_square
+from ._validation import check_factor_pair, check_finite, check_out, check_square, same_view
 
 __all__ = ["project", "transport"]
 
@@ -29,8 +29,10 @@ def _prepare(U: Any, A: Any, B: Any, out: Any) -> tuple[Any, Any, Any, Any, str,
     shape = (*batch, n, n)
     if target is not None:
         check_out(target, U, shape)
-    for x, name in ((U, "U"), (A, "A"), (B, "B")):
-        check_finite(x, name)
+        if same_view(target, U):
+            target = U
+    for x, name in ((A, "A"), (B, "B")):
+        check_finite(x, name)  # U's finiteness is checked by _lowrank.lowrank_update
     return U, A, B, target, library, shape
 
 
@@ -38,19 +40,11 @@ def _update(kind: str, U: Any, A: Any, B: Any, out: Any) -> Any:
     with compute_context(U):
         U_c, A_c, B_c, target, library, shape = _prepare(U, A, B, out)
         xp = array_namespace(U_c, A_c, B_c)
-        W, a, b = _lowrank.basis(xp, U_c, A_c, B_c)
-        D = _lowrank.project_core(xp, a, b) if kind == "project" else _lowrank.transport_core(xp, a, b)
-        # everything that can fail has run: only now is the target written
-        if target is None:
-            target = xp.empty(shape, dtype=U_c.dtype)
-            target[...] = U_c
-        elif target is not U_c:
-            target[...] = U_c
-        _lowrank.apply_update(xp, U_c, W, D, target)
+        result = _lowrank.lowrank_update(xp, kind, U_c, A_c, B_c, target, shape)
         if out is not None:
-            mark_written(out)
+            mark_written(out)  # torch: bump the version counter, as an in-place op would
             return out
-        return from_compute(target, library)
+        return from_compute(result, library)
 
 
 def project(U: Any, A: Any, B: Any, *, out: Any = None) -> Any:
