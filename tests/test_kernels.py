@@ -24,8 +24,9 @@ def test_adjoint_matmul_twins_agree(dtype, n, k):
     for fn in (_kernels.adjoint_matmul_numba, _kernels.adjoint_matmul_numpy):
         got = fn(U, A)
         assert got.dtype == dtype
-        np.testing.assert_allclose(got, expected if np.dtype(dtype).kind == "c" else expected.real,
-                                   rtol=0, atol=tol(dtype) * np.sqrt(n) * 10)
+        np.testing.assert_allclose(
+            got, expected if np.dtype(dtype).kind == "c" else expected.real, rtol=0, atol=tol(dtype) * np.sqrt(n) * 10
+        )
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
@@ -140,7 +141,8 @@ def test_lowrank_update_without_out_does_not_touch_U_on_fused_path():
     U0 = U.copy()
     rng = np.random.default_rng(6)
     with uu.options(backend="numba"):
-        V = _lowrank.lowrank_update(np, "transport", U, rng.standard_normal((300, 1)), rng.standard_normal((300, 1)),
-                                    None, U.shape)
+        V = _lowrank.lowrank_update(
+            np, "transport", U, rng.standard_normal((300, 1)), rng.standard_normal((300, 1)), None, U.shape
+        )
     np.testing.assert_array_equal(U, U0)
     assert uu.unitarity_error(V) < 1e-12 * 300
