@@ -77,7 +77,19 @@ _BACKENDS = ("auto", "numba", "numpy")
 
 
 def get_options() -> Options:
-    """Return the live library options object (read it, change it with :func:`set_options`)."""
+    """Return the live library options object (read it, change it with :func:`set_options`).
+
+    Returns
+    -------
+    Options
+        The object the library reads its settings from; its attributes are live, not a copy.
+
+    Examples
+    --------
+    >>> import unitary_update as uu
+    >>> uu.get_options()
+    Options(backend='auto', check_finite=True)
+    """
     return _OPTIONS
 
 
@@ -95,6 +107,14 @@ def set_options(*, backend: str | None = None, check_finite: bool | None = None)
     ------
     ValueError
         If ``backend`` is not one of the valid names.
+
+    Examples
+    --------
+    >>> import unitary_update as uu
+    >>> uu.set_options(check_finite=False)
+    >>> uu.get_options().check_finite
+    False
+    >>> uu.set_options(check_finite=True)
     """
     if backend is not None:
         if backend not in _BACKENDS:
@@ -107,6 +127,25 @@ def set_options(*, backend: str | None = None, check_finite: bool | None = None)
 @contextlib.contextmanager
 def options(*, backend: str | None = None, check_finite: bool | None = None) -> Iterator[Options]:
     """Context manager that sets options for the duration of a ``with`` block.
+
+    The previous values are restored on exit, also when the block raises.
+
+    Parameters
+    ----------
+    backend : {"auto", "numba", "numpy"}, optional
+        Which CPU kernels to use inside the block (see :class:`Options`).
+    check_finite : bool, optional
+        Whether public functions check their inputs for NaN/Inf inside the block.
+
+    Yields
+    ------
+    Options
+        The live options object, with the new values set.
+
+    Raises
+    ------
+    ValueError
+        If ``backend`` is not one of the valid names.
 
     Examples
     --------
@@ -143,6 +182,8 @@ def array_namespace(*arrays: Any) -> ModuleType:
     TypeError
         If the arrays mix NumPy and CuPy.
     """
+    if all(type(a) is np.ndarray for a in arrays if a is not None):
+        return np  # the common case, decided without string work
     names = {_module_root(a) for a in arrays if a is not None}
     if names <= {"numpy"}:
         return np
@@ -246,6 +287,8 @@ def to_compute(x: Any, name: str, *, writable: bool = False) -> tuple[Any, str]:
     ValueError
         If ``writable`` and ``x`` is a lazy conjugate/negative torch view.
     """
+    if type(x) is np.ndarray:
+        return x, "numpy"
     root = _module_root(x)
     if root == "numpy" and isinstance(x, np.ndarray):
         return x, "numpy"
@@ -446,24 +489,44 @@ def _gemm_inplace_(U: np.ndarray, P: np.ndarray, W: np.ndarray) -> bool:
     return True
 
 
+_CHUNK_BYTES = 8 << 20  # bound on the temporary of the batched NumPy update
+
+
 def add_lowrank_(U: Any, P: Any, W: Any) -> None:
     """In place: ``U += P @ W^H`` with ``U: (..., N, N)``, ``P, W: (..., N, r)``.
 
-    NumPy: BLAS gemm with beta = 1, one call per matrix for large N (extra memory O(N r)), a
-    batched ``matmul`` for stacks of small matrices.  CuPy: cuBLAS gemm with beta = 1 for
-    contiguous U (see :func:`_cupy_gemm_inplace_`), else ``matmul`` then ``+=`` on the device.
+    NumPy: a single matrix, or each matrix of a stack of matrices of 1 MiB or more, is updated by
+    BLAS gemm with beta = 1 (extra memory O(N r)); a stack of smaller matrices by batched
+    ``matmul`` in chunks whose temporary stays under 8 MiB, so there is no per-matrix Python
+    loop for stacks of small matrices.  CuPy: cuBLAS gemm with beta = 1 for N >= 64 (see
+    :func:`_cupy_gemm_inplace_`), else ``matmul`` then ``+=`` on the device.
     """
     xp = array_namespace(U)
-    if is_cupy(xp) and _cupy_gemm_inplace_(U, P, W):
+    if xp is not np:
+        if not (is_cupy(xp) and _cupy_gemm_inplace_(U, P, W)):
+            U += P @ xp.conj(xp.swapaxes(W, -1, -2))
         return
-    if xp is np and U.shape[-1] >= 64:
-        P = np.broadcast_to(P, U.shape[:-1] + P.shape[-1:])
-        W = np.broadcast_to(W, U.shape[:-1] + W.shape[-1:])
-        for idx in np.ndindex(U.shape[:-2]):
+    if U.ndim == 2:
+        if not _gemm_inplace_(U, np.ascontiguousarray(P), np.ascontiguousarray(W)):
+            U += P @ np.conj(W).T
+        return
+    batch = U.shape[:-2]
+    P = np.broadcast_to(P, (*batch, *P.shape[-2:]))
+    W = np.broadcast_to(W, (*batch, *W.shape[-2:]))
+    if U[(0,) * len(batch)].nbytes >= (1 << 20):
+        for idx in np.ndindex(batch):
             if not _gemm_inplace_(U[idx], np.ascontiguousarray(P[idx]), np.ascontiguousarray(W[idx])):
-                U[idx] += P[idx] @ W[idx].conj().T
+                U[idx] += P[idx] @ np.conj(W[idx]).T
         return
-    U += P @ xp.conj(xp.swapaxes(W, -1, -2))
+    flatU = U.reshape(-1, *U.shape[-2:])  # a view for contiguous stacks
+    if not np.shares_memory(flatU, U):
+        U += P @ np.conj(np.swapaxes(W, -1, -2))
+        return
+    flatP = P.reshape(-1, *P.shape[-2:])
+    flatWH = np.conj(np.swapaxes(W, -1, -2)).reshape(-1, W.shape[-1], W.shape[-2])
+    step = max(1, _CHUNK_BYTES // max(1, flatU[0].nbytes))
+    for start in range(0, len(flatU), step):
+        flatU[start : start + step] += flatP[start : start + step] @ flatWH[start : start + step]
 
 
 _CUPY_GEMM_MIN_N = 64  # below this a batched matmul (one launch) beats a loop of gemm launches

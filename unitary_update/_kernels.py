@@ -9,6 +9,9 @@ wins.  Validation and dispatch live in the public wrappers, never in the kernels
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import numba
 import numpy as np
 from numba.extending import overload
@@ -38,6 +41,7 @@ def use_numba(auto: bool) -> bool:
 # (A_hat, Gram-Schmidt basis, r x r core by Jacobi rotations, rank update) in one parallel loop.
 
 _ROW_BLOCK = 64
+_PARALLEL_MIN_BYTES = 4 << 20
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
@@ -64,9 +68,27 @@ def _adjoint_matmul_numba(U, A, nthreads):  # pragma: no cover - compiled
     return out
 
 
+@contextlib.contextmanager
+def _threads_for(work_bytes: int) -> Iterator[int]:
+    """Numba threads for one kernel call: all of them for large work, one below 4 MiB.
+
+    Starting a parallel region waits for every worker thread; on a busy machine a descheduled
+    worker costs a whole time slice, far more than a small kernel's work.  Small calls
+    therefore run on the calling thread alone.
+    """
+    saved = numba.get_num_threads()
+    threads = saved if work_bytes >= _PARALLEL_MIN_BYTES else 1
+    numba.set_num_threads(threads)
+    try:
+        yield threads
+    finally:
+        numba.set_num_threads(saved)
+
+
 def adjoint_matmul_numba(U: np.ndarray, A: np.ndarray) -> np.ndarray:
     """``U^H @ A`` for a C-contiguous N x N ``U``; one pass over U, NaN/Inf always propagate."""
-    return _adjoint_matmul_numba(U, A, numba.get_num_threads())
+    with _threads_for(U.nbytes) as threads:
+        return _adjoint_matmul_numba(U, A, threads)
 
 
 def adjoint_matmul_numpy(U: np.ndarray, A: np.ndarray) -> np.ndarray:
@@ -77,7 +99,7 @@ def adjoint_matmul_numpy(U: np.ndarray, A: np.ndarray) -> np.ndarray:
 
 
 @numba.njit(cache=True, nogil=True, parallel=True, fastmath={"reassoc", "contract"})
-def fused_update_numba(U, W, D, out):  # pragma: no cover - compiled
+def _fused_update_numba(U, W, D, out):  # pragma: no cover - compiled
     """``out = U + (U W) D W^H`` row by row (C-contiguous U and out; ``out`` may be ``U``).
 
     ``fastmath`` allows only re-association and FMA contraction, so that the row dot products
@@ -108,6 +130,12 @@ def fused_update_numba(U, W, D, out):  # pragma: no cover - compiled
                 qc = q[col]
                 for j in range(n):
                     out[i, j] += qc * Wh[col, j]
+
+
+def fused_update_numba(U: np.ndarray, W: np.ndarray, D: np.ndarray, out: np.ndarray) -> None:
+    """``out = U + (U W) D W^H`` with one read and one write of U (see ``_fused_update_numba``)."""
+    with _threads_for(U.nbytes):
+        _fused_update_numba(U, W, D, out)
 
 
 def fused_update_numpy(U: np.ndarray, W: np.ndarray, D: np.ndarray, out: np.ndarray) -> None:
@@ -398,7 +426,8 @@ def _batched_update_numba(U, A, B, transport, out, nthreads):  # pragma: no cove
 
 def batched_update_numba(U: np.ndarray, A: np.ndarray, B: np.ndarray, transport: bool, out: np.ndarray) -> None:
     """The whole projUNN step per matrix of a C-contiguous stack (see ``_batched_update_numba``)."""
-    _batched_update_numba(U, A, B, transport, out, numba.get_num_threads())
+    with _threads_for(U.nbytes) as threads:
+        _batched_update_numba(U, A, B, transport, out, threads)
 
 
 def batched_update_numpy(U: np.ndarray, A: np.ndarray, B: np.ndarray, transport: bool, out: np.ndarray) -> None:

@@ -74,11 +74,14 @@ def basis(xp: ModuleType, U: Any, A: Any, B: Any, A_hat: Any = None) -> tuple[An
     k = A.shape[-1]
     if A_hat is None:
         A_hat = adjoint_matmul(xp, U, A)
-    batch = np.broadcast_shapes(A_hat.shape[:-2], B.shape[:-2])
-    X = xp.concatenate(
-        [xp.broadcast_to(B, (*batch, *B.shape[-2:])), xp.broadcast_to(A_hat, (*batch, *A_hat.shape[-2:]))],
-        axis=-1,
-    )
+    if A_hat.shape[:-2] == B.shape[:-2]:
+        X = xp.concatenate([B, A_hat], axis=-1)
+    else:
+        batch = np.broadcast_shapes(A_hat.shape[:-2], B.shape[:-2])
+        X = xp.concatenate(
+            [xp.broadcast_to(B, (*batch, *B.shape[-2:])), xp.broadcast_to(A_hat, (*batch, *A_hat.shape[-2:]))],
+            axis=-1,
+        )
     W, R = xp.linalg.qr(X, mode="reduced")
     return W, R[..., :, k:], R[..., :, :k]
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ._backend import array_namespace, get_options, is_cupy
+from ._backend import array_namespace, get_options
 
 __all__ = [
     "NonFiniteError",
@@ -33,7 +33,17 @@ _DTYPE_NAMES = "float32, float64, complex64 or complex128"
 
 
 class NonFiniteError(ValueError):
-    """An input contains NaN or Inf (a subclass of :class:`ValueError`)."""
+    """An input contains NaN or Inf (a subclass of :class:`ValueError`).
+
+    Examples
+    --------
+    >>> import numpy as np, unitary_update as uu
+    >>> try:
+    ...     uu.project(np.eye(2), np.full((2, 1), np.nan), np.ones((2, 1)))
+    ... except ValueError as err:  # NonFiniteError is a ValueError
+    ...     print(type(err).__name__, err)
+    NonFiniteError A contains NaN or Inf
+    """
 
 
 class SingularUpdateError(np.linalg.LinAlgError):
@@ -41,6 +51,14 @@ class SingularUpdateError(np.linalg.LinAlgError):
 
     Reserved for future use: :func:`unitary_update.project` resolves a singular
     ``U + A B^H`` by returning a valid nearest unitary matrix instead of raising.
+
+    Examples
+    --------
+    A subclass of :class:`numpy.linalg.LinAlgError`, so existing handlers catch it:
+
+    >>> import numpy as np, unitary_update as uu
+    >>> issubclass(uu.SingularUpdateError, np.linalg.LinAlgError)
+    True
     """
 
 
@@ -125,11 +143,27 @@ def _may_share_memory(a: Any, b: Any) -> bool:
     return False  # pragma: no cover
 
 
+_FINITE_CHUNK = 1 << 16
+
+
+def _all_finite_numpy(x: np.ndarray) -> bool:
+    """``np.isfinite(x).all()`` in chunks of 64 Ki elements: no temporary of x's size."""
+    if x.size <= _FINITE_CHUNK:
+        return bool(np.isfinite(x).all())
+    if x.flags.c_contiguous or x.flags.f_contiguous:
+        flat = x.reshape(-1) if x.flags.c_contiguous else x.T.reshape(-1)
+        return all(bool(np.isfinite(flat[i : i + _FINITE_CHUNK]).all()) for i in range(0, flat.size, _FINITE_CHUNK))
+    if x.ndim > 2:
+        return all(_all_finite_numpy(sub) for sub in x)
+    step = max(1, _FINITE_CHUNK // max(1, x.shape[-1]))
+    return all(bool(np.isfinite(x[i : i + step]).all()) for i in range(0, x.shape[0], step))
+
+
 def check_finite(x: Any, name: str) -> None:
     """Raise :class:`NonFiniteError` if ``x`` contains NaN or Inf (when the option is on).
 
-    The check reads ``x`` in blocks of rows so that no temporary of x's size is created.  On
-    CuPy it reads a single flag back to the host: that read waits for every kernel queued before
+    NumPy arrays are read in chunks so that no temporary of x's size is created.  On CuPy the
+    check reads a single flag back to the host: that read waits for every kernel queued before
     it (a device synchronisation, about 10-50 us plus the queued work's latency, once per
     checked array: 3 per update, 4 per :func:`unitary_update.step`).  A GPU hot path that must
     never block sets ``unitary_update.set_options(check_finite=False)``; NaN/Inf then
@@ -138,11 +172,7 @@ def check_finite(x: Any, name: str) -> None:
     if not get_options().check_finite:
         return
     xp = array_namespace(x)
-    if x.ndim >= 2 and x.shape[-2] > 64 and not is_cupy(xp):
-        step = max(1, (1 << 16) // max(1, x.shape[-1]))
-        ok = all(bool(np.isfinite(x[..., i : i + step, :]).all()) for i in range(0, x.shape[-2], step))
-    else:
-        ok = bool(xp.isfinite(x).all())
+    ok = _all_finite_numpy(x) if xp is np else bool(xp.isfinite(x).all())
     if not ok:
         raise NonFiniteError(f"{name} contains NaN or Inf")
 

@@ -38,6 +38,7 @@ def random_unitary(
     Returns
     -------
     numpy.ndarray, shape (*batch_shape, n, n)
+        Independent Haar-random matrices of ``dtype``.
 
     Raises
     ------

@@ -46,6 +46,13 @@ def project_dense(U: Any, A: Any, B: Any) -> Any:
     array, shape (..., N, N)
         The unitary polar factor, in U's dtype.
 
+    Raises
+    ------
+    TypeError
+        If an argument is not an array (NumPy, CuPy, or a torch/JAX tensor).
+    ValueError
+        If the shapes do not match (raised by the matrix products).
+
     Examples
     --------
     >>> import numpy as np, unitary_update as uu
@@ -82,6 +89,13 @@ def transport_dense(U: Any, A: Any, B: Any) -> Any:
     -------
     array, shape (..., N, N)
         The transported matrix, in U's dtype.
+
+    Raises
+    ------
+    TypeError
+        If an argument is not an array (NumPy, CuPy, or a torch/JAX tensor).
+    ValueError
+        If the shapes do not match (raised by the matrix products).
 
     Examples
     --------

@@ -252,8 +252,9 @@ def sketch(
     Returns
     -------
     A : array, shape (..., N, rank)
+        The left factor, in G's dtype and array library.
     B : array, shape (..., M, rank)
-        In G's dtype and array library.
+        The right factor, in G's dtype and array library.
 
     Raises
     ------
@@ -267,8 +268,8 @@ def sketch(
     Notes
     -----
     Cost with a dense N x N G: randomized O(N^2 (k + p)(1 + 2q)), lsi and column O(N^2 k),
-    exact O(N^3).  Factored G: O(N m (k + p)) for all but exact, O(N m^2) for exact.  Extra
-    memory O(N (k + p)).
+    exact O(N^3).  Factored G: O(N m (k + p)) for randomized and lsi, O(N m^2) for column (its
+    column norms come from the QR of X) and exact.  Extra memory O(N (k + p)).
 
     Examples
     --------

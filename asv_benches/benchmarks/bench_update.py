@@ -1,7 +1,8 @@
 """projUNN updates, sketches and steps next to their baselines.
 
 The method is a parameter, so every figure has its baselines beside it in the same table:
-``project``/``transport`` (in place, ``out=U``), ``dense`` (SVD polar factor / ``expm``),
+``project``/``transport`` (in place, ``out=U``; ``*_numpy`` with the Numba kernels switched off,
+which shows what they win), ``dense`` (SVD polar factor / ``expm``),
 ``gemm`` (one N x N @ N x 2 product: one read of U), ``copy`` (one read and one write of U) and
 ``rank_update`` (the in-place BLAS rank-2 update).
 """
@@ -33,7 +34,17 @@ class Update(Threaded):
         SIZES,
         RANKS,
         DTYPES,
-        ["project", "transport", "dense_project", "dense_transport", "gemm", "copy", "rank_update"],
+        [
+            "project",
+            "transport",
+            "project_numpy",
+            "transport_numpy",
+            "dense_project",
+            "dense_transport",
+            "gemm",
+            "copy",
+            "rank_update",
+        ],
     )
     param_names = ["N", "k", "dtype", "method"]
     timeout = 600
@@ -50,6 +61,8 @@ class Update(Threaded):
         self.fn = {
             "project": lambda: uu.project(self.U, self.A, self.B, out=self.U),
             "transport": lambda: uu.transport(self.U, self.A, self.B, out=self.U),
+            "project_numpy": lambda: self._numpy_backend(uu.project),
+            "transport_numpy": lambda: self._numpy_backend(uu.transport),
             "dense_project": lambda: project_dense(self.U, self.A, self.B),
             "dense_transport": lambda: transport_dense(self.U, self.A, self.B),
             "gemm": lambda: self.U @ self.X2,
@@ -57,6 +70,10 @@ class Update(Threaded):
             "rank_update": lambda: add_lowrank_(self.U, 1e-8 * self.X2, self.X2),
         }[method]
         self.fn()  # warm up: Numba compilation happens outside the timing
+
+    def _numpy_backend(self, fn):
+        with uu.options(backend="numpy"):
+            fn(self.U, self.A, self.B, out=self.U)
 
     def time_step(self, n: int, k: int, dtype: str, method: str) -> None:
         self.fn()

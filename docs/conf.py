@@ -1,0 +1,108 @@
+"""Sphinx configuration for the unitary_update documentation.
+
+Build (warnings are errors; the tutorials and examples execute during the build)::
+
+    python -m sphinx -W --keep-going -b html -d docs/_build/doctrees docs docs/_build/html
+    python -m sphinx -W --keep-going -b doctest -d docs/_build/doctrees docs docs/_build/doctest
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE / "_ext"))
+sys.path.insert(0, str(HERE.parent))  # the source tree, so the docs describe the code next to them
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+import scipy.linalg  # noqa: E402, F401  (load SciPy's own OpenBLAS now, so that the limit below covers it)
+from threadpoolctl import threadpool_limits  # noqa: E402
+
+import unitary_update  # noqa: E402
+
+# The executed examples run with one BLAS thread: NumPy and SciPy each load an OpenBLAS, and two
+# spinning thread pools on a small shared machine (CI has 2 cores) make timings erratic and slow.
+# Timings printed on these pages say so.
+threadpool_limits(1)
+
+project = "unitary_update"
+author = "unitary_update developers"
+copyright = "2026, unitary_update developers"
+release = unitary_update.__version__
+version = ".".join(release.split(".")[:2])
+
+extensions = [
+    "sphinx.ext.autodoc",
+    "sphinx.ext.autosummary",
+    "sphinx.ext.doctest",
+    "sphinx.ext.mathjax",
+    "numpydoc",
+    "uu_docs",  # docs/_ext/uu_docs.py: executed blocks, markdown tables, build-time API checks
+]
+
+# Pages kept out of the build.  The copy-task tutorial needs unitary_update.urnn (issue 4): to
+# publish it, delete its line here; tutorials/index.rst picks it up by glob.
+exclude_patterns = [
+    "_build",
+    "tutorials/03_copy_task.rst",
+]
+templates_path = ["_templates"]
+root_doc = "index"
+nitpicky = False
+
+# ---- HTML: a standard theme ---------------------------------------------------------------------
+html_theme = "alabaster"
+html_static_path = ["_static"]
+html_css_files = ["custom.css"]
+html_title = f"unitary_update {release}"
+html_theme_options = {
+    "description": "O(kN^2) unitary and orthogonal matrix updates (projUNN)",
+    "fixed_sidebar": True,
+    "page_width": "1100px",
+    "sidebar_width": "230px",
+}
+html_sidebars = {"**": ["about.html", "navigation.html", "relations.html", "searchbox.html"]}
+
+# ---- API reference ------------------------------------------------------------------------------
+autosummary_generate = True
+autosummary_ignore_module_all = False  # a module's public names are its __all__
+autodoc_default_options = {"members": False}
+autodoc_typehints = "none"  # the numpydoc sections state types and shapes
+numpydoc_show_class_members = False
+numpydoc_class_members_toctree = False
+numpydoc_xref_param_type = False
+
+# Public functions that cannot raise, so need no Raises section (checked by docs/_ext/uu_docs.py).
+uu_docs_raises_nothing = ["unitary_update.get_options"]
+
+# ---- Math: macros defined once, used by the theory page and the docstrings ----------------------
+mathjax3_config = {
+    "tex": {
+        "macros": {
+            "H": r"{\mathsf H}",  # conjugate transpose: A^\H
+            "Ahat": r"\hat{A}",
+            "Id": r"I",
+            "Span": r"\operatorname{span}",
+            "skew": r"\operatorname{skew}",
+            "herm": r"\operatorname{herm}",
+            "polar": r"\operatorname{polar}",
+            "expm": r"\operatorname{expm}",
+            "diag": r"\operatorname{diag}",
+            "tr": r"\operatorname{tr}",
+            "bigO": r"\mathcal{O}",
+            "UN": r"\mathrm{U}(N)",
+            "ON": r"\mathrm{O}(N)",
+            "SON": r"\mathrm{SO}(N)",
+            "C": r"\mathbb{C}",
+            "R": r"\mathbb{R}",
+            "norm": [r"\lVert #1 \rVert", 1],
+        }
+    }
+}
+
+# ---- Doctests: `python -m sphinx -b doctest` runs every >>> example, docstrings included ---------
+doctest_global_setup = "import numpy as np\nimport unitary_update as uu"
+doctest_test_doctest_blocks = "default"
