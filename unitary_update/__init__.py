@@ -5,6 +5,7 @@
 * :func:`sketch`: rank-k factors ``A, B`` of a gradient, dense or factored.
 * :func:`step`: sketch, then update.
 * :func:`random_unitary`, :func:`unitarity_error`: Haar samples and the distance to the manifold.
+* :func:`retract`, :class:`DriftControl`: back onto the manifold after rounding drift.
 
 Dense O(N^3) references live in :mod:`unitary_update.reference`.
 """
@@ -15,6 +16,7 @@ from ._backend import get_options, options, set_options
 from ._validation import NonFiniteError, SingularUpdateError
 from .metrics import unitarity_error
 from .random import random_unitary
+from .retract import DriftControl, retract
 from .sketch import sketch
 from .step import step
 from .update import project, transport
@@ -25,6 +27,7 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree th
     __version__ = "0.0.0+unknown"
 
 __all__ = [
+    "DriftControl",
     "NonFiniteError",
     "SingularUpdateError",
     "__version__",
@@ -32,6 +35,7 @@ __all__ = [
     "options",
     "project",
     "random_unitary",
+    "retract",
     "set_options",
     "sketch",
     "step",

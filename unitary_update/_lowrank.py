@@ -28,7 +28,12 @@ zero) on the orthogonal complement of ``span W`` and map ``span W`` into itself.
 * transport (projUNN-T):  ``skew(U^H A B^H) = W K W^H`` with the skew-Hermitian
   ``K = (a b^H - b a^H) / 2``, so ``U expm(W K W^H) = U + (U W)(expm(K) - I) W^H``.  ``expm(K)`` is
   computed from the Hermitian eigenproblem ``-iK = V diag(theta) V^H``:
-  ``expm(K) - I = V diag(expm1(i theta)) V^H``, real for real inputs.
+  ``expm(K) - I = V diag(expm1(i theta)) V^H``, real for real inputs.  For real inputs with
+  huge angles (a step of norm ~1e4 or more) the eigenvalues' rounding, ``eps ||K||``, breaks the
+  ``+-theta`` pairing that makes this real; the real part is then no longer orthogonal, so it is
+  replaced by its nearest rotation (SVD polar factor with determinant +1, r x r).  On CuPy this
+  replacement always runs (deciding would need a device-to-host read); it changes a core that is
+  already orthogonal only by rounding.
 
 Cost: ``A_hat`` and ``U W`` are two products of U with thin blocks (O(N^2 k)); the QR is
 O(N k^2); the r x r core O(k^3); and the final ``U += (U W D) W^H`` is one rank-r BLAS update.
@@ -115,7 +120,21 @@ def transport_core(xp: ModuleType, a: Any, b: Any) -> Any:
     # expm1(i theta) = (cos theta - 1) + i sin theta, accurate for small theta
     e = -2.0 * xp.sin(0.5 * theta) ** 2 + 1j * xp.sin(theta)
     D = (V * e[..., None, :]) @ _hermitian_transpose(xp, V)
-    return D.real if real else D
+    return _nearest_rotation(xp, D) if real else D
+
+
+_IMAG_TOL = 1e-13
+
+
+def _nearest_rotation(xp: ModuleType, D: Any) -> Any:
+    """``Q - I`` for the rotation Q nearest to ``I + Re D``; just ``Re D`` when ``Im D`` is rounding."""
+    if xp is np and not float(np.max(np.abs(D.imag))) > _IMAG_TOL:
+        return D.real
+    eye = xp.eye(D.shape[-1], dtype=np.float64)
+    X, _, Yh = xp.linalg.svd(eye + D.real)
+    flip = xp.where(xp.linalg.det(X) * xp.linalg.det(Yh) < 0, -1.0, 1.0)
+    X[..., :, -1] *= flip[..., None]  # smallest singular value's direction: SO(r), det(U) kept
+    return X @ Yh - eye
 
 
 def apply_update(xp: ModuleType, U: Any, W: Any, D: Any, out: Any) -> None:
@@ -140,6 +159,26 @@ def _fused_eligible(U: Any, target: Any, r: int) -> bool:
     )
 
 
+_HUGE_ANGLE = 1e2
+
+
+def _huge_real_rotation(U: Any, A: Any, B: Any) -> bool:
+    """Real transport with angles up to ``||A||_F ||B||_F`` above ``_HUGE_ANGLE`` (NumPy only).
+
+    The Numba batched kernel takes the real part of its complex ``expm(K) - I`` as it is; for
+    angles this large the eigenvalue rounding (``eps * angle``) makes that part measurably
+    non-orthogonal, so such steps go through :func:`transport_core`, which replaces it by the
+    nearest rotation.  O(F N k) on the host.
+    """
+    if U.dtype.kind == "c":
+        return False
+    with np.errstate(over="ignore", invalid="ignore"):  # inf or nan (inf * 0) mean "huge" here
+        norm_a = np.sum(np.square(A, dtype=np.float64), axis=(-2, -1))
+        norm_b = np.sum(np.square(B, dtype=np.float64), axis=(-2, -1))
+        product = float(np.max(norm_a * norm_b))
+    return not product <= _HUGE_ANGLE**2
+
+
 def lowrank_update(xp: ModuleType, kind: str, U: Any, A: Any, B: Any, target: Any, shape: tuple[int, ...]) -> Any:
     """Run one projUNN update (``kind`` "project" or "transport") and return the result array.
 
@@ -156,7 +195,12 @@ def lowrank_update(xp: ModuleType, kind: str, U: Any, A: Any, B: Any, target: An
     """
     n, k = U.shape[-1], A.shape[-1]
     count = int(np.prod(shape[:-2], dtype=np.int64))
-    if xp is np and (target is None or target.flags.c_contiguous) and _kernels.use_numba(count >= 16 and n <= 64):
+    if (
+        xp is np
+        and (target is None or target.flags.c_contiguous)
+        and _kernels.use_numba(count >= 16 and n <= 64)
+        and not (kind == "transport" and _huge_real_rotation(U, A, B))
+    ):
         check_finite(U, "U")
         if target is None:
             target = np.empty(shape, dtype=U.dtype)

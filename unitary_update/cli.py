@@ -1,10 +1,13 @@
-"""Command line: ``python -m unitary_update [demo]``.
+"""Command line: ``python -m unitary_update [demo|soak|bench]``.
 
 Subcommands
 -----------
 demo (default)
     One projUNN-D and one projUNN-T step at N = 1024 beside the dense O(N^3) methods: the
     errors against them and the speed ratio.
+soak
+    100,000 random float32 projUNN steps at N = 128 for both updates, with and without the
+    default drift control: the unitarity error over time (see ``docs/robustness.md``).
 bench
     Time per step of project and transport (``out=U``) for a grid of N and k, as ratios to one
     GEMM, a copy of U, the in-place BLAS rank update and the dense methods, measured in one run;
@@ -74,6 +77,57 @@ def demo(n: int = 1024, rank: int = 1, dtype: str = "float64", seed: int = 0, re
     return rows
 
 
+def soak_report(
+    n: int = 128,
+    steps: int = 100_000,
+    rank: int = 1,
+    dtype: str = "float32",
+    step_size: float = 1e-2,
+    record_every: int = 1000,
+    seed: int = 0,
+    json_path: str | None = None,
+) -> dict[str, Any]:
+    """Soak both updates with and without the default drift control; print a table, return the runs."""
+    import json
+
+    import unitary_update as uu
+    from unitary_update.soak import soak
+
+    runs: dict[str, Any] = {}
+    print(f"soak: N = {n}, {steps} steps of rank {rank}, {dtype}, step norm {step_size:g}, seed {seed}")
+    for update in ("project", "transport"):
+        for label, drift in (("none", None), ("default", uu.DriftControl())):
+            name = f"{update}/{label}"
+            runs[name] = soak(
+                n=n,
+                steps=steps,
+                update=update,
+                dtype=dtype,
+                rank=rank,
+                step_size=step_size,
+                drift=drift,
+                record_every=record_every,
+                seed=seed,
+            )
+            r = runs[name]
+            print(
+                f"  {name:<18} max error {r['max_error']:.2e}  final {r['final_error']:.2e}  "
+                f"retractions {r['retractions']:>5}  {r['seconds']:.1f}s",
+                flush=True,
+            )
+    names = list(runs)
+    steps_recorded = runs[names[0]]["step"]
+    shown = sorted({i for i in range(len(steps_recorded)) if i == 0 or (i & (i - 1)) == 0} | {len(steps_recorded) - 1})
+    print("unitarity_error ||U^H U - I||_F by step (drift control: none / DriftControl() defaults)")
+    print(f"{'step':>8} " + " ".join(f"{name:>19}" for name in names))
+    for i in shown:
+        print(f"{steps_recorded[i]:>8} " + " ".join(f"{runs[name]['error'][i]:>19.2e}" for name in names))
+    if json_path is not None:
+        with open(json_path, "w") as f:
+            json.dump(runs, f, indent=1)
+    return runs
+
+
 def _bench_command(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
     # numpy and scipy each load their own OpenBLAS; two idle pools spinning on 2 cores slow each
     # other down.  A short OPENBLAS_THREAD_TIMEOUT must be set before the libraries load, so the
@@ -117,6 +171,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_demo.add_argument("--rank", type=int, default=1)
     p_demo.add_argument("--dtype", default="float64", choices=["float32", "float64", "complex64", "complex128"])
     p_demo.add_argument("--seed", type=int, default=0)
+    p_soak = sub.add_parser("soak", help="unitarity drift over many float32 steps, with and without drift control")
+    p_soak.add_argument("--n", type=int, default=128)
+    p_soak.add_argument("--steps", type=int, default=100_000)
+    p_soak.add_argument("--rank", type=int, default=1)
+    p_soak.add_argument("--dtype", default="float32", choices=["float32", "float64", "complex64", "complex128"])
+    p_soak.add_argument("--step-size", type=float, default=1e-2, help="Frobenius norm of each step")
+    p_soak.add_argument("--record-every", type=int, default=1000)
+    p_soak.add_argument("--seed", type=int, default=0)
+    p_soak.add_argument("--json", dest="json_path", default=None, help="also write the records to this file")
     p_bench = sub.add_parser("bench", help="time projUNN steps against GEMM, copy, rank update and dense baselines")
     p_bench.add_argument("--n", type=int, nargs="+", default=[256, 1024, 2048, 4096], help="matrix sizes N")
     p_bench.add_argument("--rank", type=int, nargs="+", default=[1], help="ranks k")
@@ -134,6 +197,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "bench-gpu":
         words = list(sys.argv[1:] if argv is None else argv)
         _bench_gpu.main(args, "python -m unitary_update " + " ".join(words))
+        return 0
+    if args.command == "soak":
+        soak_report(
+            n=args.n,
+            steps=args.steps,
+            rank=args.rank,
+            dtype=args.dtype,
+            step_size=args.step_size,
+            record_every=args.record_every,
+            seed=args.seed,
+            json_path=args.json_path,
+        )
         return 0
     if args.command in (None, "demo"):
         kwargs = (

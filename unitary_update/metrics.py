@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ._backend import array_namespace, to_compute
-from ._validation import check_square
+from ._validation import check_finite, check_square
 
 __all__ = ["unitarity_error"]
 
@@ -32,6 +32,8 @@ def unitarity_error(U: Any) -> float:
         If U is not a floating-point array.
     ValueError
         If U is not a stack of square matrices.
+    NonFiniteError
+        If U contains NaN or Inf (a ValueError): a NaN matrix has no distance to report.
 
     Examples
     --------
@@ -43,6 +45,7 @@ def unitarity_error(U: Any) -> float:
     """
     U, _ = to_compute(U, "U")
     n = check_square(U, "U")
+    check_finite(U, "U")
     xp = array_namespace(U)
     if U.size == 0:
         return 0.0

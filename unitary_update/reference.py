@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from ._backend import array_namespace, from_compute, to_compute
+from ._validation import check_finite
 
 __all__ = ["project_dense", "transport_dense"]
 
@@ -27,6 +28,8 @@ def _inputs(U: Any, A: Any, B: Any) -> tuple[Any, Any, Any, Any, str]:
     U, library = to_compute(U, "U")
     A, _ = to_compute(A, "A")
     B, _ = to_compute(B, "B")
+    for x, name in ((U, "U"), (A, "A"), (B, "B")):
+        check_finite(x, name)  # NaN in, NonFiniteError out: an oracle must not return NaN silently
     xp = array_namespace(U, A, B)
     return xp, U, xp.asarray(A, dtype=U.dtype), xp.asarray(B, dtype=U.dtype), library
 
@@ -52,6 +55,8 @@ def project_dense(U: Any, A: Any, B: Any) -> Any:
         If an argument is not an array (NumPy, CuPy, or a torch/JAX tensor).
     ValueError
         If the shapes do not match (raised by the matrix products).
+    NonFiniteError
+        If U, A or B contains NaN or Inf.
 
     Examples
     --------
@@ -96,6 +101,8 @@ def transport_dense(U: Any, A: Any, B: Any) -> Any:
         If an argument is not an array (NumPy, CuPy, or a torch/JAX tensor).
     ValueError
         If the shapes do not match (raised by the matrix products).
+    NonFiniteError
+        If U, A or B contains NaN or Inf.
 
     Examples
     --------
