@@ -219,7 +219,7 @@ def _torch_to_compute(x: Any, name: str, *, writable: bool) -> Any:
         x = x.resolve_conj().resolve_neg()
     device = x.device.type
     if device not in ("cpu", "cuda"):
-        raise TypeError(f"{name} is a torch tensor on device {x.device}; only cpu and cuda tensors are supported")
+        raise TypeError(f"{name} is a torch tensor on device {x.device}; only cpu and cuda are supported")
     try:
         if device == "cuda":
             import cupy
