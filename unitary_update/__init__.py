@@ -7,7 +7,8 @@
 * :func:`random_unitary`, :func:`unitarity_error`: Haar samples and the distance to the manifold.
 * :func:`retract`, :class:`DriftControl`: back onto the manifold after rounding drift.
 
-Dense O(N^3) references live in :mod:`unitary_update.reference`.
+Dense O(N^3) references live in :mod:`unitary_update.reference`; orthogonal convolutions
+(per-frequency unitary stacks trained with batched updates) in :mod:`unitary_update.conv`.
 """
 
 from importlib.metadata import PackageNotFoundError, version

@@ -175,11 +175,12 @@ def _one_sided_jacobi(G, V):  # pragma: no cover - compiled
                     beta += _abs2(G[i, q])
                     gamma += np.conj(G[i, p]) * G[i, q]
                 g = abs(gamma)
-                if g <= 1e-14 * m * np.sqrt(alpha * beta) or g == 0.0:
+                if g <= 1e-15 * np.sqrt(alpha * beta) or g == 0.0:
                     continue
-                rotated = True
                 zeta = (beta - alpha) / (2.0 * g)
                 t = (1.0 if zeta >= 0 else -1.0) / (abs(zeta) + np.sqrt(1.0 + zeta * zeta))
+                if abs(t) > 1e-15:  # a sweep of rotations this small changes nothing: converged
+                    rotated = True
                 c = 1.0 / np.sqrt(1.0 + t * t)
                 s = c * t
                 phase = np.conj(gamma / g)  # e^{-i phi}

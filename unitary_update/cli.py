@@ -1,4 +1,4 @@
-"""Command line: ``python -m unitary_update [demo|soak|bench]``.
+"""Command line: ``python -m unitary_update [demo|soak|bench|bench-gpu|conv-bench|conv-demo]``.
 
 Subcommands
 -----------
@@ -16,6 +16,12 @@ bench-gpu
     projUNN-D/T on the GPU (CuPy) against the dense GPU methods and the memory floor, for
     N in {1024, 4096, 8192}, float32/complex64, k in {1, 16}: a markdown table of times and
     ratios (see ``docs/gpu.md``); ``--device cpu`` runs the same on NumPy.
+conv-bench
+    Batched updates of stacks of small unitary matrices (F = 1024 of C = 16, F = 64 of C = 128)
+    against a Python loop of single-matrix calls and the dense batched polar/expm, as ratios.
+conv-demo
+    A deep orthogonal convolutional network on MNIST next to the unconstrained one
+    (see :mod:`unitary_update.conv_demo`).
 """
 
 from __future__ import annotations
@@ -191,6 +197,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_bench.add_argument("--markdown", metavar="FILE.md", help="also write the table (and machine line) here")
     p_bench_gpu = sub.add_parser("bench-gpu", help="GPU timings vs the dense method and the memory floor")
     _bench_gpu.add_arguments(p_bench_gpu)
+    p_cb = sub.add_parser("conv-bench", help="batched updates of (F, C, C) stacks vs loop vs dense, as ratios")
+    p_cb.add_argument("--dtype", default="complex128", choices=["float32", "float64", "complex64", "complex128"])
+    p_cb.add_argument("--ranks", type=int, nargs="+", default=[1, 4])
+    p_cb.add_argument("--repeat", type=int, default=5)
+    p_cb.add_argument("--threads", type=int, default=1, help="BLAS and Numba threads (0: leave as is)")
+    p_cd = sub.add_parser("conv-demo", help="deep orthogonal convolutions on MNIST vs the unconstrained network")
+    p_cd.add_argument("--data", default="../shared/data/mnist", help="folder with the MNIST IDX files")
+    p_cd.add_argument("--depth", type=int, default=32)
+    p_cd.add_argument("--channels", type=int, default=8)
+    p_cd.add_argument("--steps", type=int, default=600)
+    p_cd.add_argument("--batch", type=int, default=64)
+    p_cd.add_argument("--lr", type=float, default=0.1)
+    p_cd.add_argument("--lr-classifier", type=float, default=0.1)
+    p_cd.add_argument("--rank", type=int, default=2)
+    p_cd.add_argument("--baseline-lrs", type=float, nargs="+", default=None, help="lrs of the unconstrained runs")
+    p_cd.add_argument("--seed", type=int, default=0)
+    p_cd.add_argument("--out", default=None, help="JSON log to write")
+    p_cd.add_argument("--plot", default=None, help="PNG to write")
     args = parser.parse_args(argv)
     if args.command == "bench":
         return _bench_command(args, argv)
@@ -208,6 +232,29 @@ def main(argv: Sequence[str] | None = None) -> int:
             record_every=args.record_every,
             seed=args.seed,
             json_path=args.json_path,
+        )
+        return 0
+    if args.command == "conv-bench":
+        from .conv_demo import bench_table
+
+        bench_table(ranks=tuple(args.ranks), dtype=args.dtype, repeat=args.repeat, threads=args.threads or None)
+        return 0
+    if args.command == "conv-demo":
+        from .conv_demo import train_mnist
+
+        train_mnist(
+            args.data,
+            depth=args.depth,
+            channels=args.channels,
+            steps=args.steps,
+            batch=args.batch,
+            lr=args.lr,
+            lr_classifier=args.lr_classifier,
+            rank=args.rank,
+            baseline_lrs=tuple(args.baseline_lrs) if args.baseline_lrs else None,
+            seed=args.seed,
+            out=args.out,
+            plot=args.plot,
         )
         return 0
     if args.command in (None, "demo"):

@@ -10,7 +10,8 @@ Directives
     Options: ``:hide-code:``, ``:hide-output:``.
 ``.. markdown-include:: PATH``
     Includes a Markdown file (the subset written by ``python -m unitary_update bench`` and used
-    in DESIGN.md: ATX headings, pipe tables, fenced code, lists, paragraphs, inline code, links),
+    in DESIGN.md: ATX headings, pipe tables, fenced code, lists, paragraphs, inline code, links,
+    images on a line of their own),
     converted to reStructuredText.  ``:headings: rubric`` turns headings into rubrics (for
     fragments inside a page); ``:optional:`` shows a note naming ``:command:`` instead of failing
     when the file does not exist yet.
@@ -166,6 +167,11 @@ def markdown_to_rst(text: str, *, headings: str = "sections") -> list[str]:
                 rows.append(lines[i])
                 i += 1
             out += ["", *_table(rows)]
+            continue
+        image = re.match(r"^!\[([^\]]*)\]\(([^)\s]+)\)\s*$", line)
+        if image:  # a line holding only an image
+            out += ["", f".. image:: {image.group(2)}", f"   :alt: {image.group(1)}", ""]
+            i += 1
             continue
         heading = re.match(r"^(#{1,4})\s+(.*)$", line)
         if heading:

@@ -1,0 +1,492 @@
+r"""Experiments for :mod:`unitary_update.conv`: the batched-update benchmark and the MNIST demo.
+
+``python -m unitary_update conv-bench``
+    Updates of a stack of F unitary C x C matrices (one per frequency of a convolution): one
+    batched :func:`~unitary_update.project` / :func:`~unitary_update.transport` call, a Python
+    loop of single-matrix calls, and the dense batched polar factor (SVD) / matrix exponential,
+    timed in one process and printed as ratios.  :func:`update_methods` is also what
+    ``asv_benches/benchmarks/bench_conv.py`` times.
+``python -m unitary_update conv-demo``
+    A deep stack of full-width orthogonal convolutions with MaxMin, and a linear classifier,
+    trained on MNIST (downsampled to 14 x 14) next to the same network without the constraint;
+    prints accuracy and the gradient norms at the first layer and writes a JSON log and a PNG.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["ConvNet", "bench_table", "downsample", "train_mnist", "update_methods"]
+
+
+# ---------------------------------------------------------------------------------------------
+# acceptance 2: batched updates of a stack of small unitary matrices
+# ---------------------------------------------------------------------------------------------
+def update_methods(
+    F: int, C: int, *, update: str = "transport", rank: int = 1, dtype: Any = np.complex128, seed: int = 0
+) -> dict[str, Callable[[], Any]]:
+    """Three ways to apply a rank-k update to each of F unitary C x C matrices.
+
+    Parameters
+    ----------
+    F, C : int
+        Stack size and matrix size.
+    update : {"transport", "project"}
+        projUNN-T (``U expm(skew(U^H A B^H))``) or projUNN-D (``polar(U + A B^H)``).
+    rank : int, default 1
+        Columns k of ``A, B``.
+    dtype : dtype, default complex128
+    seed : int
+        Seed for U (Haar), A and B (Gaussian, scaled so that ``||A B^H|| ~ 0.1``).
+
+    Returns
+    -------
+    dict of callables
+        ``batched``: one library call on the (F, C, C) stack (library options as they are:
+        ``backend="auto"`` takes the batched Numba kernels where they exist);
+        ``batched_numpy``: the same call with ``backend="numpy"`` (batched NumPy/LAPACK);
+        ``loop``: F library calls on single matrices; ``dense``: the batched dense O(C^3) method, the polar factor from
+        ``numpy.linalg.svd`` of the stack, or the exponential of the skew-Hermitian stack from
+        ``numpy.linalg.eigh`` (``V exp(i theta) V^H``; on stacks of small matrices this is much
+        faster than :func:`scipy.linalg.expm`, so it is the stronger baseline).  Each returns the
+        (F, C, C) result.
+
+    Examples
+    --------
+    >>> from unitary_update.conv_demo import update_methods
+    >>> import numpy as np
+    >>> m = update_methods(8, 4, update="project", rank=2)
+    >>> bool(np.allclose(m["batched"](), m["dense"]()) and np.allclose(m["loop"](), m["dense"]()))
+    True
+    """
+    import unitary_update as uu
+
+    rng = np.random.default_rng(seed)
+    dt = np.dtype(dtype)
+    U = uu.random_unitary(C, dtype=dt, batch_shape=(F,), rng=rng)
+    scale = 0.1 / math.sqrt(C)
+
+    def gaussian() -> np.ndarray:
+        z = rng.standard_normal((F, C, rank))
+        if dt.kind == "c":
+            z = z + 1j * rng.standard_normal((F, C, rank))
+        return (scale * z).astype(dt)
+
+    A, B = gaussian(), gaussian()
+    fast = uu.project if update == "project" else uu.transport
+
+    def batched() -> Any:
+        return fast(U, A, B)
+
+    def batched_numpy() -> Any:
+        with uu.options(backend="numpy"):
+            return fast(U, A, B)
+
+    def loop() -> Any:
+        return np.stack([fast(U[f], A[f], B[f]) for f in range(F)])
+
+    def ht(x: np.ndarray) -> np.ndarray:
+        return np.conj(np.swapaxes(x, -1, -2))
+
+    def dense() -> Any:
+        if update == "project":
+            L, _, Rh = np.linalg.svd(U + A @ ht(B))
+            return L @ Rh
+        X = ht(U) @ A @ ht(B)
+        theta, V = np.linalg.eigh(-0.5j * (X - ht(X)))  # skew(X) = V diag(i theta) V^H
+        E = (V * np.exp(1j * theta)[..., None, :]) @ ht(V)
+        return U @ (E.real if dt.kind == "f" else E).astype(dt, copy=False)
+
+    return {"batched": batched, "batched_numpy": batched_numpy, "loop": loop, "dense": dense}
+
+
+def _best_time(fn: Callable[[], Any], repeat: int) -> float:
+    best = math.inf
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def bench_table(
+    cases: tuple[tuple[int, int], ...] = ((1024, 16), (64, 128)),
+    *,
+    updates: tuple[str, ...] = ("transport", "project"),
+    ranks: tuple[int, ...] = (1, 4),
+    dtype: Any = np.complex128,
+    repeat: int = 5,
+    threads: int | None = 1,
+) -> list[dict[str, Any]]:
+    """Time :func:`update_methods` for every case in one process; print and return the rows.
+
+    Parameters
+    ----------
+    cases : tuple of (F, C)
+    updates : tuple of {"transport", "project"}
+    ranks : tuple of int
+    dtype : dtype, default complex128
+    repeat : int, default 5
+        Each figure is the best of ``repeat`` runs, after one warm-up run.
+    threads : int or None, default 1
+        BLAS threads, set with threadpoolctl for the whole run, and Numba threads (None: leave
+        both as they are); the limit covers NumPy's and SciPy's OpenBLAS (SciPy's is loaded
+        first so that it is seen).
+
+    Returns
+    -------
+    list of dict
+        One row per (F, C, update, rank): the four times of :func:`update_methods` in seconds
+        and the ratios ``batched_numpy / batched``, ``loop / batched`` and ``dense / batched``,
+        plus the backend option in force.
+    """
+    import contextlib
+
+    import unitary_update as uu
+
+    limiter: Any = contextlib.nullcontext()
+    if threads is not None:
+        # scipy.linalg brings its own OpenBLAS (the in-place gemm of the updates uses it); load it
+        # first, or threadpoolctl does not see it and it runs with its default thread count
+        import scipy.linalg  # noqa: F401
+        from threadpoolctl import threadpool_limits
+
+        limiter = threadpool_limits(limits=threads)
+    import numba
+
+    numba_threads = numba.get_num_threads()
+    if threads is not None:  # oversubscribed Numba threads make timings erratic on a loaded machine
+        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    rows = []
+    try:
+        with limiter:
+            print(
+                f"batched unitary updates, {np.dtype(dtype)}, BLAS and Numba threads "
+                f"{threads if threads else 'unchanged'}, backend option {uu.get_options().backend!r}; "
+                f"best of {repeat} runs each"
+            )
+            header = (
+                f"{'F':>5} {'C':>4} {'k':>2} {'update':<9} {'batched':>10} {'numpy':>10} {'loop':>10} {'dense':>10}"
+            )
+            print(f"{header} {'numpy/b':>8} {'loop/b':>8} {'dense/b':>8}")
+            for F, C in cases:
+                for update in updates:
+                    for rank in ranks:
+                        methods = update_methods(F, C, update=update, rank=rank, dtype=dtype)
+                        for fn in methods.values():  # warm up (Numba compilation, caches)
+                            fn()
+                        t = {name: _best_time(fn, repeat) for name, fn in methods.items()}
+                        row = {
+                            "F": F,
+                            "C": C,
+                            "rank": rank,
+                            "update": update,
+                            "dtype": str(np.dtype(dtype)),
+                            **{f"{name}_s": value for name, value in t.items()},
+                            "numpy_ratio": t["batched_numpy"] / t["batched"],
+                            "loop_ratio": t["loop"] / t["batched"],
+                            "dense_ratio": t["dense"] / t["batched"],
+                            "backend": uu.get_options().backend,
+                        }
+                        rows.append(row)
+                        times = " ".join(f"{t[n] * 1e3:8.2f}ms" for n in ("batched", "batched_numpy", "loop", "dense"))
+                        ratios = " ".join(f"{row[n]:7.1f}x" for n in ("numpy_ratio", "loop_ratio", "dense_ratio"))
+                        print(f"{F:>5} {C:>4} {rank:>2} {update:<9} {times} {ratios}")
+    finally:
+        numba.set_num_threads(numba_threads)
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# acceptance 3: a deep orthogonal convolutional network on MNIST
+# ---------------------------------------------------------------------------------------------
+def downsample(images: np.ndarray, factor: int = 2) -> np.ndarray:
+    """Average ``factor x factor`` blocks: (n, 28, 28) uint8 -> (n, 28/f, 28/f) float32 in [0, 1].
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from unitary_update.conv_demo import downsample
+    >>> downsample(np.full((1, 4, 4), 255, dtype=np.uint8)).shape
+    (1, 2, 2)
+    """
+    n, h, w = images.shape
+    x = images.reshape(n, h // factor, factor, w // factor, factor).astype(np.float32)
+    return x.mean(axis=(2, 4)) / np.float32(255)
+
+
+def _softmax_xent(logits: np.ndarray, labels: np.ndarray) -> tuple[float, np.ndarray]:
+    z = logits - logits.max(axis=1, keepdims=True)
+    p = np.exp(z)
+    p /= p.sum(axis=1, keepdims=True)
+    n = len(labels)
+    loss = float(-np.mean(np.log(p[np.arange(n), labels] + 1e-30)))
+    p[np.arange(n), labels] -= 1
+    return loss, p / n
+
+
+class ConvNet:
+    """``depth`` x [OrthogonalConv2d(C) -> MaxMin], then a linear classifier, with manual backprop.
+
+    Parameters
+    ----------
+    depth : int
+        Number of convolution layers (the first pads 1 input channel to C).
+    channels : int
+        C, even (MaxMin pairs channels).
+    image_shape : tuple of int
+    constrained : bool
+        True: the stacks are updated with batched projUNN (``update``); False: plain gradient
+        descent on the same parameters (the network without the constraint).
+    seed : int
+        Initialisation (the same seed gives the same initial network in both variants).
+    dtype : dtype, default float32
+    """
+
+    def __init__(
+        self,
+        depth: int,
+        channels: int,
+        image_shape: tuple[int, int],
+        *,
+        constrained: bool = True,
+        seed: int = 0,
+        dtype: Any = np.float32,
+    ) -> None:
+        from .conv import OrthogonalConv2d
+
+        rng = np.random.default_rng(seed)
+        self.layers = [
+            OrthogonalConv2d(1 if i == 0 else channels, channels, image_shape, dtype=dtype, rng=rng)
+            for i in range(depth)
+        ]
+        features = channels * image_shape[0] * image_shape[1]
+        self.W = (rng.standard_normal((features, 10)) / math.sqrt(features)).astype(dtype)
+        self.b = np.zeros(10, dtype=dtype)
+        self.constrained = constrained
+
+    def forward(self, x: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Logits and the cache of layer inputs (pre-MaxMin activations included)."""
+        from .conv import maxmin
+
+        cache = []
+        h = x
+        for layer in self.layers:
+            cache.append(h)
+            z = layer(h)
+            cache.append(z)
+            h = maxmin(z)
+        cache.append(h)
+        return h.reshape(len(h), -1) @ self.W + self.b, cache
+
+    def train_step(
+        self, x: np.ndarray, labels: np.ndarray, *, lr: float, lr_classifier: float, rank: int, rng: np.random.Generator
+    ) -> dict[str, float]:
+        """One SGD step on a mini-batch; returns loss, accuracy and gradient norms."""
+        from .conv import maxmin_backward
+
+        logits, cache = self.forward(x)
+        loss, g_logits = _softmax_xent(logits, labels)
+        h_last = cache[-1]
+        g = (g_logits @ self.W.T).reshape(h_last.shape)
+        g_W = h_last.reshape(len(h_last), -1).T @ g_logits
+        g_b = g_logits.sum(axis=0)
+        grads = []
+        g_last = float(np.linalg.norm(g))
+        for i in range(len(self.layers) - 1, -1, -1):
+            h_in, z = cache[2 * i], cache[2 * i + 1]
+            g = maxmin_backward(z, g)
+            if i == 0:
+                g_first_out = float(np.linalg.norm(g))
+            g, grad = self.layers[i].backward(h_in, g)
+            grads.append(grad)
+        grads.reverse()
+        first_param = grads[0].norm()
+        for layer, grad in zip(self.layers, grads, strict=True):
+            if self.constrained:
+                layer.step(grad, lr=lr, rank=rank, update="transport", rng=rng)
+            else:
+                layer.step(grad, lr=lr, update="euclidean")
+        self.W -= lr_classifier * g_W
+        self.b -= lr_classifier * g_b
+        return {
+            "loss": loss,
+            "accuracy": float(np.mean(np.argmax(logits, axis=1) == labels)),
+            "grad_first_layer": first_param,
+            "grad_first_activation": g_first_out,
+            "grad_last_activation": g_last,
+        }
+
+    def predict(self, x: np.ndarray, batch: int = 500) -> np.ndarray:
+        """Class predictions, in batches."""
+        return np.concatenate([np.argmax(self.forward(x[i : i + batch])[0], axis=1) for i in range(0, len(x), batch)])
+
+    def unitarity_error(self) -> float:
+        """Largest ``||K^H K - I||_F`` over all stored frequency matrices of all layers."""
+        import unitary_update as uu
+
+        return max(max(uu.unitarity_error(layer.U), uu.unitarity_error(layer.Q)) for layer in self.layers)
+
+
+def train_mnist(
+    data_dir: str | Path,
+    *,
+    depth: int = 32,
+    channels: int = 8,
+    steps: int = 600,
+    batch: int = 64,
+    lr: float = 0.1,
+    lr_classifier: float = 0.1,
+    rank: int = 2,
+    baseline_lrs: tuple[float, ...] | None = None,
+    eval_every: int = 50,
+    eval_size: int = 1000,
+    seed: int = 0,
+    out: str | Path | None = None,
+    plot: str | Path | None = None,
+) -> dict[str, Any]:
+    """Train the orthogonal network and the unconstrained one on 14 x 14 MNIST, side by side.
+
+    Both start from the same weights and see the same mini-batches; the orthogonal one updates
+    its per-frequency stacks with batched projUNN-T of rank ``rank``, the other takes plain
+    gradient steps.  Returns (and writes to ``out`` as JSON) the per-step logs and the final test
+    accuracies on all 10,000 test images; ``plot`` is the PNG to draw.
+
+    Parameters
+    ----------
+    data_dir : str or path
+        Folder with the MNIST IDX files.
+    depth, channels : int
+        Convolution layers and channels C.
+    steps, batch : int
+        SGD steps and mini-batch size.
+    lr, lr_classifier : float
+        Learning rates of the convolution stacks and of the linear classifier.
+    rank : int
+        Rank of the per-frequency projUNN update.
+    baseline_lrs : tuple of float, optional
+        Learning rates of the unconstrained runs (default: ``(lr,)``, the same as the
+        orthogonal network's); one run each.
+    eval_every, eval_size : int
+        Test accuracy on the first ``eval_size`` test images every ``eval_every`` steps.
+    seed : int
+    out, plot : path, optional
+    """
+    import scipy.linalg  # noqa: F401  (load scipy's OpenBLAS before limiting threads, see bench_table)
+    from threadpoolctl import threadpool_limits
+
+    from .datasets import load_mnist
+
+    mnist = load_mnist(data_dir)
+    mean, std = 0.1307, 0.3081
+    x_train = ((downsample(mnist["train_images"]) - mean) / std)[:, None].astype(np.float32)
+    x_test = ((downsample(mnist["test_images"]) - mean) / std)[:, None].astype(np.float32)
+    y_train, y_test = mnist["train_labels"].astype(np.intp), mnist["test_labels"].astype(np.intp)
+    shape = x_train.shape[-2:]
+    order = np.random.default_rng(seed + 1).permutation(len(x_train))
+    runs: dict[str, Any] = {}
+    config = {
+        "depth": depth,
+        "channels": channels,
+        "image_shape": list(shape),
+        "steps": steps,
+        "batch": batch,
+        "lr": lr,
+        "lr_classifier": lr_classifier,
+        "rank": rank,
+        "baseline_lrs": list(baseline_lrs or (lr,)),
+        "eval_size": eval_size,
+        "seed": seed,
+    }
+    with threadpool_limits(limits=1):
+        variants = [(f"orthogonal (projUNN-T, rank {rank}, lr {lr:g})", True, lr)]
+        variants += [(f"unconstrained (lr {b:g})", False, b) for b in (baseline_lrs or (lr,))]
+        for name, constrained, lr_conv in variants:
+            net = ConvNet(depth, channels, shape, constrained=constrained, seed=seed)
+            rng = np.random.default_rng(seed + 2)
+            log: dict[str, list[float]] = {}
+            evals: dict[str, list[float]] = {"step": [], "test_accuracy": [], "unitarity_error": []}
+            t0 = time.perf_counter()
+            for s in range(steps):
+                start = (s * batch) % (len(order) - batch + 1)
+                idx = order[start : start + batch]
+                stats = net.train_step(
+                    x_train[idx], y_train[idx], lr=lr_conv, lr_classifier=lr_classifier, rank=rank, rng=rng
+                )
+                for key, value in stats.items():
+                    log.setdefault(key, []).append(value)
+                if s % eval_every == 0 or s == steps - 1:
+                    accuracy = float(np.mean(net.predict(x_test[:eval_size]) == y_test[:eval_size]))
+                    error = net.unitarity_error()
+                    for key, value in (("step", s), ("test_accuracy", accuracy), ("unitarity_error", error)):
+                        evals[key].append(value)
+                    ratio = stats["grad_first_activation"] / stats["grad_last_activation"]
+                    print(
+                        f"[{name}] step {s:5d} loss {stats['loss']:.3f} test acc {accuracy:.3f} "
+                        f"|dL/dK_1| {stats['grad_first_layer']:.2e} |dL/dh_1|/|dL/dh_L| {ratio:.3f} "
+                        f"unitarity {error:.1e}",
+                        flush=True,
+                    )
+            seconds = time.perf_counter() - t0
+            accuracy = float(np.mean(net.predict(x_test) == y_test))
+            runs[name] = {"log": log, "evals": evals, "test_accuracy": accuracy, "train_seconds": seconds}
+            print(f"[{name}] final test accuracy {accuracy:.4f} ({seconds:.0f} s)", flush=True)
+    result = {"config": config, "runs": runs}
+    if out is not None:
+        Path(out).write_text(json.dumps(_rounded(result)))
+    if plot is not None:
+        _plot(result, Path(plot))
+    return result
+
+
+def _rounded(obj: Any) -> Any:
+    """Floats to 5 significant digits, for a compact log."""
+    if isinstance(obj, float):
+        return float(f"{obj:.5g}")
+    if isinstance(obj, dict):
+        return {k: _rounded(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_rounded(v) for v in obj]
+    return obj
+
+
+def _smooth(values: list[float], window: int = 20) -> np.ndarray:
+    v = np.asarray(values, dtype=float)
+    if len(v) < window:
+        return v
+    return np.convolve(v, np.ones(window) / window, mode="valid")
+
+
+def _plot(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 4, figsize=(13, 3.2))
+    for name, run in result["runs"].items():
+        log, evals = run["log"], run["evals"]
+        loss = _smooth(log["loss"])
+        axes[0].plot(np.arange(len(log["loss"]) - len(loss), len(log["loss"])), loss, label=name)
+        axes[1].plot(evals["step"], evals["test_accuracy"], marker="o", ms=3, label=name)
+        axes[2].semilogy(log["grad_first_layer"], lw=0.6, label=name)
+        ratio = np.asarray(log["grad_first_activation"]) / np.asarray(log["grad_last_activation"])
+        axes[3].semilogy(ratio, lw=0.6, label=name)
+    axes[0].set(title="training loss (20-step mean)", xlabel="step")
+    axes[1].set(title=f"test accuracy ({result['config']['eval_size']} images)", xlabel="step")
+    axes[2].set(title="|dL/dK| at the first conv layer", xlabel="step")
+    axes[3].set(title="|dL/dh_1| / |dL/dh_L| (activations)", xlabel="step")
+    for ax in axes:
+        ax.legend(fontsize=7)
+    c = result["config"]
+    fig.suptitle(f"{c['depth']} full-width convolutions + MaxMin, C = {c['channels']}, MNIST 14x14", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
