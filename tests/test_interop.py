@@ -193,6 +193,14 @@ def test_jax_result_is_a_jax_array_and_out_is_refused(jax, update):
     np.testing.assert_array_equal(np.asarray(U), U0)
 
 
+def test_jax_results_with_strides_are_handed_back(jax):
+    x = np.arange(24.0).reshape(4, 6)
+    for view in (x[:, ::2], x.T, x[::-1]):
+        y = _backend.from_compute(view, "jax")
+        assert isinstance(y, jax.Array)
+        np.testing.assert_array_equal(np.asarray(y), view)
+
+
 def test_jax_sketch_returns_jax_arrays(jax):
     G0 = np.random.default_rng(0).standard_normal((30, 30))
     A, B = uu.sketch(jax.numpy.asarray(G0), 2, rng=1)

@@ -307,7 +307,8 @@ def from_compute(x: Any, library: str) -> Any:
     """Hand a NumPy/CuPy result back as the caller's kind of array (zero-copy via DLPack).
 
     torch gets a tensor on the array's device (no gradient history: the library is not
-    differentiable); JAX gets a ``jax.Array`` (JAX may copy to meet its alignment rules, and
+    differentiable); JAX gets a ``jax.Array`` (JAX may copy to meet its alignment rules, a
+    strided result is made contiguous first because JAX only imports compact strides, and
     without ``jax_enable_x64`` it holds float64 data as float32, as for any JAX array).
     """
     if library in ("numpy", "cupy"):
@@ -319,6 +320,9 @@ def from_compute(x: Any, library: str) -> Any:
     if library == "jax":
         import jax.numpy as jnp
 
+        if not (x.flags.c_contiguous or x.flags.f_contiguous):
+            # JAX imports only compact DLPack strides (a permutation of a dense buffer): one copy
+            x = array_namespace(x).ascontiguousarray(x)
         return jnp.from_dlpack(x)
     raise AssertionError(library)  # pragma: no cover
 
