@@ -104,6 +104,7 @@ def run(
         ``*_peak_rss`` (bytes) with ``u_bytes``.
     """
     import numba
+    import scipy.linalg  # noqa: F401  # load SciPy's own OpenBLAS now, so the thread limit below reaches it
     from threadpoolctl import threadpool_limits
 
     import unitary_update as uu

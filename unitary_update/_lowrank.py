@@ -198,7 +198,7 @@ def lowrank_update(xp: ModuleType, kind: str, U: Any, A: Any, B: Any, target: An
     if (
         xp is np
         and (target is None or target.flags.c_contiguous)
-        and _kernels.use_numba(count >= 16 and n <= 64)
+        and _kernels.use_numba(count >= 16 and n <= 64 and k <= 2)  # conv-bench: NumPy wins from k = 4
         and not (kind == "transport" and _huge_real_rotation(U, A, B))
     ):
         check_finite(U, "U")

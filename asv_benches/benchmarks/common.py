@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 
 import numba
+import scipy.linalg  # noqa: F401  # load SciPy's OpenBLAS before threadpoolctl limits it
 from threadpoolctl import threadpool_limits
 
 QUICK = os.environ.get("UU_ASV_QUICK", "") not in ("", "0")
