@@ -43,11 +43,9 @@ extensions = [
     "uu_docs",  # docs/_ext/uu_docs.py: executed blocks, markdown tables, build-time API checks
 ]
 
-# Pages kept out of the build.  The copy-task tutorial needs unitary_update.urnn (issue 4): to
-# publish it, delete its line here; tutorials/index.rst picks it up by glob.
+# Pages kept out of the build.
 exclude_patterns = [
     "_build",
-    "tutorials/03_copy_task.rst",
 ]
 templates_path = ["_templates"]
 root_doc = "index"

@@ -1,4 +1,4 @@
-"""Command line: ``python -m unitary_update [demo|soak|bench|bench-gpu|conv-bench|conv-demo]``.
+"""Command line: ``python -m unitary_update [demo|soak|bench|bench-gpu|conv-bench|conv-demo|train|plot|bench-rnn]``.
 
 Subcommands
 -----------
@@ -22,6 +22,13 @@ conv-bench
 conv-demo
     A deep orthogonal convolutional network on MNIST next to the unconstrained one
     (see :mod:`unitary_update.conv_demo`).
+train {copy,adding,pmnist}
+    Train a unitary RNN with projUNN (see :mod:`unitary_update.train`); ``--resume RUN_DIR``.
+plot RUN_DIR
+    Draw a run's loss curves against its baseline to RUN_DIR/loss.png.
+bench-rnn
+    Time one copy-task training step (forward, BPTT, projUNN update) beside a plain NumPy RNN
+    step of the same shape (see :mod:`unitary_update.rnn_bench`).
 """
 
 from __future__ import annotations
@@ -215,7 +222,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_cd.add_argument("--seed", type=int, default=0)
     p_cd.add_argument("--out", default=None, help="JSON log to write")
     p_cd.add_argument("--plot", default=None, help="PNG to write")
+    _add_rnn_commands(sub)
     args = parser.parse_args(argv)
+    if args.command in ("train", "plot", "bench-rnn"):
+        return _run_rnn_command(args)
     if args.command == "bench":
         return _bench_command(args, argv)
     if args.command == "bench-gpu":
@@ -265,3 +275,133 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     parser.error(f"unknown command {args.command}")  # pragma: no cover
     return 2  # pragma: no cover
+
+
+# ---- section: RNN commands (train, plot, bench-rnn) -------------------------------------------
+def _add_rnn_commands(sub: Any) -> None:
+    from .train import TrainConfig
+
+    d = TrainConfig()
+    p = sub.add_parser("train", help="train a unitary RNN with projUNN on copy, adding or permuted MNIST")
+    p.add_argument("task", nargs="?", choices=["copy", "adding", "pmnist"], help="omit with --resume")
+    p.add_argument("--run-dir", default=None, help="output directory (default runs/TASK)")
+    p.add_argument("--resume", metavar="RUN_DIR", default=None, help="continue the run in RUN_DIR exactly")
+    p.add_argument("--length", type=int, default=None, help="copy: delay T (default 100); adding: length (200)")
+    p.add_argument("--steps", type=int, default=None, help=f"total training steps (default {d.steps})")
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--hidden", type=int, default=None, help="hidden size N (default: copy 190, others 170)")
+    p.add_argument("--complex", action="store_true", help="complex unitary W (default: real orthogonal)")
+    p.add_argument("--init", default=d.init, choices=["henaff", "cayley", "haar", "identity"])
+    p.add_argument("--dtype", default=d.dtype, choices=["float32", "float64"])
+    p.add_argument("--optimizer", default=d.optimizer, choices=["rmsprop", "adam", "sgd"])
+    p.add_argument("--lr", type=float, default=d.lr, help="learning rate of V, b, O, c")
+    p.add_argument("--w-lr-divisor", type=float, default=d.w_lr_divisor, help="W's learning rate is lr / this")
+    p.add_argument("--momentum", type=float, default=d.momentum, help="SGD momentum")
+    p.add_argument("--rank", type=int, default=d.rank, help="rank k of the W update")
+    p.add_argument("--update", default=d.update, choices=["project", "transport"])
+    p.add_argument("--sketch", default=d.sketch, choices=["randomized", "lsi", "column", "exact"])
+    p.add_argument("--retract-every", type=int, default=d.retract_every, help="polar retraction period (0: off)")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--eval-every", type=int, default=d.eval_every)
+    p.add_argument("--eval-size", type=int, default=d.eval_size)
+    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
+    p.add_argument("--log-every", type=int, default=d.log_every)
+    p.add_argument("--time-limit", type=float, default=None, help="stop (with a checkpoint) after this many seconds")
+    p.add_argument("--mnist-dir", default=d.mnist_dir)
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="BLAS threads (threadpoolctl; default 1: the per-time-step products are too small to share)",
+    )
+    p.add_argument("--no-progress", action="store_true")
+    q = sub.add_parser("plot", help="draw a run's loss curves to RUN_DIR/loss.png")
+    q.add_argument("run_dir")
+    q.add_argument("--out", default=None)
+    b = sub.add_parser("bench-rnn", help="time a copy-task training step beside a plain NumPy RNN step")
+    b.add_argument("--length", type=int, default=1000, help="copy delay T (sequence T + 20)")
+    b.add_argument("--hidden", type=int, default=190)
+    b.add_argument("--batch-size", type=int, default=128)
+    b.add_argument("--rank", type=int, default=1)
+    b.add_argument("--update", default="project", choices=["project", "transport"])
+    b.add_argument("--repeat", type=int, default=3)
+    b.add_argument("--threads", type=int, default=1, help="BLAS threads (threadpoolctl)")
+    b.add_argument("--json", default=None, help="also write the results to this JSON file")
+
+
+def _blas_threads(threads: int | None) -> Any:
+    import contextlib
+
+    if threads is None:
+        return contextlib.nullcontext()
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=threads, user_api="blas")
+
+
+def _run_rnn_command(args: argparse.Namespace) -> int:
+    if args.command == "plot":
+        from .train import plot_run
+
+        print(plot_run(args.run_dir, args.out))
+        return 0
+    if args.command == "bench-rnn":
+        from .rnn_bench import run_benchmark
+
+        with _blas_threads(args.threads):
+            run_benchmark(
+                delay=args.length,
+                hidden=args.hidden,
+                batch=args.batch_size,
+                rank=args.rank,
+                update=args.update,
+                repeat=args.repeat,
+                threads=args.threads,
+                json_path=args.json,
+            )
+        return 0
+    from .train import TrainConfig, train
+
+    if args.resume is None and args.task is None:
+        raise SystemExit("train: give a task (copy, adding, pmnist) or --resume RUN_DIR")
+    with _blas_threads(args.threads):
+        if args.resume is not None:
+            result = train(
+                None,
+                args.resume,
+                resume=True,
+                steps=args.steps,
+                time_limit_s=args.time_limit,
+                progress=not args.no_progress,
+            )
+        else:
+            config = TrainConfig(
+                task=args.task,
+                length=args.length,
+                steps=args.steps if args.steps is not None else TrainConfig.steps,
+                batch_size=args.batch_size,
+                hidden_size=args.hidden,
+                complex=args.complex,
+                init=args.init,
+                dtype=args.dtype,
+                optimizer=args.optimizer,
+                lr=args.lr,
+                w_lr_divisor=args.w_lr_divisor,
+                momentum=args.momentum,
+                rank=args.rank,
+                update=args.update,
+                sketch=args.sketch,
+                retract_every=args.retract_every,
+                seed=args.seed,
+                eval_every=args.eval_every,
+                eval_size=args.eval_size,
+                checkpoint_every=args.checkpoint_every,
+                log_every=args.log_every,
+                time_limit_s=args.time_limit,
+                mnist_dir=args.mnist_dir,
+            )
+            result = train(config, args.run_dir or f"runs/{args.task}", progress=not args.no_progress)
+    ev = result["eval"]
+    extra = f", held-out accuracy {ev['accuracy']:.4f}" if "accuracy" in ev else ""
+    print(f"{result['status']} at step {result['step']}: held-out loss {ev.get('loss', float('nan')):.4f}{extra}")
+    return 130 if result["status"] == "interrupted" else 0

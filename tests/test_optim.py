@@ -1,0 +1,155 @@
+"""Optimizers: Euclidean ones against torch.optim, the unitary one against its definition."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import unitary_update as uu
+from unitary_update.optim import SGD, Adam, RMSprop, UnitaryOptimizer, make_optimizer
+
+CASES = [
+    (lambda: SGD(0.1), lambda torch, p: torch.optim.SGD(p, lr=0.1)),
+    (lambda: SGD(0.1, momentum=0.9), lambda torch, p: torch.optim.SGD(p, lr=0.1, momentum=0.9)),
+    (lambda: RMSprop(0.01), lambda torch, p: torch.optim.RMSprop(p, lr=0.01, alpha=0.99, eps=1e-8)),
+    (lambda: Adam(0.01), lambda torch, p: torch.optim.Adam(p, lr=0.01, betas=(0.9, 0.999), eps=1e-8)),
+]
+
+
+@pytest.mark.parametrize(("ours", "theirs"), CASES, ids=["sgd", "momentum", "rmsprop", "adam"])
+@pytest.mark.parametrize("dtype", [np.float64, np.complex128])
+def test_matches_torch_optim(ours, theirs, dtype):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    shape = (4, 3)
+
+    def draw():
+        x = rng.standard_normal(shape)
+        return (x + 1j * rng.standard_normal(shape)).astype(dtype) if dtype == np.complex128 else x
+
+    p0 = draw()
+    params = {"w": p0.copy()}
+    tp = torch.tensor(p0.copy(), requires_grad=True)
+    opt, topt = ours(), theirs(torch, [tp])
+    for _ in range(5):
+        g = draw()
+        opt.step(params, {"w": g})
+        tp.grad = torch.tensor(g)
+        topt.step()
+    np.testing.assert_allclose(params["w"], tp.detach().numpy(), rtol=1e-12, atol=1e-12)
+
+
+def test_state_dict_round_trip_continues_identically():
+    rng = np.random.default_rng(1)
+    grads = [{"w": rng.standard_normal(5)} for _ in range(6)]
+    a, b = Adam(0.01), Adam(0.01)
+    pa, pb = {"w": np.ones(5)}, {"w": np.ones(5)}
+    for g in grads[:3]:
+        a.step(pa, g)
+        b.step(pb, g)
+    state = a.state_dict()
+    c = Adam(0.5)
+    c.load_state_dict(state)
+    for g in grads[3:]:
+        a.step(pa, g)
+        c.step(pb, g)
+    np.testing.assert_array_equal(pa["w"], pb["w"])
+    with pytest.raises(ValueError, match="state is for a Adam optimizer, not RMSprop"):
+        RMSprop(0.1).load_state_dict(state)
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda: SGD(-1.0), "lr must be finite and > 0"),
+        (lambda: SGD(0.1, momentum=1.0), "momentum must be < 1"),
+        (lambda: Adam(0.1, betas=(0.9, 1.0)), r"betas must lie in \[0, 1\)"),
+        (lambda: make_optimizer("lbfgs", 0.1), "optimizer must be one of"),
+        (lambda: UnitaryOptimizer(SGD(0.1), update="cayley"), "update must be 'project' or 'transport'"),
+        (lambda: UnitaryOptimizer(SGD(0.1), sketch="svd"), "sketch must be one of"),
+    ],
+)
+def test_bad_arguments(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def test_unitary_optimizer_type_errors():
+    with pytest.raises(TypeError, match="base must be an Optimizer"):
+        UnitaryOptimizer("rmsprop")
+    with pytest.raises(TypeError, match="drift must have a method maybe_retract"):
+        UnitaryOptimizer(SGD(0.1), drift=object())
+
+
+@pytest.mark.parametrize("update", ["project", "transport"])
+@pytest.mark.parametrize("dtype", [np.float64, np.complex128])
+def test_unitary_step_is_the_sketched_base_direction(update, dtype):
+    n = 12
+    U = uu.random_unitary(n, dtype=dtype, rng=0)
+    rng = np.random.default_rng(1)
+    G = rng.standard_normal((n, n)).astype(dtype)
+    expected_D = RMSprop(0.05).direction("W", G)
+    A, B = uu.sketch(expected_D, 2, method="exact")
+    expected = (uu.project if update == "project" else uu.transport)(U, A, B)
+    opt = UnitaryOptimizer(RMSprop(0.05), rank=2, update=update, sketch="exact", rng=0)
+    opt.step(U, G)
+    np.testing.assert_allclose(U, expected, rtol=1e-12, atol=1e-12)
+    assert uu.unitarity_error(U) < 1e-12
+
+
+def test_factored_sgd_gradient_equals_dense():
+    n, m = 10, 30
+    rng = np.random.default_rng(2)
+    X, Y = rng.standard_normal((n, m)), rng.standard_normal((n, m))
+    U1 = uu.random_unitary(n, dtype=np.float64, rng=3)
+    U2 = U1.copy()
+    UnitaryOptimizer(SGD(0.01), rank=3, sketch="exact").step(U1, (X, Y))
+    UnitaryOptimizer(SGD(0.01), rank=3, sketch="exact").step(U2, X @ Y.T)
+    np.testing.assert_allclose(U1, U2, rtol=1e-12, atol=1e-12)
+    # with momentum the factored gradient is formed densely, same first step
+    U3 = uu.random_unitary(n, dtype=np.float64, rng=3)
+    UnitaryOptimizer(SGD(0.01, momentum=0.5), rank=3, sketch="exact").step(U3, (X, Y))
+    np.testing.assert_allclose(U3, U2, rtol=1e-12, atol=1e-12)
+
+
+class StubDrift:
+    """Records the calls of the duck-typed drift-control interface."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, bool]] = []
+
+    def maybe_retract(self, U, *, step):
+        due = step % 2 == 0
+        self.calls.append((step, due))
+        if due:
+            U *= 1.0  # a real retraction would re-unitarise here
+        return due
+
+
+def test_drift_control_is_called_after_each_update():
+    U = uu.random_unitary(8, dtype=np.float64, rng=0)
+    drift = StubDrift()
+    opt = UnitaryOptimizer(SGD(0.1), drift=drift, rng=1)
+    for _ in range(3):
+        opt.step(U, np.random.default_rng(2).standard_normal((8, 8)))
+    assert drift.calls == [(1, False), (2, True), (3, False)]
+
+
+def test_no_drift_control_by_default():
+    assert UnitaryOptimizer(SGD(0.1)).drift is None
+
+
+def test_unitary_state_dict_restores_sketch_generator():
+    n = 10
+    G = np.random.default_rng(0).standard_normal((n, n))
+    a = UnitaryOptimizer(RMSprop(0.01), rng=5)
+    Ua = uu.random_unitary(n, dtype=np.float64, rng=1)
+    a.step(Ua, G)
+    state = a.state_dict()
+    b = UnitaryOptimizer(RMSprop(0.01), rng=99)
+    b.load_state_dict(state)
+    Ub = Ua.copy()
+    a.step(Ua, G)
+    b.step(Ub, G)
+    np.testing.assert_array_equal(Ua, Ub)
+    assert b.steps == 2

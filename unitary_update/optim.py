@@ -1,0 +1,354 @@
+r"""Optimizers: SGD with momentum, RMSprop and Adam for Euclidean parameters, and projUNN for unitary ones.
+
+A Euclidean optimizer turns a gradient into an additive step (its :meth:`~Optimizer.direction`)
+and applies it in place.  :class:`UnitaryOptimizer` asks a Euclidean optimizer for the step of the
+unitary parameter U, sketches it to rank k, ``step ~= A B^H`` (:func:`unitary_update.sketch`), and
+applies it with :func:`unitary_update.project` (projUNN-D) or :func:`unitary_update.transport`
+(projUNN-T), so U stays unitary at every step.  For plain SGD (no momentum) a factored gradient
+``(X, Y)`` is sketched without forming the N x N matrix.
+
+Complex parameters are handled as pairs of real numbers (as PyTorch does): the moment estimates of
+RMSprop and Adam are kept separately for the real and imaginary parts.  Gradients follow the
+convention ``dL/dRe + i dL/dIm``.
+
+All state lives in :meth:`~Optimizer.state_dict` (arrays and scalars, including the sketch
+generator's state), so a checkpoint restores a run exactly.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+
+from ._backend import array_namespace, normalize_rng
+from .sketch import SKETCH_METHODS
+from .sketch import sketch as _sketch
+from .update import project, transport
+
+__all__ = ["SGD", "Adam", "Optimizer", "RMSprop", "UnitaryOptimizer", "make_optimizer"]
+
+
+def _real_view(x: Any) -> Any:
+    """The real and imaginary parts of a contiguous complex array as a real array (a view)."""
+    if x.dtype.kind != "c":
+        return x
+    xp = array_namespace(x)
+    x = xp.ascontiguousarray(x)
+    return x.view(np.float32 if x.dtype == np.complex64 else np.float64)
+
+
+def _check_positive(value: float, name: str, *, allow_zero: bool = False) -> float:
+    value = float(value)
+    if not np.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be finite and {bound}; got {value!r}")
+    return value
+
+
+class Optimizer:
+    """Base class: per-parameter state, :meth:`direction`, :meth:`step`, state (de)serialisation.
+
+    Parameters
+    ----------
+    lr : float
+        Learning rate (> 0).
+    """
+
+    def __init__(self, lr: float) -> None:
+        self.lr = _check_positive(lr, "lr")
+        self.state: dict[str, dict[str, Any]] = {}
+        self.t: dict[str, int] = {}
+
+    def _update(self, name: str, g: Any, state: dict[str, Any], t: int) -> Any:  # pragma: no cover
+        raise NotImplementedError
+
+    def direction(self, name: str, grad: Any) -> Any:
+        """The additive step for parameter ``name`` given its gradient; advances the state.
+
+        Returns a new array of the gradient's shape and dtype (``p + direction`` descends).
+        """
+        if grad.dtype.kind == "c":
+            xp = array_namespace(grad)
+            g = xp.ascontiguousarray(grad)
+            state = self.state.setdefault(name, {})
+            self.t[name] = self.t.get(name, 0) + 1
+            real = self._update(name, _real_view(g), state, self.t[name])
+            return xp.ascontiguousarray(real).view(grad.dtype)
+        state = self.state.setdefault(name, {})
+        self.t[name] = self.t.get(name, 0) + 1
+        return self._update(name, grad, state, self.t[name])
+
+    def step(self, params: dict[str, Any], grads: dict[str, Any], names: Any = None) -> None:
+        """In place ``params[p] += direction(p, grads[p])`` for each name in ``names`` (default: all grads)."""
+        for name in grads if names is None else names:
+            params[name] += self.direction(name, grads[name]).astype(params[name].dtype, copy=False)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Arrays under ``"<param>/<buffer>"`` keys plus ``"meta"``: a JSON string of scalars."""
+        out: dict[str, Any] = {f"{p}/{k}": v for p, st in self.state.items() for k, v in st.items()}
+        out["meta"] = json.dumps({"t": self.t, "lr": self.lr, "type": type(self).__name__})
+        return out
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned (arrays are copied)."""
+        meta = json.loads(str(state["meta"]))
+        if meta["type"] != type(self).__name__:
+            raise ValueError(f"state is for a {meta['type']} optimizer, not {type(self).__name__}")
+        self.t = {k: int(v) for k, v in meta["t"].items()}
+        self.lr = float(meta["lr"])
+        self.state = {}
+        for key, value in state.items():
+            if key == "meta":
+                continue
+            p, buf = key.rsplit("/", 1)
+            xp = array_namespace(value)
+            self.state.setdefault(p, {})[buf] = xp.array(value, copy=True)
+
+
+class SGD(Optimizer):
+    r"""Gradient descent with (heavy-ball) momentum: ``m <- mu m + g``, step ``-lr m``.
+
+    Parameters
+    ----------
+    lr : float
+        Learning rate.
+    momentum : float, default 0
+        ``mu`` in [0, 1).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from unitary_update.optim import SGD
+    >>> p = {"w": np.array([1.0, 2.0])}
+    >>> SGD(0.5).step(p, {"w": np.array([1.0, 1.0])}); p["w"]
+    array([0.5, 1.5])
+    """
+
+    def __init__(self, lr: float, momentum: float = 0.0) -> None:
+        super().__init__(lr)
+        self.momentum = _check_positive(momentum, "momentum", allow_zero=True)
+        if self.momentum >= 1:
+            raise ValueError(f"momentum must be < 1; got {momentum}")
+
+    def _update(self, name: str, g: Any, state: dict[str, Any], t: int) -> Any:
+        if self.momentum == 0:
+            return -self.lr * g
+        if "m" not in state:
+            state["m"] = g.copy()
+        else:
+            state["m"] *= self.momentum
+            state["m"] += g
+        return -self.lr * state["m"]
+
+
+class RMSprop(Optimizer):
+    r"""RMSprop (PyTorch's form): ``v <- alpha v + (1 - alpha) g^2``, step ``-lr g / (sqrt(v) + eps)``.
+
+    Parameters
+    ----------
+    lr : float
+        Learning rate.
+    alpha : float, default 0.99
+        Smoothing constant.
+    eps : float, default 1e-8
+        Added to the denominator.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from unitary_update.optim import RMSprop
+    >>> opt = RMSprop(0.1)
+    >>> d = opt.direction("w", np.array([2.0, -3.0]))   # first step: -lr g / (0.1 |g|)
+    >>> np.round(d, 6)
+    array([-1.,  1.])
+    """
+
+    def __init__(self, lr: float, alpha: float = 0.99, eps: float = 1e-8) -> None:
+        super().__init__(lr)
+        self.alpha = _check_positive(alpha, "alpha", allow_zero=True)
+        self.eps = _check_positive(eps, "eps", allow_zero=True)
+
+    def _update(self, name: str, g: Any, state: dict[str, Any], t: int) -> Any:
+        xp = array_namespace(g)
+        if "v" not in state:
+            state["v"] = xp.zeros_like(g)
+        v = state["v"]
+        v *= self.alpha
+        v += (1 - self.alpha) * (g * g)
+        return (-self.lr) * g / (xp.sqrt(v) + self.eps)
+
+
+class Adam(Optimizer):
+    r"""Adam: bias-corrected first and second moments, step ``-lr m_hat / (sqrt(v_hat) + eps)``.
+
+    Parameters
+    ----------
+    lr : float
+        Learning rate.
+    betas : tuple of float, default (0.9, 0.999)
+        Decay rates of the two moments.
+    eps : float, default 1e-8
+        Added to the denominator.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from unitary_update.optim import Adam
+    >>> np.round(Adam(0.01).direction("w", np.array([5.0, -0.1])), 6)   # first step: -lr sign(g)
+    array([-0.01,  0.01])
+    """
+
+    def __init__(self, lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
+        super().__init__(lr)
+        self.betas = (float(betas[0]), float(betas[1]))
+        if not all(0 <= beta < 1 for beta in self.betas):
+            raise ValueError(f"betas must lie in [0, 1); got {betas}")
+        self.eps = _check_positive(eps, "eps", allow_zero=True)
+
+    def _update(self, name: str, g: Any, state: dict[str, Any], t: int) -> Any:
+        xp = array_namespace(g)
+        b1, b2 = self.betas
+        if "m" not in state:
+            state["m"], state["v"] = xp.zeros_like(g), xp.zeros_like(g)
+        m, v = state["m"], state["v"]
+        m *= b1
+        m += (1 - b1) * g
+        v *= b2
+        v += (1 - b2) * (g * g)
+        m_hat = m / (1 - b1**t)
+        v_hat = v / (1 - b2**t)
+        return (-self.lr) * m_hat / (xp.sqrt(v_hat) + self.eps)
+
+
+_OPTIMIZERS = {"sgd": SGD, "rmsprop": RMSprop, "adam": Adam}
+
+
+def make_optimizer(name: str, lr: float, **options: Any) -> Optimizer:
+    """Build ``"sgd" | "rmsprop" | "adam"`` with learning rate ``lr`` (and that class's options).
+
+    Raises
+    ------
+    ValueError
+        For an unknown name (the message lists the valid ones).
+
+    Examples
+    --------
+    >>> from unitary_update.optim import make_optimizer
+    >>> type(make_optimizer("rmsprop", 1e-3)).__name__
+    'RMSprop'
+    """
+    if name not in _OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {', '.join(map(repr, _OPTIMIZERS))}; got {name!r}")
+    return _OPTIMIZERS[name](lr, **options)
+
+
+class UnitaryOptimizer:
+    r"""projUNN for a unitary parameter: a Euclidean optimizer's step, sketched to rank k, kept unitary.
+
+    Each :meth:`step` computes the additive step ``D`` of ``base`` (e.g. RMSprop's
+    ``-lr g / (sqrt(v) + eps)``), sketches ``D ~= A B^H`` to rank ``rank``, and replaces U in place
+    by ``project(U, A, B)`` or ``transport(U, A, B)``.
+
+    Parameters
+    ----------
+    base : Optimizer
+        Supplies the step direction and holds its state (moments) for U.
+    rank : int, default 1
+        Rank k of the sketch.
+    update : {"project", "transport"}
+        projUNN-D or projUNN-T.
+    sketch : {"randomized", "lsi", "column", "exact"}
+        Sketch method (see :func:`unitary_update.sketch`).
+    rng : numpy.random.Generator, int or None
+        Seed or generator of the sketches; its state is part of :meth:`state_dict`.
+    drift : object, optional
+        Anything with ``maybe_retract(U, *, step: int) -> bool``, such as
+        :class:`unitary_update.retract.DriftControl`; called after each update with the step
+        count (1, 2, ...).  Off (None) by default.
+
+    Raises
+    ------
+    ValueError
+        For an unknown ``update`` or ``sketch``.
+    TypeError
+        If ``base`` is not an :class:`Optimizer` or ``drift`` has no ``maybe_retract``.
+
+    Notes
+    -----
+    Cost per step: the base optimizer's O(N^2) elementwise work, the sketch (O(N^2 k), or
+    O(N m k) for a factored gradient with SGD) and the O(N^2 k) update.
+
+    Examples
+    --------
+    >>> import numpy as np, unitary_update as uu
+    >>> from unitary_update.optim import RMSprop, UnitaryOptimizer
+    >>> U = uu.random_unitary(16, dtype=np.float64, rng=0)
+    >>> opt = UnitaryOptimizer(RMSprop(1e-2), rank=2, update="transport", rng=1)
+    >>> opt.step(U, np.random.default_rng(2).standard_normal((16, 16)))
+    >>> uu.unitarity_error(U) < 1e-12
+    True
+    """
+
+    def __init__(
+        self,
+        base: Optimizer,
+        *,
+        rank: int = 1,
+        update: str = "project",
+        sketch: str = "randomized",
+        rng: np.random.Generator | int | None = None,
+        drift: Any = None,
+    ) -> None:
+        if not isinstance(base, Optimizer):
+            raise TypeError(f"base must be an Optimizer (SGD, RMSprop, Adam); got {type(base).__name__}")
+        if update not in ("project", "transport"):
+            raise ValueError(f"update must be 'project' or 'transport'; got {update!r}")
+        if sketch not in SKETCH_METHODS:
+            raise ValueError(f"sketch must be one of {', '.join(map(repr, SKETCH_METHODS))}; got {sketch!r}")
+        if drift is not None and not callable(getattr(drift, "maybe_retract", None)):
+            raise TypeError("drift must have a method maybe_retract(U, *, step) (or be None)")
+        self.base, self.rank, self.update, self.sketch = base, int(rank), update, sketch
+        self.rng = normalize_rng(rng)
+        self.drift = drift
+        self.steps = 0
+
+    def step(self, U: Any, grad: Any, name: str = "W") -> None:
+        """Update ``U`` in place from its gradient (dense N x N, or a factored pair ``(X, Y)``).
+
+        ``name`` keys the base optimizer's state for this parameter.
+        """
+        if isinstance(grad, tuple):
+            if isinstance(self.base, SGD) and self.base.momentum == 0:
+                X, Y = grad
+                self.base.t[name] = self.base.t.get(name, 0) + 1
+                A, B = _sketch(((-self.base.lr) * X, Y), self.rank, method=self.sketch, rng=self.rng)
+                self._apply(U, A, B)
+                return
+            X, Y = grad
+            xp = array_namespace(X)
+            grad = X @ xp.conj(Y.T)
+        D = self.base.direction(name, grad).astype(U.dtype, copy=False)
+        A, B = _sketch(D, self.rank, method=self.sketch, rng=self.rng)
+        self._apply(U, A, B)
+
+    def _apply(self, U: Any, A: Any, B: Any) -> None:
+        (project if self.update == "project" else transport)(U, A, B, out=U)
+        self.steps += 1
+        if self.drift is not None:
+            self.drift.maybe_retract(U, step=self.steps)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The base optimizer's state plus ``"unitary_meta"``: step count and the generator state (JSON)."""
+        out = self.base.state_dict()
+        out["unitary_meta"] = json.dumps({"steps": self.steps, "rng": self.rng.bit_generator.state})
+        return out
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        state = dict(state)
+        meta = json.loads(str(state.pop("unitary_meta")))
+        self.steps = int(meta["steps"])
+        self.rng.bit_generator.state = meta["rng"]
+        self.base.load_state_dict(state)

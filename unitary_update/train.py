@@ -1,0 +1,490 @@
+"""Training a :class:`~unitary_update.urnn.URNN` with projUNN: the loop, metrics, checkpoints, resume, plots.
+
+A run lives in one directory:
+
+``config.json``
+    The :class:`TrainConfig` of the run (a resumed run reads it back).
+``metrics.jsonl``
+    One JSON object per line: ``{"split": "train", "step", "loss", "baseline", "elapsed_s",
+    "steps_per_s"}`` every ``log_every`` steps (loss averaged over those steps) and
+    ``{"split": "eval", "step", "loss", "baseline", "accuracy"?}`` on held-out data every
+    ``eval_every`` steps.
+``checkpoint.npz``
+    All parameters, both optimizers' states (moments, step counts, the sketch generator's state),
+    the seed and the step; written every ``checkpoint_every`` steps, at the end, and on Ctrl-C.
+``loss.png``
+    Written by :func:`plot_run`.
+
+Reproducibility: the training batch of step ``s`` is drawn from ``default_rng([seed, 1, s])``
+(permuted MNIST: batch ``s`` of a per-epoch shuffle seeded by ``[seed, epoch]``), the held-out set
+from ``default_rng([seed, 2])``, the model from ``seed`` and the sketches from a generator whose
+state is checkpointed; so ``--resume`` continues with exactly the losses of an uninterrupted run
+(same machine and BLAS threads).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .optim import Optimizer, UnitaryOptimizer, make_optimizer
+from .tasks import PermutedMNIST, Task, make_task
+from .urnn import URNN
+
+__all__ = ["TrainConfig", "build", "load_checkpoint", "plot_run", "read_metrics", "save_checkpoint", "train"]
+
+_DEFAULT_HIDDEN = {"copy": 190, "adding": 170, "pmnist": 170}
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything that defines a run (stored as ``config.json`` in the run directory).
+
+    Attributes
+    ----------
+    task : {"copy", "adding", "pmnist"}
+    length : int or None
+        Copy: the delay T (sequence length T + 20; default 100).  Adding: the sequence length
+        (default 200).  Ignored for pmnist (784).
+    steps : int
+        Total number of training steps (a resumed run continues up to it).
+    batch_size, hidden_size : int
+        ``hidden_size`` None picks the paper's size (copy 190, adding and pmnist 170).
+    complex : bool
+        Complex (unitary) instead of real (orthogonal) recurrent matrix.
+    init : str
+        Initialiser of W (``henaff``, ``cayley``, ``haar``, ``identity``).
+    dtype : {"float32", "float64"}
+        Real precision of the model.
+    optimizer : {"rmsprop", "adam", "sgd"}
+        Optimizer for the Euclidean parameters and the direction of W.
+    lr : float
+        Learning rate of V, b, O, c; W gets ``lr / w_lr_divisor`` (the paper: RMSprop, 32).
+    momentum : float
+        SGD momentum.
+    rank : int
+        Rank k of the sketched W update.
+    update : {"project", "transport"}
+        projUNN-D or projUNN-T.
+    sketch : str
+        Sketch method of :func:`unitary_update.sketch`.
+    retract_every : int
+        Re-unitarise W every this many steps with :class:`unitary_update.retract.DriftControl`
+        (0: never, the default).
+    seed : int
+        Seeds the model, the data and the sketches.
+    eval_every, eval_size : int
+        Held-out evaluation period (steps) and size (sequences / test images).
+    checkpoint_every, log_every : int
+        Checkpoint and metrics periods (steps).
+    time_limit_s : float or None
+        Stop (with a checkpoint) after this much wall-clock time in this process.
+    mnist_dir : str
+        Folder of the MNIST IDX files.
+    """
+
+    task: str = "copy"
+    length: int | None = None
+    steps: int = 1000
+    batch_size: int = 128
+    hidden_size: int | None = None
+    complex: bool = False
+    init: str = "henaff"
+    dtype: str = "float32"
+    optimizer: str = "rmsprop"
+    lr: float = 1e-3
+    w_lr_divisor: float = 32.0
+    momentum: float = 0.0
+    rank: int = 1
+    update: str = "project"
+    sketch: str = "randomized"
+    retract_every: int = 0
+    seed: int = 0
+    eval_every: int = 100
+    eval_size: int = 256
+    checkpoint_every: int = 500
+    log_every: int = 10
+    time_limit_s: float | None = None
+    mnist_dir: str = "../shared/data/mnist"
+
+    def resolved_hidden(self) -> int:
+        return int(self.hidden_size or _DEFAULT_HIDDEN.get(self.task, 128))
+
+
+def build(config: TrainConfig) -> tuple[Task, URNN, Optimizer, UnitaryOptimizer]:
+    """The task, the model and the two optimizers of a run, all seeded from ``config.seed``.
+
+    Examples
+    --------
+    >>> from unitary_update.train import TrainConfig, build
+    >>> task, model, opt, w_opt = build(TrainConfig(task="copy", length=5, hidden_size=8))
+    >>> model.params["W"].shape, type(opt).__name__, w_opt.update
+    ((8, 8), 'RMSprop', 'project')
+    """
+    task = make_task(config.task, length=config.length, mnist_dir=config.mnist_dir)
+    model = URNN(
+        task.input_size,
+        config.resolved_hidden(),
+        task.output_size,
+        complex=config.complex,
+        output=task.output,
+        loss=task.loss,
+        init=config.init,
+        dtype=np.dtype(config.dtype),
+        rng=config.seed,
+    )
+    extra = {"momentum": config.momentum} if config.optimizer == "sgd" else {}
+    opt = make_optimizer(config.optimizer, config.lr, **extra)
+    w_base = make_optimizer(config.optimizer, config.lr / config.w_lr_divisor, **extra)
+    drift = None
+    if config.retract_every:
+        from .retract import DriftControl
+
+        drift = DriftControl(every=config.retract_every, tol=None)
+    w_opt = UnitaryOptimizer(
+        w_base,
+        rank=config.rank,
+        update=config.update,
+        sketch=config.sketch,
+        rng=np.random.default_rng([config.seed, 3]),
+        drift=drift,
+    )
+    return task, model, opt, w_opt
+
+
+def _train_batch(task: Task, config: TrainConfig, step: int) -> tuple[Any, Any]:
+    if isinstance(task, PermutedMNIST):
+        return task.epoch_batch(step, config.batch_size, config.seed)
+    return task.batch(config.batch_size, np.random.default_rng([config.seed, 1, step]))
+
+
+def _eval_set(task: Task, config: TrainConfig) -> tuple[Any, Any]:
+    if isinstance(task, PermutedMNIST):
+        return task.split("test", config.eval_size)
+    return task.batch(config.eval_size, np.random.default_rng([config.seed, 2]))
+
+
+def evaluate(model: URNN, x: Any, y: Any, chunk: int = 512) -> dict[str, float]:
+    """Loss and accuracy over ``(x, y)`` in chunks of ``chunk`` sequences (bounded memory)."""
+    totals: dict[str, float] = {}
+    for start in range(0, len(x), chunk):
+        part = model.evaluate(x[start : start + chunk], y[start : start + chunk])
+        weight = len(x[start : start + chunk]) / len(x)
+        for key, value in part.items():
+            totals[key] = totals.get(key, 0.0) + weight * value
+    return totals
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoints and metrics
+# --------------------------------------------------------------------------------------------
+def save_checkpoint(path: Path, model: URNN, opt: Optimizer, w_opt: UnitaryOptimizer, meta: dict[str, Any]) -> None:
+    """Write parameters, optimizer states and ``meta`` (step, seed, ...) atomically to ``path`` (npz)."""
+    arrays: dict[str, Any] = {f"param/{k}": np.asarray(v) for k, v in model.params.items()}
+    arrays.update({f"opt/{k}": np.asarray(v) for k, v in opt.state_dict().items()})
+    arrays.update({f"wopt/{k}": np.asarray(v) for k, v in w_opt.state_dict().items()})
+    arrays["meta"] = np.asarray(json.dumps(meta))
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, model: URNN, opt: Optimizer, w_opt: UnitaryOptimizer) -> dict[str, Any]:
+    """Restore a checkpoint written by :func:`save_checkpoint` in place; return its ``meta``."""
+    with np.load(path) as data:
+        groups: dict[str, dict[str, Any]] = {"param": {}, "opt": {}, "wopt": {}}
+        for key in data.files:
+            if key == "meta":
+                continue
+            group, name = key.split("/", 1)
+            value = data[key]
+            groups[group][name] = value.item() if value.dtype.kind == "U" else value
+        meta = json.loads(str(data["meta"]))
+    for name, value in groups["param"].items():
+        model.params[name][...] = value
+    opt.load_state_dict(groups["opt"])
+    w_opt.load_state_dict(groups["wopt"])
+    return meta
+
+
+def read_metrics(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The records of ``run_dir/metrics.jsonl`` as a list of dicts.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> from unitary_update.train import read_metrics
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> _ = (d / "metrics.jsonl").write_text('{"split": "train", "step": 1, "loss": 0.5}\\n')
+    >>> read_metrics(d)[0]["loss"]
+    0.5
+    """
+    path = Path(run_dir) / "metrics.jsonl"
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+class _Progress:
+    """A one-line progress bar on stderr: steps, loss, baseline, steps/s."""
+
+    def __init__(self, total: int, baseline: float, enabled: bool) -> None:
+        self.total, self.baseline, self.enabled = total, baseline, enabled
+        self.tty = enabled and sys.stderr.isatty()
+        self.last = 0.0
+
+    def update(self, step: int, loss: float, rate: float, force: bool = False) -> None:
+        if not self.enabled:
+            return
+        now = time.perf_counter()
+        if not force and now - self.last < (0.2 if self.tty else 10.0):
+            return
+        self.last = now
+        width = 24
+        filled = int(width * step / max(self.total, 1))
+        bar = "#" * filled + "." * (width - filled)
+        text = f"[{bar}] {step}/{self.total} loss {loss:.4f} baseline {self.baseline:.4f} {rate:.2f} steps/s"
+        sys.stderr.write(("\r" + text) if self.tty else text + "\n")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.tty:
+            sys.stderr.write("\n")
+
+
+# --------------------------------------------------------------------------------------------
+# The loop
+# --------------------------------------------------------------------------------------------
+def train(
+    config: TrainConfig | None,
+    run_dir: str | os.PathLike[str],
+    *,
+    resume: bool = False,
+    steps: int | None = None,
+    time_limit_s: float | None = None,
+    progress: bool = True,
+    on_step: Callable[[int, float], None] | None = None,
+) -> dict[str, Any]:
+    """Train a unitary RNN with projUNN on ``config.task``, writing metrics and checkpoints to ``run_dir``.
+
+    Parameters
+    ----------
+    config : TrainConfig or None
+        The run's settings; None with ``resume=True`` reads ``run_dir/config.json``.
+    run_dir : str or path-like
+        Output directory (created).
+    resume : bool, default False
+        Continue from ``run_dir/checkpoint.npz``: parameters, optimizer states and step are
+        restored, metrics after the checkpoint's step are dropped, and training continues to
+        ``steps`` (default: the configured total).
+    steps : int, optional
+        Override the total number of steps (e.g. to extend a resumed run).
+    time_limit_s : float, optional
+        Override the configured wall-clock limit of this process (seconds).
+    progress : bool, default True
+        Show a progress bar on stderr.
+    on_step : callable, optional
+        Called as ``on_step(step, loss)`` after each completed step (used by tests).
+
+    Returns
+    -------
+    dict
+        ``{"step", "status" ("completed" | "interrupted" | "time_limit"), "train_loss",
+        "eval"}`` (the last evaluation's metrics).
+
+    Raises
+    ------
+    FileNotFoundError
+        On ``resume`` without a checkpoint, or for missing MNIST files.
+    FloatingPointError
+        If the loss becomes NaN or infinite (the last checkpoint is kept).
+
+    Notes
+    -----
+    Ctrl-C (SIGINT) finishes the current step, writes a checkpoint and returns with status
+    ``"interrupted"``.  The W update uses the factored gradient ``(X, Y)`` (no N x N gradient)
+    when the optimizer is plain SGD, and the dense gradient otherwise (RMSprop and Adam act on
+    its entries).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from unitary_update.train import TrainConfig, train
+    >>> cfg = TrainConfig(task="adding", length=6, steps=3, hidden_size=8, batch_size=4, eval_size=8)
+    >>> train(cfg, tempfile.mkdtemp(), progress=False)["status"]
+    'completed'
+    """
+    run = Path(run_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    config_path, ckpt_path, metrics_path = run / "config.json", run / "checkpoint.npz", run / "metrics.jsonl"
+    if resume:
+        if not ckpt_path.is_file():
+            raise FileNotFoundError(f"cannot resume: no checkpoint at {ckpt_path}")
+        if config is None:
+            config = TrainConfig(**json.loads(config_path.read_text()))
+    if config is None:
+        raise ValueError("config is required unless resume=True")
+    if steps is not None:
+        config = dataclasses.replace(config, steps=int(steps))
+    if time_limit_s is not None:
+        config = dataclasses.replace(config, time_limit_s=float(time_limit_s))
+    task, model, opt, w_opt = build(config)
+    start, elapsed_before = 0, 0.0
+    if resume:
+        meta = load_checkpoint(ckpt_path, model, opt, w_opt)
+        start, elapsed_before = int(meta["step"]), float(meta.get("elapsed_s", 0.0))
+        kept = [r for r in read_metrics(run) if r["step"] <= start] if metrics_path.is_file() else []
+        metrics_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    else:
+        metrics_path.write_text("")
+    config_path.write_text(json.dumps(dataclasses.asdict(config), indent=1) + "\n")
+
+    factored = config.optimizer == "sgd" and config.momentum == 0
+    x_eval, y_eval = _eval_set(task, config)
+    interrupted = False
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        nonlocal interrupted
+        interrupted = True
+
+    previous = signal.signal(signal.SIGINT, on_sigint) if _main_thread() else None
+    bar = _Progress(config.steps, task.baseline, progress)
+    t0 = time.perf_counter()
+    window: list[float] = []
+    last_eval: dict[str, float] = {}
+    status, step, loss = "completed", start, math.nan
+
+    def meta() -> dict[str, Any]:
+        return {"step": step, "seed": config.seed, "elapsed_s": elapsed_before + time.perf_counter() - t0}
+
+    def log(record: dict[str, Any]) -> None:
+        with open(metrics_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def run_eval() -> None:
+        nonlocal last_eval
+        from .metrics import unitarity_error
+
+        last_eval = evaluate(model, x_eval, y_eval)
+        drift = float(unitarity_error(model.params["W"]))
+        log({"split": "eval", "step": step, **last_eval, "baseline": task.baseline, "unitarity_error": drift})
+
+    try:
+        if start == 0 and config.eval_every:
+            run_eval()
+        while step < config.steps:
+            x, y = _train_batch(task, config, step)
+            loss, grads = model.loss_and_grads(x, y, factored=factored)
+            if not math.isfinite(loss):
+                raise FloatingPointError(f"loss became {loss} at step {step + 1}; last checkpoint kept")
+            w_opt.step(model.params["W"], grads.pop("W"))
+            opt.step(model.params, grads)
+            step += 1
+            window.append(loss)
+            rate = (step - start) / max(time.perf_counter() - t0, 1e-9)
+            if step % config.log_every == 0 or step == config.steps:
+                log(
+                    {
+                        "split": "train",
+                        "step": step,
+                        "loss": float(np.mean(window)),
+                        "baseline": task.baseline,
+                        "elapsed_s": round(meta()["elapsed_s"], 3),
+                        "steps_per_s": round(rate, 4),
+                    }
+                )
+                window = []
+            if config.eval_every and step % config.eval_every == 0:
+                run_eval()
+            if config.checkpoint_every and step % config.checkpoint_every == 0:
+                save_checkpoint(ckpt_path, model, opt, w_opt, meta())
+            bar.update(step, loss, rate)
+            if on_step is not None:
+                on_step(step, loss)
+            if interrupted:
+                status = "interrupted"
+                break
+            if config.time_limit_s is not None and time.perf_counter() - t0 > config.time_limit_s:
+                status = "time_limit"
+                break
+        if status == "completed" and config.eval_every and step % config.eval_every:
+            run_eval()
+        save_checkpoint(ckpt_path, model, opt, w_opt, meta())
+    finally:
+        bar.update(step, loss, (step - start) / max(time.perf_counter() - t0, 1e-9), force=True)
+        bar.close()
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    return {"step": step, "status": status, "train_loss": loss, "eval": last_eval}
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+# --------------------------------------------------------------------------------------------
+# Plots
+# --------------------------------------------------------------------------------------------
+def plot_run(run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | None = None) -> Path:
+    """Draw the training and held-out loss of a run against its memoryless baseline, as a PNG.
+
+    Parameters
+    ----------
+    run_dir : str or path-like
+        A run directory with ``metrics.jsonl``.
+    out : str or path-like, optional
+        The PNG to write (default ``run_dir/loss.png``).
+
+    Returns
+    -------
+    pathlib.Path
+        The written file.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the run has no metrics.
+    ImportError
+        If matplotlib is not installed (``pip install unitary_update[plot]``).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = read_metrics(run_dir)
+    config_path = Path(run_dir) / "config.json"
+    title = Path(run_dir).name
+    if config_path.is_file():
+        cfg = TrainConfig(**json.loads(config_path.read_text()))
+        length = "" if cfg.task == "pmnist" else f" {'delay' if cfg.task == 'copy' else 'length'} {cfg.length}"
+        title = f"{cfg.task}{length}, N={cfg.resolved_hidden()}, rank {cfg.rank}, {cfg.update}, {cfg.optimizer}"
+    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=100)
+    for split, style in (("train", "-"), ("eval", "o-")):
+        rows = [r for r in records if r["split"] == split]
+        if rows:
+            ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], style, ms=3, label=f"{split} loss")
+    baseline = next((r["baseline"] for r in records if r.get("baseline") is not None), None)
+    if baseline is not None:
+        ax.axhline(baseline, color="k", ls="--", lw=1, label=f"memoryless baseline {baseline:.4f}")
+    ax.set_yscale("log")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("loss")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    target = Path(out) if out is not None else Path(run_dir) / "loss.png"
+    fig.savefig(target)
+    plt.close(fig)
+    return target
