@@ -1,7 +1,9 @@
 """Shared fixtures: the array-backend fixture and dtype-aware tolerances.
 
 ``backend`` parametrises a test over every array library that can run here: NumPy always,
-PyTorch CPU tensors when torch is installed, CuPy when it imports and a GPU is present.  Tests
+PyTorch CPU tensors when torch is installed, JAX CPU arrays when jax is installed (with
+``jax_enable_x64`` on, so that float64/complex128 stay double), CuPy when it imports and a GPU
+is present.  Tests
 build inputs with NumPy and hand them over with ``backend.asarray``; results come back through
 ``backend.to_numpy``, which also checks that the result is of the backend's kind.
 """
@@ -36,6 +38,12 @@ class Backend:
             import torch
 
             return torch.from_numpy(x.copy())
+        if self.name == "jax":
+            import jax
+            import jax.numpy as jnp
+
+            jax.config.update("jax_enable_x64", True)
+            return jnp.asarray(x, device=jax.devices("cpu")[0])
         import cupy
 
         return cupy.asarray(x)
@@ -49,6 +57,12 @@ class Backend:
 
             assert isinstance(x, torch.Tensor), type(x)
             return x.numpy()
+        if self.name == "jax":
+            import jax
+
+            assert isinstance(x, jax.Array), type(x)
+            assert next(iter(x.devices())).platform == "cpu"
+            return np.asarray(x)
         import cupy
 
         assert isinstance(x, cupy.ndarray), type(x)
@@ -75,6 +89,11 @@ _BACKEND_PARAMS = [
         "torch",
         id="torch",
         marks=pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch not installed"),
+    ),
+    pytest.param(
+        "jax",
+        id="jax",
+        marks=pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="jax not installed"),
     ),
     pytest.param("cupy", id="cupy", marks=pytest.mark.skipif(not _cupy_available(), reason="no CuPy GPU")),
 ]

@@ -21,3 +21,23 @@ def random_factors(rng: np.random.Generator, shape: tuple[int, ...], dtype: Any)
 
 
 ALL_DTYPES = [np.float32, np.float64, np.complex64, np.complex128]
+
+
+def cupy_gpu_available() -> bool:
+    """True when CuPy imports and sees at least one CUDA device (the GPU tests skip otherwise)."""
+    try:
+        import cupy
+
+        return bool(cupy.cuda.runtime.getDeviceCount() > 0)
+    except Exception:  # ImportError, or a CUDA driver/runtime error on a machine without a GPU
+        return False
+
+
+def torch_cuda_available() -> bool:
+    """True when torch imports with CUDA support and a device (and CuPy is usable beside it)."""
+    try:
+        import torch
+
+        return bool(torch.cuda.is_available()) and cupy_gpu_available()
+    except Exception:
+        return False

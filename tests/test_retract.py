@@ -87,6 +87,11 @@ def test_in_place_and_separate_out(backend, method, order):
     _, M = drifted(70, np.complex64, 1e-3, seed=5)
     expected = uu.retract(M, method=method)
     U = backend.asarray(M) if backend.name != "numpy" else np.array(M, order=order)
+    if backend.name == "jax":  # immutable: out= is refused, the result is returned instead
+        with pytest.raises(TypeError, match=r"out is a JAX array; JAX arrays are immutable"):
+            uu.retract(U, method=method, out=U)
+        np.testing.assert_allclose(backend.to_numpy(uu.retract(U, method=method)), expected, atol=1e-6)
+        return
     assert uu.retract(U, method=method, out=U) is U
     np.testing.assert_allclose(backend.to_numpy(U), expected, atol=1e-6)
     out = np.zeros_like(M)
@@ -201,6 +206,10 @@ def test_step_without_drift_is_unchanged_and_torch_in_place(backend):
     b = uu.step(U0, G, rng=1, drift=None)
     np.testing.assert_array_equal(a, b)
     U = backend.asarray(U0 + 1e-3 * rng.standard_normal((20, 20)))
+    if backend.name == "jax":  # immutable: neither step nor the drift control can write into it
+        with pytest.raises(TypeError, match=r"out is a JAX array; JAX arrays are immutable"):
+            uu.step(U, backend.asarray(G), rng=1, out=U, drift=uu.DriftControl(every=1))
+        return
     out = uu.step(U, backend.asarray(G), rng=1, out=U, drift=uu.DriftControl(every=1))
     assert out is U
     assert uu.unitarity_error(backend.to_numpy(U)) < 1e-13

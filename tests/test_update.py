@@ -116,6 +116,10 @@ def test_out_equals_U_updates_in_place(backend, update, dtype, order):
     A, B = random_factors(rng, (n, 2), dtype), random_factors(rng, (n, 2), dtype)
     expected = getattr(uu, update)(U0, A, B)
     U = backend.asarray(U0) if backend.name != "numpy" else U0.copy(order=order)
+    if backend.name == "jax":  # immutable: out= must be refused before anything is computed
+        with pytest.raises(TypeError, match=r"out is a JAX array; JAX arrays are immutable"):
+            getattr(uu, update)(U, backend.asarray(A), backend.asarray(B), out=U)
+        return
     returned = getattr(uu, update)(U, backend.asarray(A), backend.asarray(B), out=U)
     assert returned is U
     np.testing.assert_allclose(backend.to_numpy(U), expected, rtol=0, atol=100 * np.finfo(dtype).eps)

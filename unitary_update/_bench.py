@@ -208,3 +208,70 @@ def plot(rows: Sequence[dict[str, Any]], path: str, title: str = "") -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def run_stack(
+    count: int = 4096, size: int = 16, rank: int = 1, dtype: str = "complex64", threads: int = 2, repeat: int = 7
+) -> list[dict[str, Any]]:
+    """Time a stack of ``count`` small matrices: Numba kernel vs NumPy batched path vs a Python loop.
+
+    Returns one row per update with the three times and the largest difference between the
+    Numba and NumPy results.
+    """
+    import numba
+    import scipy.linalg  # noqa: F401  # load SciPy's own OpenBLAS before limiting threads
+    from threadpoolctl import threadpool_limits
+
+    import unitary_update as uu
+
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    rng = np.random.default_rng(0)
+    U0 = uu.random_unitary(size, dtype=dtype, batch_shape=(count,), rng=rng)
+    A = (0.1 * (rng.standard_normal((count, size, rank)) + 1j * rng.standard_normal((count, size, rank)))).astype(dtype)
+    B = (rng.standard_normal((count, size, rank)) + 1j * rng.standard_normal((count, size, rank))).astype(dtype)
+    rows = []
+    with threadpool_limits(threads):
+        for name in ("project", "transport"):
+            fn = getattr(uu, name)
+            U = U0.copy()
+            results = {}
+            times = {}
+            for backend in ("numba", "numpy"):
+                with uu.options(backend=backend):
+                    results[backend] = fn(U0, A, B)
+                    times[backend] = _best(functools.partial(fn, U, A, B, out=U), repeat)
+
+            def loop(U: np.ndarray = U, fn: Callable[..., Any] = fn) -> None:
+                for i in range(count):
+                    fn(U[i], A[i], B[i], out=U[i])
+
+            times["loop"] = _best(loop, max(1, repeat // 3))
+            diff = float(np.abs(results["numba"] - results["numpy"]).max())
+            rows.append(
+                {
+                    "update": name,
+                    **{f"{k}_s": v for k, v in times.items()},
+                    "max_diff": diff,
+                    "count": count,
+                    "size": size,
+                    "rank": rank,
+                    "dtype": dtype,
+                }
+            )
+    return rows
+
+
+def format_stack_markdown(rows: Sequence[dict[str, Any]]) -> str:
+    """Render :func:`run_stack` rows as a markdown table with the ratios."""
+    lines = [
+        "| stack | update | Numba kernel | NumPy batched | Python loop of single calls | NumPy / Numba "
+        "| loop / Numba | max abs difference |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['count']} x {r['size']} x {r['size']} {r['dtype']}, k = {r['rank']} | {r['update']} "
+            f"| {r['numba_s'] * 1e3:.2f} ms | {r['numpy_s'] * 1e3:.2f} ms | {r['loop_s'] * 1e3:.1f} ms "
+            f"| {r['numpy_s'] / r['numba_s']:.1f}x | {r['loop_s'] / r['numba_s']:.0f}x | {r['max_diff']:.1e} |"
+        )
+    return "\n".join(lines) + "\n"

@@ -1,4 +1,4 @@
-"""Command line: ``python -m unitary_update [demo|soak|bench|conv-bench|conv-demo|train|plot|bench-rnn]``.
+"""Command line: ``python -m unitary_update [demo|soak|bench|bench-gpu|conv-bench|conv-demo|train|plot|bench-rnn]``.
 
 Subcommands
 -----------
@@ -12,6 +12,10 @@ bench
     Time per step of project and transport (``out=U``) for a grid of N and k, as ratios to one
     GEMM, a copy of U, the in-place BLAS rank update and the dense methods, measured in one run;
     ``--plot FILE.png`` draws time against N on log-log axes.
+bench-gpu
+    projUNN-D/T on the GPU (CuPy) against the dense GPU methods and the memory floor, for
+    N in {1024, 4096, 8192}, float32/complex64, k in {1, 16}: a markdown table of times and
+    ratios (see ``docs/gpu.md``); ``--device cpu`` runs the same on NumPy.
 conv-bench
     Batched updates of stacks of small unitary matrices (F = 1024 of C = 16, F = 64 of C = 128)
     against a Python loop of single-matrix calls and the dense batched polar/expm, as ratios.
@@ -38,6 +42,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+
+from . import _bench_gpu
 
 __all__ = ["main"]
 
@@ -148,9 +154,16 @@ def _bench_command(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
 
     machine = _bench.machine_description(args.threads)
     print(f"# projUNN bench: {machine}")
+    command_line = "python -m unitary_update " + " ".join(sys.argv[1:] if argv is None else argv)
+    if args.stack:
+        table = _bench.format_stack_markdown(_bench.run_stack(threads=args.threads, repeat=args.repeat))
+        print(table)
+        if args.markdown:
+            with open(args.markdown, "w") as f:
+                f.write(f"Command: `{command_line}`\n\nMachine: {machine}\n\n{table}")
+        return 0
     rows = _bench.run(args.n, args.rank, args.dtype, args.threads, args.repeat, args.dense_max)
     table = _bench.format_markdown(rows)
-    command_line = "python -m unitary_update " + " ".join(sys.argv[1:] if argv is None else argv)
     print(table)
     ns = sorted({r["n"] for r in rows})
     if len(ns) >= 2:
@@ -218,6 +231,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_bench.add_argument("--dense-max", type=int, default=4096, help="largest N at which dense baselines run")
     p_bench.add_argument("--plot", metavar="FILE.png", help="draw time vs N (log-log) with O(N^2), O(N^3) slopes")
     p_bench.add_argument("--markdown", metavar="FILE.md", help="also write the table (and machine line) here")
+    p_bench.add_argument(
+        "--stack",
+        action="store_true",
+        help="time a stack of 4096 16 x 16 complex64 matrices instead (Numba/NumPy/loop)",
+    )
+    p_bench_gpu = sub.add_parser("bench-gpu", help="GPU timings vs the dense method and the memory floor")
+    _bench_gpu.add_arguments(p_bench_gpu)
     p_cb = sub.add_parser("conv-bench", help="batched updates of (F, C, C) stacks vs loop vs dense, as ratios")
     p_cb.add_argument("--dtype", default="complex128", choices=["float32", "float64", "complex64", "complex128"])
     p_cb.add_argument("--ranks", type=int, nargs="+", default=[1, 4])
@@ -242,6 +262,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run_rnn_command(args)
     if args.command == "bench":
         return _bench_command(args, argv)
+    if args.command == "bench-gpu":
+        words = list(sys.argv[1:] if argv is None else argv)
+        _bench_gpu.main(args, "python -m unitary_update " + " ".join(words))
+        return 0
     if args.command == "soak":
         soak_report(
             n=args.n,

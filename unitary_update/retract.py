@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ._backend import array_namespace, from_compute, normalize_rng, standard_normal, to_compute
+from ._backend import array_namespace, from_compute, mark_written, normalize_rng, standard_normal, to_compute
 from ._validation import NonFiniteError, check_choice, check_finite, check_out, check_square
 
 __all__ = ["RETRACT_METHODS", "DriftControl", "retract"]
@@ -177,12 +177,13 @@ def retract(U: Any, *, method: str = "polar", out: Any = None) -> Any:
     True
     """
     method = check_choice(method, RETRACT_METHODS, "retraction method")
-    original = U
-    U, library = to_compute(U, "U")
-    check_square(U, "U")
-    target = None
+    target, out_library = None, ""
     if out is not None:
-        target = U if out is original else to_compute(out, "out")[0]
+        # out must alias the caller's memory: lazy torch views and JAX arrays are refused here
+        target, out_library = to_compute(out, "out", writable=True)
+    U, library = (target, out_library) if out is U else to_compute(U, "U")
+    check_square(U, "U")
+    if target is not None:
         check_out(target, U, tuple(U.shape))
     check_finite(U, "U")
     xp = array_namespace(U)
@@ -192,7 +193,10 @@ def retract(U: Any, *, method: str = "polar", out: Any = None) -> Any:
         _qr(xp, U, target)
     elif method == "polar" or not _newton_schulz(xp, U, target):
         _polar(xp, U, target)
-    return out if out is not None else from_compute(target, library)
+    if out is not None:
+        mark_written(out)  # torch: bump the version counter, as an in-place op would
+        return out
+    return from_compute(target, library)
 
 
 class DriftControl:

@@ -33,7 +33,16 @@ from typing import Any
 
 import numpy as np
 
-from ._backend import array_namespace, from_compute, normalize_rng, standard_normal, to_compute, uniform
+from ._backend import (
+    array_namespace,
+    compute_context,
+    from_compute,
+    is_cupy,
+    normalize_rng,
+    standard_normal,
+    to_compute,
+    uniform,
+)
 from ._validation import check_choice, check_finite, check_float_dtype, check_rank
 
 __all__ = ["SKETCH_METHODS", "sketch"]
@@ -158,9 +167,28 @@ def _column(xp: ModuleType, op: Any, rank: int, rng: np.random.Generator) -> tup
     tiny = np.finfo(np.float64).tiny
     gumbel = -xp.log(-xp.log(uniform(xp, rng, norms2.shape, np.float64)))
     keys = xp.log(xp.maximum(norms2, tiny)) + gumbel
-    idx = xp.argsort(-keys, axis=-1)[..., :rank]
+    idx = _top_k(xp, keys, rank, by_argmax=is_cupy(xp))
     Q = _orth(xp, op.columns(idx))
     return Q, op.rmatmul(Q)
+
+
+def _top_k(xp: ModuleType, keys: Any, k: int, *, by_argmax: bool) -> Any:
+    """Indices of the k largest keys along the last axis, largest first.
+
+    NumPy sorts.  On CuPy a sort goes through Thrust, which may block the host until the sort
+    has finished; k rounds of ``argmax`` (a reduction, O(k M), k is small) only enqueue
+    kernels.  Both give the same indices (ties resolve to the first index in both).
+    """
+    if not by_argmax:
+        return xp.argsort(-keys, axis=-1)[..., :k]
+    flat = keys.reshape(-1, keys.shape[-1]).copy()
+    rows = xp.arange(flat.shape[0])
+    picked = []
+    for _ in range(k):
+        i = xp.argmax(flat, axis=-1)
+        picked.append(i)
+        flat[rows, i] = -xp.inf
+    return xp.stack(picked, axis=-1).reshape(*keys.shape[:-1], k)
 
 
 def _exact(xp: ModuleType, op: Any, rank: int) -> tuple[Any, Any]:
@@ -264,17 +292,18 @@ def sketch(
             raise TypeError(f"unknown option {key!r} for sketch method {method!r}; valid options: {listed}")
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
             raise ValueError(f"option {key} must be a non-negative integer; got {value!r}")
-    op, library = _as_operator(G)
-    rank = check_rank(rank, min(op.shape))
-    rng = normalize_rng(rng)
-    xp = op.xp
-    if method == "randomized":
-        opts = {**valid, **options}
-        A, B = _randomized(xp, op, rank, rng, int(opts["oversampling"]), int(opts["power_iterations"]))
-    elif method == "lsi":
-        A, B = _lsi(xp, op, rank, rng)
-    elif method == "column":
-        A, B = _column(xp, op, rank, rng)
-    else:
-        A, B = _exact(xp, op, rank)
-    return from_compute(A, library), from_compute(B, library)
+    with compute_context(G[0] if isinstance(G, tuple) and G else G):
+        op, library = _as_operator(G)
+        rank = check_rank(rank, min(op.shape))
+        rng = normalize_rng(rng)
+        xp = op.xp
+        if method == "randomized":
+            opts = {**valid, **options}
+            A, B = _randomized(xp, op, rank, rng, int(opts["oversampling"]), int(opts["power_iterations"]))
+        elif method == "lsi":
+            A, B = _lsi(xp, op, rank, rng)
+        elif method == "column":
+            A, B = _column(xp, op, rank, rng)
+        else:
+            A, B = _exact(xp, op, rank)
+        return from_compute(A, library), from_compute(B, library)

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from ._backend import to_compute
+from ._backend import compute_context, to_compute
 from ._validation import check_choice, check_square
 from .sketch import SKETCH_METHODS
 from .sketch import sketch as _sketch
@@ -98,21 +98,22 @@ def step(
         raise TypeError(f"drift must be a DriftControl (an object with maybe_retract); got {type(drift).__name__}")
     update = check_choice(update, UPDATES, "update")
     sketch = check_choice(sketch, SKETCH_METHODS, "sketch method")
-    Uc, _ = to_compute(U, "U")
-    n = check_square(Uc, "U")
-    parts = G if isinstance(G, tuple) else (G,)
-    for i, part in enumerate(parts):
-        name = "G" if len(parts) == 1 else f"G[{i}]"
-        Gc, _ = to_compute(part, name)
-        if Gc.ndim >= 2 and Gc.shape[-2] != n:
-            raise ValueError(f"{name} has shape {tuple(Gc.shape)} but U is {n} x {n}")
-        if not isinstance(G, tuple) and Gc.ndim >= 2 and Gc.shape[-1] != n:
-            raise ValueError(f"G has shape {tuple(Gc.shape)} but U is {n} x {n}")
-        if getattr(Gc.dtype, "kind", "") == "c" and Uc.dtype.kind != "c":
-            raise TypeError(f"{name} is complex ({Gc.dtype}) but U is real ({Uc.dtype})")
-    A, B = _sketch(G, rank, method=sketch, rng=rng)
-    apply = project if update == "project" else transport
-    result = apply(U, A, B, out=out)
-    if drift is not None:
-        drift.maybe_retract(result)
-    return result
+    with compute_context(U):  # one device and stream for the checks, the sketch and the update
+        Uc, _ = to_compute(U, "U")
+        n = check_square(Uc, "U")
+        parts = G if isinstance(G, tuple) else (G,)
+        for i, part in enumerate(parts):
+            name = "G" if len(parts) == 1 else f"G[{i}]"
+            Gc, _ = to_compute(part, name)
+            if Gc.ndim >= 2 and Gc.shape[-2] != n:
+                raise ValueError(f"{name} has shape {tuple(Gc.shape)} but U is {n} x {n}")
+            if not isinstance(G, tuple) and Gc.ndim >= 2 and Gc.shape[-1] != n:
+                raise ValueError(f"G has shape {tuple(Gc.shape)} but U is {n} x {n}")
+            if getattr(Gc.dtype, "kind", "") == "c" and Uc.dtype.kind != "c":
+                raise TypeError(f"{name} is complex ({Gc.dtype}) but U is real ({Uc.dtype})")
+        A, B = _sketch(G, rank, method=sketch, rng=rng)
+        apply = project if update == "project" else transport
+        result = apply(U, A, B, out=out)
+        if drift is not None:
+            drift.maybe_retract(result)
+        return result

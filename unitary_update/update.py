@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import _lowrank
-from ._backend import array_namespace, from_compute, to_compute
+from ._backend import array_namespace, compute_context, from_compute, mark_written, to_compute
 from ._validation import check_factor_pair, check_finite, check_out, check_square, same_view
 
 __all__ = ["project", "transport"]
@@ -17,16 +17,17 @@ __all__ = ["project", "transport"]
 
 def _prepare(U: Any, A: Any, B: Any, out: Any) -> tuple[Any, Any, Any, Any, str, tuple[int, ...]]:
     """Convert and validate (nothing is written here): U, A, B, out, the library, the shape."""
-    original_U = U
-    U, library = to_compute(U, "U")
+    target, out_library = None, ""
+    if out is not None:
+        # out must alias the caller's memory: lazy torch views and JAX arrays are refused here
+        target, out_library = to_compute(out, "out", writable=True)
+    U, library = (target, out_library) if out is U else to_compute(U, "U")
     A, _ = to_compute(A, "A")
     B, _ = to_compute(B, "B")
     n = check_square(U, "U")
     batch, A, B = check_factor_pair(U, A, B)
     shape = (*batch, n, n)
-    target = None
-    if out is not None:
-        target = U if out is original_U else to_compute(out, "out")[0]
+    if target is not None:
         check_out(target, U, shape)
         if same_view(target, U):
             target = U
@@ -36,10 +37,14 @@ def _prepare(U: Any, A: Any, B: Any, out: Any) -> tuple[Any, Any, Any, Any, str,
 
 
 def _update(kind: str, U: Any, A: Any, B: Any, out: Any) -> Any:
-    U, A, B, target, library, shape = _prepare(U, A, B, out)
-    xp = array_namespace(U, A, B)
-    result = _lowrank.lowrank_update(xp, kind, U, A, B, target, shape)
-    return out if out is not None else from_compute(result, library)
+    with compute_context(U):
+        U_c, A_c, B_c, target, library, shape = _prepare(U, A, B, out)
+        xp = array_namespace(U_c, A_c, B_c)
+        result = _lowrank.lowrank_update(xp, kind, U_c, A_c, B_c, target, shape)
+        if out is not None:
+            mark_written(out)  # torch: bump the version counter, as an in-place op would
+            return out
+        return from_compute(result, library)
 
 
 def project(U: Any, A: Any, B: Any, *, out: Any = None) -> Any:
