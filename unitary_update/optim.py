@@ -50,10 +50,37 @@ def _check_positive(value: float, name: str, *, allow_zero: bool = False) -> flo
 class Optimizer:
     """Base class: per-parameter state, :meth:`direction`, :meth:`step`, state (de)serialisation.
 
+    Subclasses (:class:`SGD`, :class:`RMSprop`, :class:`Adam`) define the update rule; use one of
+    them or :func:`make_optimizer`.
+
     Parameters
     ----------
     lr : float
         Learning rate (> 0).
+
+    Raises
+    ------
+    ValueError
+        If ``lr`` is not finite and positive.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from unitary_update.optim import SGD
+    >>> opt = SGD(0.1, momentum=0.5)
+    >>> params = {"w": np.array([1.0, 1.0])}
+    >>> opt.step(params, {"w": np.array([1.0, -1.0])})
+    >>> params["w"]
+    array([0.9, 1.1])
+    >>> opt.direction("w", np.array([1.0, -1.0]))   # momentum: m = 0.5 m + g
+    array([-0.15,  0.15])
+    >>> state = opt.state_dict()
+    >>> sorted(state)
+    ['meta', 'w/m']
+    >>> fresh = SGD(0.1, momentum=0.5)
+    >>> fresh.load_state_dict(state)
+    >>> fresh.t
+    {'w': 2}
     """
 
     def __init__(self, lr: float) -> None:
@@ -67,7 +94,18 @@ class Optimizer:
     def direction(self, name: str, grad: Any) -> Any:
         """The additive step for parameter ``name`` given its gradient; advances the state.
 
-        Returns a new array of the gradient's shape and dtype (``p + direction`` descends).
+        Parameters
+        ----------
+        name : str
+            Key of the parameter's state (moments, step count).
+        grad : array, any shape, real or complex
+            Gradient of the loss with respect to the parameter (``dL/dRe + i dL/dIm`` when
+            complex).
+
+        Returns
+        -------
+        array, same shape and dtype as ``grad``
+            A new array, the step to add to the parameter (``p + direction`` descends).
         """
         if grad.dtype.kind == "c":
             xp = array_namespace(grad)
@@ -81,18 +119,47 @@ class Optimizer:
         return self._update(name, grad, state, self.t[name])
 
     def step(self, params: dict[str, Any], grads: dict[str, Any], names: Any = None) -> None:
-        """In place ``params[p] += direction(p, grads[p])`` for each name in ``names`` (default: all grads)."""
+        """In place ``params[p] += direction(p, grads[p])`` for each name in ``names`` (default: all grads).
+
+        Parameters
+        ----------
+        params : dict of str to array
+            The parameters, updated in place.
+        grads : dict of str to array
+            Their gradients, each of the parameter's shape.
+        names : iterable of str, optional
+            The parameters to update (default: every key of ``grads``).
+        """
         for name in grads if names is None else names:
             params[name] += self.direction(name, grads[name]).astype(params[name].dtype, copy=False)
 
     def state_dict(self) -> dict[str, Any]:
-        """Arrays under ``"<param>/<buffer>"`` keys plus ``"meta"``: a JSON string of scalars."""
+        """The optimizer's state, for a checkpoint.
+
+        Returns
+        -------
+        dict of str to array or str
+            Arrays (the buffers themselves, not copies) under ``"<param>/<buffer>"`` keys plus
+            ``"meta"``: a JSON string of the scalars (step counts, learning rate, type).
+        """
         out: dict[str, Any] = {f"{p}/{k}": v for p, st in self.state.items() for k, v in st.items()}
         out["meta"] = json.dumps({"t": self.t, "lr": self.lr, "type": type(self).__name__})
         return out
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` returned (arrays are copied)."""
+        """Restore what :meth:`state_dict` returned (arrays are copied).
+
+        Parameters
+        ----------
+        state : dict of str to array or str
+            As returned by :meth:`state_dict` of an optimizer of the same type (a ``"meta"``
+            value may also be a 0-d string array, as read back from an ``.npz`` file).
+
+        Raises
+        ------
+        ValueError
+            If ``state`` was saved by an optimizer of another type.
+        """
         meta = json.loads(str(state["meta"]))
         if meta["type"] != type(self).__name__:
             raise ValueError(f"state is for a {meta['type']} optimizer, not {type(self).__name__}")
@@ -228,6 +295,21 @@ _OPTIMIZERS = {"sgd": SGD, "rmsprop": RMSprop, "adam": Adam}
 def make_optimizer(name: str, lr: float, **options: Any) -> Optimizer:
     """Build ``"sgd" | "rmsprop" | "adam"`` with learning rate ``lr`` (and that class's options).
 
+    Parameters
+    ----------
+    name : {"sgd", "rmsprop", "adam"}
+        The optimizer.
+    lr : float
+        Learning rate (> 0).
+    **options
+        Keyword arguments of that class (``momentum`` for SGD; ``alpha``, ``eps`` for RMSprop;
+        ``betas``, ``eps`` for Adam).
+
+    Returns
+    -------
+    Optimizer
+        A new :class:`SGD`, :class:`RMSprop` or :class:`Adam`.
+
     Raises
     ------
     ValueError
@@ -317,7 +399,15 @@ class UnitaryOptimizer:
     def step(self, U: Any, grad: Any, name: str = "W") -> None:
         """Update ``U`` in place from its gradient (dense N x N, or a factored pair ``(X, Y)``).
 
-        ``name`` keys the base optimizer's state for this parameter.
+        Parameters
+        ----------
+        U : array, shape (N, N)
+            The unitary (or orthogonal) parameter, updated in place.
+        grad : array, shape (N, N), or tuple of two arrays of shape (N, m)
+            The gradient of the loss with respect to ``U``, dense or factored as
+            ``(X, Y)`` with gradient ``X @ Y^H``.
+        name : str, default "W"
+            Keys the base optimizer's state for this parameter.
         """
         if isinstance(grad, tuple):
             if isinstance(self.base, SGD) and self.base.momentum == 0:
@@ -340,13 +430,26 @@ class UnitaryOptimizer:
             self.drift.maybe_retract(U, step=self.steps)
 
     def state_dict(self) -> dict[str, Any]:
-        """The base optimizer's state plus ``"unitary_meta"``: step count and the generator state (JSON)."""
+        """The state of the optimizer, for a checkpoint.
+
+        Returns
+        -------
+        dict of str to array or str
+            The base optimizer's :meth:`Optimizer.state_dict` plus ``"unitary_meta"``: a JSON
+            string of the step count and the sketch generator's state.
+        """
         out = self.base.state_dict()
         out["unitary_meta"] = json.dumps({"steps": self.steps, "rng": self.rng.bit_generator.state})
         return out
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` returned."""
+        """Restore what :meth:`state_dict` returned.
+
+        Parameters
+        ----------
+        state : dict of str to array or str
+            As returned by :meth:`state_dict` (string values may be 0-d string arrays).
+        """
         state = dict(state)
         meta = json.loads(str(state.pop("unitary_meta")))
         self.steps = int(meta["steps"])

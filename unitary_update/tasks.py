@@ -34,7 +34,23 @@ __all__ = ["TASKS", "AddingTask", "CopyTask", "PermutedMNIST", "Task", "make_tas
 
 
 class Task:
-    """What the training loop needs to know about a task (see the module documentation)."""
+    """What the training loop needs to know about a task (see the module documentation).
+
+    The base class of :class:`CopyTask`, :class:`AddingTask` and :class:`PermutedMNIST`: class
+    attributes ``name``, ``input_size``, ``output_size``, ``output`` (``"last"`` or
+    ``"sequence"``), ``loss`` (``"cross_entropy"`` or ``"mse"``), ``baseline`` (the loss of a
+    model without memory) and ``length`` (T), and a :meth:`batch` method.
+
+    Examples
+    --------
+    >>> from unitary_update.tasks import Task, make_task
+    >>> task = make_task("adding", length=8)
+    >>> isinstance(task, Task), task.output, task.loss, task.length
+    (True, 'last', 'mse', 8)
+    >>> x, y = task.batch(4, rng=0)
+    >>> x.shape, y.shape
+    ((4, 8, 2), (4, 1))
+    """
 
     name = "task"
     input_size = 1
@@ -45,7 +61,22 @@ class Task:
     length = 1
 
     def batch(self, batch_size: int, rng: np.random.Generator | int | None = None) -> tuple[Any, Any]:
-        """One batch ``(x, y)``; ``rng`` makes it reproducible."""
+        """One batch ``(x, y)``; ``rng`` makes it reproducible.
+
+        Parameters
+        ----------
+        batch_size : int
+            Number of sequences (>= 1).
+        rng : numpy.random.Generator, int or None, optional
+            Generator or seed; the same seed gives the same batch.
+
+        Returns
+        -------
+        x : numpy.ndarray, shape (batch_size, T, input_size)
+            The input sequences.
+        y : numpy.ndarray
+            The targets, in the form the subclass documents.
+        """
         raise NotImplementedError  # pragma: no cover
 
 
@@ -90,7 +121,27 @@ class CopyTask(Task):
         self.baseline = 10 * math.log(8) / self.length
 
     def batch(self, batch_size: int, rng: np.random.Generator | int | None = None) -> tuple[Any, Any]:
-        """``x (batch, T, 10)`` one-hot float32, ``y (batch, T)`` int64 labels."""
+        """A batch of copy sequences.
+
+        Parameters
+        ----------
+        batch_size : int
+            Number of sequences (>= 1).
+        rng : numpy.random.Generator, int or None, optional
+            Generator or seed; the same seed gives the same batch.
+
+        Returns
+        -------
+        x : numpy.ndarray, shape (batch_size, T, 10), float32
+            One-hot input symbols.
+        y : numpy.ndarray, shape (batch_size, T), int64
+            Target symbols (class labels) at every step.
+
+        Raises
+        ------
+        ValueError
+            If ``batch_size`` is not an integer >= 1.
+        """
         gen = normalize_rng(rng)
         batch_size = _check_size(batch_size, "batch_size")
         T = self.length
@@ -135,7 +186,27 @@ class AddingTask(Task):
         self.length = _check_size(length, "length", 2)
 
     def batch(self, batch_size: int, rng: np.random.Generator | int | None = None) -> tuple[Any, Any]:
-        """``x (batch, T, 2)`` float32, ``y (batch, 1)`` float32."""
+        """A batch of adding sequences.
+
+        Parameters
+        ----------
+        batch_size : int
+            Number of sequences (>= 1).
+        rng : numpy.random.Generator, int or None, optional
+            Generator or seed; the same seed gives the same batch.
+
+        Returns
+        -------
+        x : numpy.ndarray, shape (batch_size, T, 2), float32
+            Values (channel 0) and markers (channel 1).
+        y : numpy.ndarray, shape (batch_size, 1), float32
+            The sum of the two marked values.
+
+        Raises
+        ------
+        ValueError
+            If ``batch_size`` is not an integer >= 1.
+        """
         gen = normalize_rng(rng)
         batch_size = _check_size(batch_size, "batch_size")
         T = self.length
@@ -212,13 +283,50 @@ class PermutedMNIST(Task):
         self.test = (prepare(data["test_images"]), data["test_labels"].astype(np.int64))
 
     def batch(self, batch_size: int, rng: np.random.Generator | int | None = None) -> tuple[Any, Any]:
-        """Random training images (with replacement): ``x (batch, 784, 1)``, ``y (batch,)``."""
+        """Random training images (with replacement).
+
+        Parameters
+        ----------
+        batch_size : int
+            Number of sequences (>= 1).
+        rng : numpy.random.Generator, int or None, optional
+            Generator or seed; the same seed gives the same batch.
+
+        Returns
+        -------
+        x : numpy.ndarray, shape (batch_size, 784, 1), float32
+            Normalised pixels in permuted order.
+        y : numpy.ndarray, shape (batch_size,), int64
+            Digit labels.
+
+        Raises
+        ------
+        ValueError
+            If ``batch_size`` is not an integer >= 1.
+        """
         gen = normalize_rng(rng)
         idx = gen.integers(0, len(self.train[1]), _check_size(batch_size, "batch_size"))
         return self.train[0][idx, :, None], self.train[1][idx]
 
     def epoch_batch(self, step: int, batch_size: int, seed: int) -> tuple[Any, Any]:
-        """Batch ``step`` (0-based) of seeded per-epoch shuffles of the training set."""
+        """Batch ``step`` (0-based) of seeded per-epoch shuffles of the training set.
+
+        Parameters
+        ----------
+        step : int
+            Training step (0-based); epoch ``step // (n_train // batch_size)``.
+        batch_size : int
+            Images per batch (a partial last batch of an epoch is dropped).
+        seed : int
+            Seeds the shuffles (epoch ``e`` uses ``default_rng([seed, e])``).
+
+        Returns
+        -------
+        x : numpy.ndarray, shape (batch_size, 784, 1), float32
+            Normalised pixels in permuted order.
+        y : numpy.ndarray, shape (batch_size,), int64
+            Digit labels.
+        """
         per_epoch = len(self.train[1]) // batch_size
         epoch, i = divmod(int(step), per_epoch)
         order = np.random.default_rng([seed, epoch]).permutation(len(self.train[1]))
@@ -226,7 +334,22 @@ class PermutedMNIST(Task):
         return self.train[0][idx, :, None], self.train[1][idx]
 
     def split(self, which: str, limit: int | None = None) -> tuple[Any, Any]:
-        """The first ``limit`` images of ``"train"`` or ``"test"`` as ``(x (n, 784, 1), y (n,))``."""
+        """The first ``limit`` images of the training or the test set.
+
+        Parameters
+        ----------
+        which : {"train", "test"}
+            The split (anything other than ``"train"`` means the test set).
+        limit : int, optional
+            Number of images (default: all).
+
+        Returns
+        -------
+        x : numpy.ndarray, shape (n, 784, 1), float32
+            Normalised pixels in permuted order.
+        y : numpy.ndarray, shape (n,), int64
+            Digit labels.
+        """
         images, labels = self.train if which == "train" else self.test
         return images[:limit, :, None], labels[:limit]
 
@@ -237,10 +360,29 @@ TASKS = ("copy", "adding", "pmnist")
 def make_task(name: str, *, length: int | None = None, mnist_dir: Any = None, permutation_seed: int = 0) -> Task:
     """Build a task by name: ``copy`` (``length`` = delay), ``adding`` (``length`` = T) or ``pmnist``.
 
+    Parameters
+    ----------
+    name : {"copy", "adding", "pmnist"}
+        The task.
+    length : int, optional
+        Copy: the delay (default 100).  Adding: the sequence length (default 200).  Ignored for
+        pmnist.
+    mnist_dir : str or path-like, optional
+        Folder of the MNIST IDX files (default ``../shared/data/mnist``); pmnist only.
+    permutation_seed : int, default 0
+        Seed of the pixel permutation; pmnist only.
+
+    Returns
+    -------
+    Task
+        A :class:`CopyTask`, :class:`AddingTask` or :class:`PermutedMNIST`.
+
     Raises
     ------
     ValueError
-        For an unknown task name.
+        For an unknown task name or an invalid ``length``.
+    FileNotFoundError
+        For pmnist, if an MNIST file is missing.
 
     Examples
     --------

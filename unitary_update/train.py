@@ -50,9 +50,12 @@ _DEFAULT_HIDDEN = {"copy": 190, "adding": 170, "pmnist": 170}
 class TrainConfig:
     """Everything that defines a run (stored as ``config.json`` in the run directory).
 
-    Attributes
+    Every parameter is also an attribute of the same name.
+
+    Parameters
     ----------
     task : {"copy", "adding", "pmnist"}
+        The task (see :mod:`unitary_update.tasks`).
     length : int or None
         Copy: the delay T (sequence length T + 20; default 100).  Adding: the sequence length
         (default 200).  Ignored for pmnist (784).
@@ -70,6 +73,8 @@ class TrainConfig:
         Optimizer for the Euclidean parameters and the direction of W.
     lr : float
         Learning rate of V, b, O, c; W gets ``lr / w_lr_divisor`` (the paper: RMSprop, 32).
+    w_lr_divisor : float
+        Divides ``lr`` for the recurrent matrix W (default 32).
     momentum : float
         SGD momentum.
     rank : int
@@ -91,6 +96,16 @@ class TrainConfig:
         Stop (with a checkpoint) after this much wall-clock time in this process.
     mnist_dir : str
         Folder of the MNIST IDX files.
+
+    Examples
+    --------
+    >>> import dataclasses
+    >>> from unitary_update.train import TrainConfig
+    >>> cfg = TrainConfig(task="adding", length=50, steps=200)
+    >>> cfg.resolved_hidden(), cfg.optimizer, cfg.lr
+    (170, 'rmsprop', 0.001)
+    >>> dataclasses.replace(cfg, hidden_size=64).resolved_hidden()
+    64
     """
 
     task: str = "copy"
@@ -118,11 +133,41 @@ class TrainConfig:
     mnist_dir: str = "../shared/data/mnist"
 
     def resolved_hidden(self) -> int:
+        """The hidden size of the run: ``hidden_size``, or the paper's size for the task when None.
+
+        Returns
+        -------
+        int
+            ``hidden_size`` if set, else 190 (copy), 170 (adding, pmnist) or 128.
+        """
         return int(self.hidden_size or _DEFAULT_HIDDEN.get(self.task, 128))
 
 
 def build(config: TrainConfig) -> tuple[Task, URNN, Optimizer, UnitaryOptimizer]:
     """The task, the model and the two optimizers of a run, all seeded from ``config.seed``.
+
+    Parameters
+    ----------
+    config : TrainConfig
+        The run's settings.
+
+    Returns
+    -------
+    task : Task
+        The task (:func:`unitary_update.tasks.make_task`).
+    model : URNN
+        The model, initialised from ``config.seed``.
+    opt : Optimizer
+        The optimizer of the Euclidean parameters (V, b, O, c), learning rate ``config.lr``.
+    w_opt : UnitaryOptimizer
+        The projUNN optimizer of W (learning rate ``config.lr / config.w_lr_divisor``).
+
+    Raises
+    ------
+    ValueError
+        For an invalid setting (task, length, optimizer, update, sketch, dtype, ...).
+    FileNotFoundError
+        For pmnist, if an MNIST file is missing from ``config.mnist_dir``.
 
     Examples
     --------
@@ -189,7 +234,46 @@ def evaluate(model: URNN, x: Any, y: Any, chunk: int = 512) -> dict[str, float]:
 # Checkpoints and metrics
 # --------------------------------------------------------------------------------------------
 def save_checkpoint(path: Path, model: URNN, opt: Optimizer, w_opt: UnitaryOptimizer, meta: dict[str, Any]) -> None:
-    """Write parameters, optimizer states and ``meta`` (step, seed, ...) atomically to ``path`` (npz)."""
+    """Write parameters, optimizer states and ``meta`` (step, seed, ...) atomically to ``path`` (npz).
+
+    Parameters
+    ----------
+    path : pathlib.Path
+        The ``.npz`` file to write (written to a temporary file next to it, then renamed).
+    model : URNN
+        The model whose parameters are saved.
+    opt : Optimizer
+        The optimizer of the Euclidean parameters.
+    w_opt : UnitaryOptimizer
+        The optimizer of W.
+    meta : dict
+        JSON-serialisable scalars (step, seed, elapsed time, ...).
+
+    Raises
+    ------
+    OSError
+        If the file cannot be written.
+    TypeError
+        If ``meta`` is not JSON-serialisable.
+
+    Examples
+    --------
+    >>> import pathlib, tempfile
+    >>> import numpy as np
+    >>> from unitary_update.train import TrainConfig, build, load_checkpoint, save_checkpoint
+    >>> cfg = TrainConfig(task="adding", length=6, hidden_size=8)
+    >>> task, model, opt, w_opt = build(cfg)
+    >>> x, y = task.batch(4, rng=0)
+    >>> loss, grads = model.loss_and_grads(x, y)
+    >>> w_opt.step(model.params["W"], grads.pop("W")); opt.step(model.params, grads)
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "checkpoint.npz"
+    >>> save_checkpoint(path, model, opt, w_opt, {"step": 1, "seed": 0})
+    >>> _, fresh, fresh_opt, fresh_w_opt = build(cfg)
+    >>> load_checkpoint(path, fresh, fresh_opt, fresh_w_opt)
+    {'step': 1, 'seed': 0}
+    >>> bool(np.array_equal(fresh.params["W"], model.params["W"])), fresh_w_opt.steps
+    (True, 1)
+    """
     arrays: dict[str, Any] = {f"param/{k}": np.asarray(v) for k, v in model.params.items()}
     arrays.update({f"opt/{k}": np.asarray(v) for k, v in opt.state_dict().items()})
     arrays.update({f"wopt/{k}": np.asarray(v) for k, v in w_opt.state_dict().items()})
@@ -200,7 +284,49 @@ def save_checkpoint(path: Path, model: URNN, opt: Optimizer, w_opt: UnitaryOptim
 
 
 def load_checkpoint(path: Path, model: URNN, opt: Optimizer, w_opt: UnitaryOptimizer) -> dict[str, Any]:
-    """Restore a checkpoint written by :func:`save_checkpoint` in place; return its ``meta``."""
+    """Restore a checkpoint written by :func:`save_checkpoint` in place; return its ``meta``.
+
+    Parameters
+    ----------
+    path : pathlib.Path
+        The ``.npz`` file written by :func:`save_checkpoint`.
+    model : URNN
+        Receives the parameters (copied into its arrays, which must have the saved shapes).
+    opt : Optimizer
+        Receives the Euclidean optimizer's state (same type as when saved).
+    w_opt : UnitaryOptimizer
+        Receives the state of the optimizer of W.
+
+    Returns
+    -------
+    dict
+        The ``meta`` passed to :func:`save_checkpoint`.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` does not exist.
+    ValueError
+        If an optimizer is of another type than the saved one, or a parameter's shape differs.
+
+    Examples
+    --------
+    >>> import pathlib, tempfile
+    >>> import numpy as np
+    >>> from unitary_update.train import TrainConfig, build, load_checkpoint, save_checkpoint
+    >>> cfg = TrainConfig(task="adding", length=6, hidden_size=8)
+    >>> task, model, opt, w_opt = build(cfg)
+    >>> x, y = task.batch(4, rng=0)
+    >>> loss, grads = model.loss_and_grads(x, y)
+    >>> w_opt.step(model.params["W"], grads.pop("W")); opt.step(model.params, grads)
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "checkpoint.npz"
+    >>> save_checkpoint(path, model, opt, w_opt, {"step": 1, "seed": 0})
+    >>> _, fresh, fresh_opt, fresh_w_opt = build(cfg)
+    >>> load_checkpoint(path, fresh, fresh_opt, fresh_w_opt)
+    {'step': 1, 'seed': 0}
+    >>> bool(np.array_equal(fresh.params["W"], model.params["W"])), fresh_w_opt.steps
+    (True, 1)
+    """
     with np.load(path) as data:
         groups: dict[str, dict[str, Any]] = {"param": {}, "opt": {}, "wopt": {}}
         for key in data.files:
@@ -219,6 +345,21 @@ def load_checkpoint(path: Path, model: URNN, opt: Optimizer, w_opt: UnitaryOptim
 
 def read_metrics(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """The records of ``run_dir/metrics.jsonl`` as a list of dicts.
+
+    Parameters
+    ----------
+    run_dir : str or path-like
+        A run directory (see :func:`train`).
+
+    Returns
+    -------
+    list of dict
+        One dict per line of ``metrics.jsonl``, in order.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the run has no ``metrics.jsonl``.
 
     Examples
     --------
@@ -457,6 +598,18 @@ def plot_run(run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | None
         If the run has no metrics.
     ImportError
         If matplotlib is not installed (``pip install unitary_update[plot]``).
+
+    Examples
+    --------
+    >>> import pathlib, tempfile
+    >>> from unitary_update.train import plot_run
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> _ = (d / "metrics.jsonl").write_text(
+    ...     '{"split": "train", "step": 10, "loss": 0.5, "baseline": 0.167}\\n'
+    ...     '{"split": "train", "step": 20, "loss": 0.1, "baseline": 0.167}\\n'
+    ... )
+    >>> plot_run(d).name
+    'loss.png'
     """
     import matplotlib
 

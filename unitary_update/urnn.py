@@ -401,6 +401,7 @@ class URNN:
         Parameters
         ----------
         x : array, shape (batch, T, input_size)
+            Input sequences (real).
         y : array
             Targets as for :meth:`loss_and_grads`.
 
