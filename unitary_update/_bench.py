@@ -26,10 +26,13 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["format_markdown", "plot", "run"]
+__all__ = ["best_time", "format_markdown", "plot", "run"]
 
 
-def _best(fn: Callable[[], Any], repeat: int) -> float:
+def best_time(fn: Callable[[], Any], repeat: int, *, warmup: bool = False) -> float:
+    """Best wall time of ``repeat`` calls of ``fn`` (after one untimed call when ``warmup``)."""
+    if warmup:
+        fn()
     best = float("inf")
     for _ in range(repeat):
         t0 = time.perf_counter()
@@ -126,15 +129,15 @@ def run(
                 for name, fn in (("project", uu.project), ("transport", uu.transport)):
                     step = functools.partial(fn, U, A, B, out=U)
                     step()  # warm up (Numba compilation, caches)
-                    row[f"{name}_s"] = _best(step, repeat)
+                    row[f"{name}_s"] = best_time(step, repeat)
                     row[f"{name}_peak_traced"], row[f"{name}_peak_rss"] = _peak_extra_bytes(step)
-                row["gemm_s"] = _best(functools.partial(np.matmul, U, X2), repeat)
-                row["copy_s"] = _best(functools.partial(np.copyto, U_copy_target, U), repeat)
-                row["rank_update_s"] = _best(functools.partial(add_lowrank_, U, 1e-8 * X2, X2.copy()), repeat)
+                row["gemm_s"] = best_time(functools.partial(np.matmul, U, X2), repeat)
+                row["copy_s"] = best_time(functools.partial(np.copyto, U_copy_target, U), repeat)
+                row["rank_update_s"] = best_time(functools.partial(add_lowrank_, U, 1e-8 * X2, X2.copy()), repeat)
                 if n <= dense_max:
                     slow = max(1, repeat // 3)
-                    row["dense_project_s"] = _best(functools.partial(project_dense, U, A, B), slow)
-                    row["dense_transport_s"] = _best(functools.partial(transport_dense, U, A, B), slow)
+                    row["dense_project_s"] = best_time(functools.partial(project_dense, U, A, B), slow)
+                    row["dense_transport_s"] = best_time(functools.partial(transport_dense, U, A, B), slow)
                 else:
                     row["dense_project_s"] = row["dense_transport_s"] = float("nan")
                 rows.append(row)
@@ -239,13 +242,13 @@ def run_stack(
             for backend in ("numba", "numpy"):
                 with uu.options(backend=backend):
                     results[backend] = fn(U0, A, B)
-                    times[backend] = _best(functools.partial(fn, U, A, B, out=U), repeat)
+                    times[backend] = best_time(functools.partial(fn, U, A, B, out=U), repeat)
 
             def loop(U: np.ndarray = U, fn: Callable[..., Any] = fn) -> None:
                 for i in range(count):
                     fn(U[i], A[i], B[i], out=U[i])
 
-            times["loop"] = _best(loop, max(1, repeat // 3))
+            times["loop"] = best_time(loop, max(1, repeat // 3))
             diff = float(np.abs(results["numba"] - results["numpy"]).max())
             rows.append(
                 {

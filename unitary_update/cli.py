@@ -37,24 +37,15 @@ import argparse
 import functools
 import os
 import sys
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from . import _bench_gpu
+from ._bench import best_time
 
 __all__ = ["main"]
-
-
-def _best_time(fn: Callable[[], Any], repeat: int) -> float:
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
 
 
 def demo(n: int = 1024, rank: int = 1, dtype: str = "float64", seed: int = 0, repeat: int = 3) -> list[dict[str, Any]]:
@@ -72,8 +63,8 @@ def demo(n: int = 1024, rank: int = 1, dtype: str = "float64", seed: int = 0, re
     for name, fast, dense in (("project", uu.project, project_dense), ("transport", uu.transport, transport_dense)):
         result = fast(U, A, B)
         reference = dense(U, A, B)
-        t_fast = _best_time(functools.partial(fast, U, A, B), repeat)
-        t_dense = _best_time(functools.partial(dense, U, A, B), max(1, repeat // 2))
+        t_fast = best_time(functools.partial(fast, U, A, B), repeat)
+        t_dense = best_time(functools.partial(dense, U, A, B), max(1, repeat // 2))
         err = float(np.linalg.norm(result - reference) / np.linalg.norm(reference))
         row = {
             "update": name,

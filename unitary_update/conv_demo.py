@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from ._bench import best_time
+
 __all__ = ["ConvNet", "bench_table", "downsample", "train_mnist", "update_methods"]
 
 
@@ -108,15 +110,6 @@ def update_methods(
     return {"batched": batched, "batched_numpy": batched_numpy, "loop": loop, "dense": dense}
 
 
-def _best_time(fn: Callable[[], Any], repeat: int) -> float:
-    best = math.inf
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
-
-
 def bench_table(
     cases: tuple[tuple[int, int], ...] = ((1024, 16), (64, 128)),
     *,
@@ -197,7 +190,7 @@ def bench_table(
                         methods = update_methods(F, C, update=update, rank=rank, dtype=dtype)
                         for fn in methods.values():  # warm up (Numba compilation, caches)
                             fn()
-                        t = {name: _best_time(fn, repeat) for name, fn in methods.items()}
+                        t = {name: best_time(fn, repeat) for name, fn in methods.items()}
                         row = {
                             "F": F,
                             "C": C,

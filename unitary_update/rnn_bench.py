@@ -23,12 +23,12 @@ from __future__ import annotations
 import functools
 import json
 import platform
-import time
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
+from ._bench import best_time
 from .optim import RMSprop, UnitaryOptimizer
 from .tasks import CopyTask
 from .urnn import URNN
@@ -165,16 +165,6 @@ def make_step(kind: str, model: URNN, rank: int = 1, update: str = "project") ->
     return step
 
 
-def _best(fn: Callable[[], Any], repeat: int) -> float:
-    fn()  # warm-up: compiles kernels, allocates the work buffers
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
-
-
 def run_benchmark(
     *,
     delay: int = 1000,
@@ -224,7 +214,7 @@ def run_benchmark(
         model = URNN(10, hidden, 10, dtype=np.float32, rng=0)
         model.params["O"][...] = np.random.default_rng(1).standard_normal(model.params["O"].shape) * 0.1
         step = make_step(kind, model, rank=rank, update=update)
-        results[kind] = _best(functools.partial(step, x, y), repeat)
+        results[kind] = best_time(functools.partial(step, x, y), repeat, warmup=True)
     base = results.get("plain_numpy")
     out = {
         "task": f"copy T={task.length} (delay {delay}), hidden {hidden}, batch {batch}, rank {rank}, {update}, float32",
