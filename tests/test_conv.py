@@ -297,6 +297,27 @@ def test_euclidean_step_is_plain_gradient_descent(dtype):
         np.testing.assert_array_equal(full[1, 1], full[2, 3].conj())
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.complex128])
+def test_drift_control_retracts_both_stacks_on_the_layer_clock(dtype):
+    rng = np.random.default_rng(29)
+    layer = OrthogonalConv2d(2, 2, (3, 4), dtype=dtype, rng=rng)
+    x = data(rng, (4, 2, 3, 4), dtype)
+    stacks = ["U", "Q"] if layer.real else ["U"]
+    drift = uu.DriftControl(every=2, tol=None)
+    errors = []
+    for step in (1, 2):
+        _, grad = layer.backward(x, data(rng, x.shape, dtype))
+        layer.step(grad, lr=0.1, update="euclidean", drift=drift)  # leaves the manifold
+        errors.append(max(uu.unitarity_error(getattr(layer, name)) for name in stacks))
+        assert layer.steps == step
+    assert errors[0] > 1e-3  # step 1: not due, the Euclidean step's drift stays
+    assert errors[1] < 1e-12  # step 2: every stack retracted
+    assert drift.retractions == len(stacks)
+    with pytest.raises(TypeError, match="drift must be a DriftControl"):
+        layer.step(grad, lr=0.1, drift="every 2")
+    assert layer.steps == 2  # a refused call is not counted
+
+
 # ---------------------------------------------------------------------------------------------
 # array libraries and errors
 # ---------------------------------------------------------------------------------------------

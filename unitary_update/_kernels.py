@@ -569,7 +569,7 @@ def modrelu_backward_numpy(h: Any, b: Any, g: Any, db: Any) -> None:
 
 def modrelu_(z: Any, b: Any) -> None:
     """Dispatch: the Numba kernel for contiguous NumPy arrays when enabled, else the twin."""
-    if _numba is not None and isinstance(z, np.ndarray) and z.flags.c_contiguous and use_numba(True):
+    if _numba is not None and array_namespace(z) is np and z.flags.c_contiguous and use_numba(True):
         modrelu_numba(z, b)
     else:
         modrelu_numpy(z, b)
@@ -577,7 +577,7 @@ def modrelu_(z: Any, b: Any) -> None:
 
 def modrelu_backward_(h: Any, b: Any, g: Any, db: Any) -> None:
     """Dispatch for :func:`modrelu_backward_numba` / :func:`modrelu_backward_numpy`."""
-    if _numba is not None and isinstance(h, np.ndarray) and g.flags.c_contiguous and use_numba(True):
+    if _numba is not None and array_namespace(h) is np and g.flags.c_contiguous and use_numba(True):
         modrelu_backward_numba(h, b, g, db)
     else:
         modrelu_backward_numpy(h, b, g, db)

@@ -339,6 +339,11 @@ def _add_rnn_commands(sub: Any) -> None:
         default=1,
         help="BLAS threads (threadpoolctl; default 1: the per-time-step products are too small to share)",
     )
+    p.add_argument(
+        "--device",
+        default=None,
+        help="cpu (NumPy, default) or gpu / cuda:<i> (CuPy); with --resume, moves the run to that device",
+    )
     p.add_argument("--no-progress", action="store_true")
     q = sub.add_parser("plot", help="draw a run's loss curves to RUN_DIR/loss.png")
     q.add_argument("run_dir")
@@ -398,6 +403,7 @@ def _run_rnn_command(args: argparse.Namespace) -> int:
                 steps=args.steps,
                 time_limit_s=args.time_limit,
                 progress=not args.no_progress,
+                device=args.device,
             )
         else:
             config = TrainConfig(
@@ -424,6 +430,7 @@ def _run_rnn_command(args: argparse.Namespace) -> int:
                 log_every=args.log_every,
                 time_limit_s=args.time_limit,
                 mnist_dir=args.mnist_dir,
+                device=args.device or TrainConfig.device,
             )
             result = train(config, args.run_dir or f"runs/{args.task}", progress=not args.no_progress)
     ev = result["eval"]

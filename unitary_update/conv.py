@@ -275,6 +275,8 @@ class OrthogonalConv2d:
         layers.
     in_channels, out_channels, image_shape, dtype, real
         As given; ``real`` is True for a real dtype.
+    steps : int
+        The number of completed :meth:`step` calls (the clock of a ``drift`` policy).
 
     Raises
     ------
@@ -359,6 +361,7 @@ class OrthogonalConv2d:
             Q = random_unitary(c, dtype=dt if self.real else np.float64, batch_shape=(n_q,), rng=gen)
         self.U = xp.asarray(np.array(U, order="C"))  # a writable copy (identity init is a broadcast view)
         self.Q = xp.asarray(np.array(Q, order="C"))
+        self.steps = 0  # completed calls of step(); the clock of a DriftControl passed to it
 
     def __repr__(self) -> str:
         return (
@@ -603,6 +606,7 @@ class OrthogonalConv2d:
         update: str = "transport",
         sketch: str = "randomized",
         rng: np.random.Generator | int | None = None,
+        drift: Any = None,
     ) -> None:
         r"""One gradient-descent step on the stacks, in place, keeping them unitary.
 
@@ -626,11 +630,16 @@ class OrthogonalConv2d:
             Sketch method (see :func:`unitary_update.sketch`).
         rng : numpy.random.Generator, int or None
             Seed or generator for the sketch.
+        drift : DriftControl, optional
+            Drift control (:class:`unitary_update.DriftControl`) applied after the update to each
+            stack (U, and Q for a real layer), on the layer's step count :attr:`steps`, so a fixed
+            schedule ``every=n`` retracts both stacks at the same steps.  Default None.
 
         Raises
         ------
         TypeError
-            If ``grad`` is not a ConvGradient or ``rank`` is not an integer.
+            If ``grad`` is not a ConvGradient, ``rank`` is not an integer, or ``drift`` has no
+            ``maybe_retract`` method.
         ValueError
             If ``lr`` is not a positive finite number, ``rank`` is out of range, a name is
             unknown, or the gradient's shapes do not match the layer (nothing is written).
@@ -646,6 +655,8 @@ class OrthogonalConv2d:
             raise ValueError(f"lr must be a positive finite number; got {lr!r}")
         update = check_choice(update, CONV_UPDATES, "update")
         rank = check_rank(rank, self.out_channels)
+        if drift is not None and not callable(getattr(drift, "maybe_retract", None)):
+            raise TypeError(f"drift must be a DriftControl (an object with maybe_retract); got {type(drift).__name__}")
         pairs = [(self.U, grad.U, "grad.U")]
         if self.real:
             if grad.Q is None:
@@ -669,6 +680,11 @@ class OrthogonalConv2d:
                 stack -= lr * (P @ _ht(self._xp, X))
             else:
                 _step(stack, (-lr * P, X), rank=rank, update=update, sketch=sketch, rng=gen, out=stack)
+        self.steps += 1
+        if drift is not None:
+            for stack, _, _ in pairs:
+                if stack.shape[0]:
+                    drift.maybe_retract(stack, step=self.steps)
 
 
 # ---------------------------------------------------------------------------------------------

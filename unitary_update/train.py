@@ -24,6 +24,7 @@ state is checkpointed; so ``--resume`` continues with exactly the losses of an u
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -37,11 +38,21 @@ from typing import Any
 
 import numpy as np
 
+from ._backend import array_namespace, get_namespace, options, to_namespace
 from .optim import Optimizer, UnitaryOptimizer, make_optimizer
 from .tasks import PermutedMNIST, Task, make_task
 from .urnn import URNN
 
-__all__ = ["TrainConfig", "build", "load_checkpoint", "plot_run", "read_metrics", "save_checkpoint", "train"]
+__all__ = [
+    "TrainConfig",
+    "build",
+    "load_checkpoint",
+    "plot_run",
+    "read_metrics",
+    "save_checkpoint",
+    "to_device",
+    "train",
+]
 
 _DEFAULT_HIDDEN = {"copy": 190, "adding": 170, "pmnist": 170}
 
@@ -96,6 +107,11 @@ class TrainConfig:
         Stop (with a checkpoint) after this much wall-clock time in this process.
     mnist_dir : str
         Folder of the MNIST IDX files.
+    device : str
+        Where the model trains: ``"cpu"`` (NumPy, the default) or ``"gpu"`` / ``"cuda:<i>"``
+        (CuPy).  The model and the data are always generated on the host from the seed, so a run
+        starts from the same state on either device, and checkpoints hold host arrays, so a run
+        can be resumed on the other device.
 
     Examples
     --------
@@ -131,6 +147,7 @@ class TrainConfig:
     log_every: int = 10
     time_limit_s: float | None = None
     mnist_dir: str = "../shared/data/mnist"
+    device: str = "cpu"
 
     def resolved_hidden(self) -> int:
         """The hidden size of the run: ``hidden_size``, or the paper's size for the task when None.
@@ -274,9 +291,9 @@ def save_checkpoint(path: Path, model: URNN, opt: Optimizer, w_opt: UnitaryOptim
     >>> bool(np.array_equal(fresh.params["W"], model.params["W"])), fresh_w_opt.steps
     (True, 1)
     """
-    arrays: dict[str, Any] = {f"param/{k}": np.asarray(v) for k, v in model.params.items()}
-    arrays.update({f"opt/{k}": np.asarray(v) for k, v in opt.state_dict().items()})
-    arrays.update({f"wopt/{k}": np.asarray(v) for k, v in w_opt.state_dict().items()})
+    arrays: dict[str, Any] = {f"param/{k}": _to_host(v) for k, v in model.params.items()}
+    arrays.update({f"opt/{k}": _to_host(v) for k, v in opt.state_dict().items()})
+    arrays.update({f"wopt/{k}": _to_host(v) for k, v in w_opt.state_dict().items()})
     arrays["meta"] = np.asarray(json.dumps(meta))
     tmp = path.with_name(path.name + ".tmp.npz")
     np.savez(tmp, **arrays)
@@ -337,10 +354,54 @@ def load_checkpoint(path: Path, model: URNN, opt: Optimizer, w_opt: UnitaryOptim
             groups[group][name] = value.item() if value.dtype.kind == "U" else value
         meta = json.loads(str(data["meta"]))
     for name, value in groups["param"].items():
-        model.params[name][...] = value
+        model.params[name][...] = to_namespace(value, array_namespace(model.params[name]))
     opt.load_state_dict(groups["opt"])
     w_opt.load_state_dict(groups["wopt"])
+    xp = array_namespace(model.params["W"])
+    _move_state(opt, xp)
+    _move_state(w_opt.base, xp)
     return meta
+
+
+def _to_host(value: Any) -> Any:
+    """A NumPy copy of a device array (checkpoints hold host arrays); strings and NumPy as they are."""
+    return value if isinstance(value, str) else to_namespace(value, np)
+
+
+def _move_state(opt: Optimizer, xp: Any) -> None:
+    """Move an optimizer's buffers to the namespace ``xp`` (no copy when they are already there)."""
+    for buffers in opt.state.values():
+        for key, value in buffers.items():
+            buffers[key] = to_namespace(value, xp)
+
+
+def to_device(model: URNN, opt: Optimizer, w_opt: UnitaryOptimizer, xp: Any) -> None:
+    """Move a model's parameters and both optimizers' states to the namespace ``xp`` (NumPy or CuPy).
+
+    Parameters
+    ----------
+    model : URNN
+        Its ``params`` are replaced by arrays of ``xp`` (a host-device copy when the namespace
+        changes, else the same arrays).
+    opt, w_opt : Optimizer, UnitaryOptimizer
+        Their moment buffers are moved the same way.
+    xp : module
+        The target namespace: :mod:`numpy`, or :mod:`cupy` (see
+        :func:`unitary_update._backend.get_namespace`).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from unitary_update.train import TrainConfig, build, to_device
+    >>> task, model, opt, w_opt = build(TrainConfig(task="adding", length=6, hidden_size=8))
+    >>> to_device(model, opt, w_opt, np)
+    >>> type(model.params["W"]).__name__
+    'ndarray'
+    """
+    for name, value in model.params.items():
+        model.params[name] = to_namespace(value, xp)
+    _move_state(opt, xp)
+    _move_state(w_opt.base, xp)
 
 
 def read_metrics(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
@@ -383,13 +444,14 @@ class _Progress:
         self.tty = enabled and sys.stderr.isatty()
         self.last = 0.0
 
-    def update(self, step: int, loss: float, rate: float, force: bool = False) -> None:
+    def update(self, step: int, loss: Any, rate: float, force: bool = False) -> None:
         if not self.enabled:
             return
         now = time.perf_counter()
         if not force and now - self.last < (0.2 if self.tty else 10.0):
             return
         self.last = now
+        loss = float(loss)  # a device read on a GPU: at most every 0.2 s
         width = 24
         filled = int(width * step / max(self.total, 1))
         bar = "#" * filled + "." * (width - filled)
@@ -413,7 +475,8 @@ def train(
     steps: int | None = None,
     time_limit_s: float | None = None,
     progress: bool = True,
-    on_step: Callable[[int, float], None] | None = None,
+    on_step: Callable[[int, Any], None] | None = None,
+    device: str | None = None,
 ) -> dict[str, Any]:
     """Train a unitary RNN with projUNN on ``config.task``, writing metrics and checkpoints to ``run_dir``.
 
@@ -434,7 +497,10 @@ def train(
     progress : bool, default True
         Show a progress bar on stderr.
     on_step : callable, optional
-        Called as ``on_step(step, loss)`` after each completed step (used by tests).
+        Called as ``on_step(step, loss)`` after each completed step (used by tests); ``loss`` is
+        a float on the CPU and a 0-d device array on a GPU.
+    device : str, optional
+        Override ``config.device`` (e.g. to resume a CPU run on a GPU).
 
     Returns
     -------
@@ -447,14 +513,22 @@ def train(
     FileNotFoundError
         On ``resume`` without a checkpoint, or for missing MNIST files.
     FloatingPointError
-        If the loss becomes NaN or infinite (the last checkpoint is kept).
+        If the loss becomes NaN or infinite (the last checkpoint is kept).  On the CPU every
+        step's loss is checked; on a GPU the mean loss is checked every ``log_every`` steps.
+    ValueError, RuntimeError
+        For an unknown device, or a GPU device without CuPy and a GPU.
 
     Notes
     -----
     Ctrl-C (SIGINT) finishes the current step, writes a checkpoint and returns with status
-    ``"interrupted"``.  The W update uses the factored gradient ``(X, Y)`` (no N x N gradient)
-    when the optimizer is plain SGD, and the dense gradient otherwise (RMSprop and Adam act on
-    its entries).
+    ``"interrupted"``.  On a GPU (``device="gpu"``) the parameters and optimizer states live on
+    the device; each batch is generated on the host and copied over; the loop runs with the
+    ``check_finite`` option off, and the only reads of device values are the logged mean loss
+    (every ``log_every`` steps), evaluations, checkpoints and the progress bar (at most every
+    0.2 s), so the GPU is not made to wait on every step.
+
+    The W update uses the factored gradient ``(X, Y)`` (no N x N gradient) when the optimizer is
+    plain SGD, and the dense gradient otherwise (RMSprop and Adam act on its entries).
 
     Examples
     --------
@@ -465,7 +539,6 @@ def train(
     'completed'
     """
     run = Path(run_dir)
-    run.mkdir(parents=True, exist_ok=True)
     config_path, ckpt_path, metrics_path = run / "config.json", run / "checkpoint.npz", run / "metrics.jsonl"
     if resume:
         if not ckpt_path.is_file():
@@ -476,6 +549,10 @@ def train(
         raise ValueError("config is required unless resume=True")
     if steps is not None:
         config = dataclasses.replace(config, steps=int(steps))
+    if device is not None:
+        config = dataclasses.replace(config, device=str(device))
+    xp = get_namespace(config.device)  # before anything is written: a bad device fails here
+    run.mkdir(parents=True, exist_ok=True)
     if time_limit_s is not None:
         config = dataclasses.replace(config, time_limit_s=float(time_limit_s))
     task, model, opt, w_opt = build(config)
@@ -488,6 +565,7 @@ def train(
     else:
         metrics_path.write_text("")
     config_path.write_text(json.dumps(dataclasses.asdict(config), indent=1) + "\n")
+    to_device(model, opt, w_opt, xp)
 
     factored = config.optimizer == "sgd" and config.momentum == 0
     x_eval, y_eval = _eval_set(task, config)
@@ -519,25 +597,34 @@ def train(
         drift = float(unitarity_error(model.params["W"]))
         log({"split": "eval", "step": step, **last_eval, "baseline": task.baseline, "unitarity_error": drift})
 
+    on_device = xp is not np
+    # On a GPU the finiteness checks inside the updates would read the device every step.
+    checks = (lambda: options(check_finite=False)) if on_device else contextlib.nullcontext
     try:
         if start == 0 and config.eval_every:
             run_eval()
         while step < config.steps:
             x, y = _train_batch(task, config, step)
-            loss, grads = model.loss_and_grads(x, y, factored=factored)
-            if not math.isfinite(loss):
-                raise FloatingPointError(f"loss became {loss} at step {step + 1}; last checkpoint kept")
-            w_opt.step(model.params["W"], grads.pop("W"))
-            opt.step(model.params, grads)
+            if on_device:
+                x, y = xp.asarray(x), xp.asarray(y)
+            with checks():
+                loss, grads = model.loss_and_grads(x, y, factored=factored)
+                if not on_device and not math.isfinite(loss):
+                    raise FloatingPointError(f"loss became {loss} at step {step + 1}; last checkpoint kept")
+                w_opt.step(model.params["W"], grads.pop("W"))
+                opt.step(model.params, grads)
             step += 1
             window.append(loss)
             rate = (step - start) / max(time.perf_counter() - t0, 1e-9)
             if step % config.log_every == 0 or step == config.steps:
+                mean_loss = float(xp.mean(xp.stack(window))) if on_device else float(np.mean(window))
+                if not math.isfinite(mean_loss):
+                    raise FloatingPointError(f"loss became {mean_loss} by step {step}; last checkpoint kept")
                 log(
                     {
                         "split": "train",
                         "step": step,
-                        "loss": float(np.mean(window)),
+                        "loss": mean_loss,
                         "baseline": task.baseline,
                         "elapsed_s": round(meta()["elapsed_s"], 3),
                         "steps_per_s": round(rate, 4),
@@ -565,7 +652,7 @@ def train(
         bar.close()
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
-    return {"step": step, "status": status, "train_loss": loss, "eval": last_eval}
+    return {"step": step, "status": status, "train_loss": float(loss), "eval": last_eval}
 
 
 def _main_thread() -> bool:
@@ -579,6 +666,8 @@ def _main_thread() -> bool:
 # --------------------------------------------------------------------------------------------
 def plot_run(run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | None = None) -> Path:
     """Draw the training and held-out loss of a run against its memoryless baseline, as a PNG.
+
+    For permuted MNIST the held-out accuracy is drawn too, on a second axis.
 
     Parameters
     ----------
@@ -635,6 +724,12 @@ def plot_run(run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | None
     ax.set_xlabel("training step")
     ax.set_ylabel("loss")
     ax.set_title(title, fontsize=9)
+    accuracy = [r for r in records if r["split"] == "eval" and "accuracy" in r]
+    if accuracy and title.startswith("pmnist"):  # classification: the held-out accuracy is the result
+        acc_ax = ax.twinx()
+        acc_ax.plot([r["step"] for r in accuracy], [100 * r["accuracy"] for r in accuracy], "s-", ms=3, color="C3")
+        acc_ax.set_ylabel("held-out accuracy (%)", color="C3")
+        acc_ax.tick_params(axis="y", colors="C3")
     ax.legend(fontsize=8)
     fig.tight_layout()
     target = Path(out) if out is not None else Path(run_dir) / "loss.png"

@@ -46,7 +46,7 @@ import numpy as np
 # before a caller limits BLAS threads (threadpoolctl only sees libraries already loaded).
 from scipy.linalg.blas import get_blas_funcs
 
-from ._backend import array_namespace, normalize_rng
+from ._backend import array_namespace, get_options, normalize_rng
 from ._kernels import modrelu_, modrelu_backward_
 
 __all__ = ["INITS", "LOSSES", "OUTPUTS", "URNN", "init_recurrent"]
@@ -139,6 +139,11 @@ def init_recurrent(n: int, method: str, *, complex: bool = False, rng: Any = Non
 @functools.lru_cache(maxsize=8)
 def _gemm(dtype: np.dtype) -> Any:
     return get_blas_funcs("gemm", dtype=dtype)
+
+
+def _scalar(xp: ModuleType, value: Any) -> Any:
+    """A reduction's result as a Python float on NumPy; left on the device (0-d) elsewhere."""
+    return float(value) if xp is np else value
 
 
 def _check_choice(value: Any, choices: tuple[str, ...], name: str) -> str:
@@ -278,7 +283,9 @@ class URNN:
                 raise TypeError(f"y must hold integer class labels of shape {expected}; got dtype {y.dtype}")
             if tuple(y.shape) != expected:
                 raise ValueError(f"y must have shape {expected} (integer labels); got {tuple(y.shape)}")
-            if y.size and int(y.max()) >= self.output_size:
+            # The range check reads a device value on CuPy (a synchronisation): there it runs only
+            # while the ``check_finite`` option (the switch for checks that read device values) is on.
+            if y.size and (xp is np or get_options().check_finite) and int(y.max()) >= self.output_size:
                 raise ValueError(f"labels in y must be < output_size = {self.output_size} (negative: unlabelled)")
         else:
             expected = (batch, *steps, self.output_size)
@@ -367,12 +374,16 @@ class URNN:
         return xp.swapaxes(logits, 0, 1) if self.output == "sequence" else logits[0]
 
     # ---------------------------------------------------------------------------- loss
-    def _loss(self, xp: ModuleType, logits: Any, y: Any) -> tuple[float, Any, dict[str, float]]:
-        """Loss, dL/dlogits (time-major, like logits) and metrics."""
+    def _loss(self, xp: ModuleType, logits: Any, y: Any) -> tuple[Any, Any, dict[str, Any]]:
+        """Loss, dL/dlogits (time-major, like logits) and metrics.
+
+        The loss and metrics are Python floats on NumPy and 0-d device arrays on CuPy, so that
+        a training step never waits for the device (see :meth:`loss_and_grads`).
+        """
         y = xp.swapaxes(y, 0, 1) if self.output == "sequence" else y[None]  # time-major like logits
         if self.loss == "mse":
             diff = logits - xp.asarray(y, dtype=logits.dtype)
-            loss = float(xp.mean(diff.astype(np.float64) ** 2))
+            loss = _scalar(xp, xp.mean(diff.astype(np.float64) ** 2))
             return loss, diff * (2.0 / diff.size), {}
         # Probabilities below ``tiny / eps`` are clipped and their gradients flushed to zero: they
         # change nothing at working precision, and subnormal numbers make every BLAS call that
@@ -383,17 +394,17 @@ class URNN:
         e = xp.exp(xp.maximum(logits - m, float(np.log(floor))))
         s = xp.sum(e, axis=-1, keepdims=True)
         mask = y >= 0
-        count = max(int(xp.sum(mask)), 1)
+        count = xp.maximum(xp.sum(mask), 1)  # on the device: no host read
         labels = xp.where(mask, y, 0)
         picked = xp.take_along_axis(logits, labels[..., None], axis=-1)[..., 0]
         nll = (m[..., 0] + xp.log(s[..., 0]) - picked).astype(np.float64)
-        loss = float(xp.sum(xp.where(mask, nll, 0)) / count)
+        loss = _scalar(xp, xp.sum(xp.where(mask, nll, 0)) / count)
         correct = (xp.argmax(logits, axis=-1) == labels) & mask
         d = e / s
         d -= xp.arange(self.output_size) == labels[..., None]
         d *= (mask / count).astype(d.dtype)[..., None]
-        d[xp.abs(d) < floor] = 0
-        return loss, d, {"accuracy": float(xp.sum(correct)) / count}
+        xp.multiply(d, xp.abs(d) >= floor, out=d)  # not d[mask] = 0: a boolean scatter may sync on CuPy
+        return loss, d, {"accuracy": _scalar(xp, xp.sum(correct) / count)}
 
     def evaluate(self, x: Any, y: Any) -> dict[str, float]:
         """Loss (and accuracy for cross-entropy) on ``(x, y)`` without gradients.
@@ -423,7 +434,7 @@ class URNN:
         y = self._check_y(xp, y, x.shape[0], x.shape[1])
         ws, _ = self._run(xp, x)
         loss, _, metrics = self._loss(xp, self._readout(xp, self._states_read(ws.H)), y)
-        return {"loss": loss, **metrics}
+        return {key: float(value) for key, value in {"loss": loss, **metrics}.items()}
 
     # ---------------------------------------------------------------------------- backward
     def loss_and_grads(self, x: Any, y: Any, *, factored: bool = False) -> tuple[float, dict[str, Any]]:
@@ -445,8 +456,10 @@ class URNN:
 
         Returns
         -------
-        loss : float
-            Mean loss over the labelled positions (cross-entropy) or over all target entries (mse).
+        loss : float or 0-d array
+            Mean loss over the labelled positions (cross-entropy) or over all target entries
+            (mse): a Python float for a model on NumPy; for a model on CuPy a 0-d device array,
+            so that the step never waits for the GPU (``float(loss)`` reads it, and waits).
         grads : dict
             Same keys, shapes and dtypes as :attr:`params`; complex entries follow the
             convention ``dL/dRe + i dL/dIm`` (so ``p -= lr * grads[p]`` descends).
@@ -454,11 +467,14 @@ class URNN:
         Raises
         ------
         TypeError, ValueError
-            For wrong dtypes or shapes of x or y, or labels out of range.
+            For wrong dtypes or shapes of x or y, or labels out of range (on CuPy the label range
+            is checked only while the ``check_finite`` option is on, because it reads the device).
 
         Notes
         -----
-        Time O(T batch N (N + input + output)); memory two (T + 1, batch, N) buffers.
+        Time O(T batch N (N + input + output)); memory two (T + 1, batch, N) buffers.  On CuPy
+        nothing here reads a device value to the host unless the ``check_finite`` option is on
+        (label range check), so the step is enqueued without waiting for the GPU.
 
         Examples
         --------
