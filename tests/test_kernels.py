@@ -98,6 +98,21 @@ def test_batched_update_twins_agree_and_are_unitary(transport, dtype, n, k, kind
     np.testing.assert_allclose(out_numba, ref, rtol=0, atol=tol(dtype) * 10)
 
 
+@pytest.mark.parametrize("scale", [1e2, 1e4, 1e8])
+def test_batched_kernel_keeps_huge_real_rotations_orthogonal(scale):
+    """Angles up to ||A|| ||B||: the kernel's real core is repaired to the nearest rotation in place."""
+    rng = np.random.default_rng(5)
+    U = uu.random_unitary(16, dtype=np.float64, batch_shape=(32,), rng=rng)
+    A, B = (np.sqrt(scale) * rng.standard_normal((32, 16, 2)) for _ in range(2))
+    out = np.empty_like(U)
+    _kernels.batched_update_numba(U, A, B, True, out)
+    assert max(uu.unitarity_error(m) for m in out) < 1e-14
+    ref = np.empty_like(U)
+    _kernels.batched_update_numpy(U, A, B, True, ref)
+    # agreement is limited by the conditioning of a rotation by angle ~scale: eps * scale
+    np.testing.assert_allclose(out, ref, rtol=0, atol=1e-14 * scale)
+
+
 @pytest.mark.parametrize("update", ["project", "transport"])
 @pytest.mark.parametrize("shape", [(64, 12, 12), (2, 400, 400)])
 def test_public_api_same_result_under_both_backends(update, shape):

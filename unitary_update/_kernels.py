@@ -310,6 +310,29 @@ def _expm_skew_minus_identity(K, D, G, V, e, order):  # pragma: no cover - compi
             D[i, j] = acc
 
 
+_REAL_CORE_IMAG_TOL = 1e-13  # as _lowrank._IMAG_TOL: imaginary parts above this are not rounding
+
+
+@numba.njit(cache=True, nogil=True)
+def _max_abs_imag(D):  # pragma: no cover - compiled
+    largest = 0.0
+    for i in range(D.shape[0]):
+        for j in range(D.shape[1]):
+            largest = max(largest, abs(D[i, j].imag))
+    return largest
+
+
+def _is_real(like):  # pragma: no cover - only used inside compiled code
+    """True for a real scalar ``like`` (a compile-time constant in the kernel)."""
+    return not isinstance(like, complex)
+
+
+@overload(_is_real)
+def _is_real_overload(like):  # pragma: no cover - typing-time
+    real = not isinstance(like, numba.types.Complex)
+    return lambda like: real
+
+
 def _as_dtype_of(value, like):  # pragma: no cover - only used inside compiled code
     """``value`` converted to the type of ``like`` (the real part for a real ``like``)."""
     return value if isinstance(like, complex) else value.real
@@ -407,6 +430,14 @@ def _batched_update_numba(U, A, B, transport, out, nthreads):  # pragma: no cove
                     for j in range(r):
                         R[i, j] = 0.5 * (core[i, j] - np.conj(core[j, i]))  # K
                 _expm_skew_minus_identity(R, D, G, V, ev, order)
+                if _is_real(zero) and _max_abs_imag(D) > _REAL_CORE_IMAG_TOL:
+                    # A real K has a real expm(K); the imaginary rounding of a large rotation
+                    # (eps * angle) means its real part is off the rotation group by as much:
+                    # replace I + Re D by its polar factor, the nearest rotation (as NumPy does).
+                    for i in range(r):
+                        for j in range(r):
+                            core[i, j] = D[i, j].real + (1.0 if i == j else 0.0)
+                    _polar_minus_identity(core, D, G, V, sv, order)
             else:
                 for i in range(r):
                     core[i, i] += 1.0

@@ -159,26 +159,6 @@ def _fused_eligible(U: Any, target: Any, r: int) -> bool:
     )
 
 
-_HUGE_ANGLE = 1e2
-
-
-def _huge_real_rotation(U: Any, A: Any, B: Any) -> bool:
-    """Real transport with angles up to ``||A||_F ||B||_F`` above ``_HUGE_ANGLE`` (NumPy only).
-
-    The Numba batched kernel takes the real part of its complex ``expm(K) - I`` as it is; for
-    angles this large the eigenvalue rounding (``eps * angle``) makes that part measurably
-    non-orthogonal, so such steps go through :func:`transport_core`, which replaces it by the
-    nearest rotation.  O(F N k) on the host.
-    """
-    if U.dtype.kind == "c":
-        return False
-    with np.errstate(over="ignore", invalid="ignore"):  # inf or nan (inf * 0) mean "huge" here
-        norm_a = np.sum(np.square(A, dtype=np.float64), axis=(-2, -1))
-        norm_b = np.sum(np.square(B, dtype=np.float64), axis=(-2, -1))
-        product = float(np.max(norm_a * norm_b))
-    return not product <= _HUGE_ANGLE**2
-
-
 def lowrank_update(xp: ModuleType, kind: str, U: Any, A: Any, B: Any, target: Any, shape: tuple[int, ...]) -> Any:
     """Run one projUNN update (``kind`` "project" or "transport") and return the result array.
 
@@ -199,7 +179,6 @@ def lowrank_update(xp: ModuleType, kind: str, U: Any, A: Any, B: Any, target: An
         xp is np
         and (target is None or target.flags.c_contiguous)
         and _kernels.use_numba(count >= 16 and n <= 64 and k <= 2)  # conv-bench: NumPy wins from k = 4
-        and not (kind == "transport" and _huge_real_rotation(U, A, B))
     ):
         check_finite(U, "U")
         if target is None:
