@@ -146,3 +146,51 @@ def test_command_line_train_resume_and_plot(tmp_path, capsys):
 def test_command_line_needs_a_task(capsys):
     with pytest.raises(SystemExit, match="give a task"):
         main(["train"])
+
+
+def test_learning_rate_milestones(tmp_path):
+    base = TrainConfig(task="copy", length=4, steps=6, checkpoint_every=100, **SMALL)
+    train(base, tmp_path / "constant", progress=False)
+    same = TrainConfig(**{**base.__dict__, "lr_milestones": (3,), "lr_gamma": 1.0})
+    train(same, tmp_path / "gamma1", progress=False)
+    assert train_losses(tmp_path / "gamma1") == train_losses(tmp_path / "constant")
+    dropped = TrainConfig(**{**base.__dict__, "lr_milestones": (3,), "lr_gamma": 0.01})
+    train(dropped, tmp_path / "dropped", progress=False)
+    constant, after = train_losses(tmp_path / "constant"), train_losses(tmp_path / "dropped")
+    assert after[:4] == constant[:4]  # steps 1-3 at the full rate; step 4's loss is before its update
+    assert after[4:] != constant[4:]
+    # a milestone added when a run is extended acts exactly as if it had been there from the start
+    train(TrainConfig(**{**base.__dict__, "steps": 3}), tmp_path / "extended", progress=False)
+    train(None, tmp_path / "extended", resume=True, steps=6, lr_milestones=(3,), progress=False)
+    # lr_gamma is in the config: the resumed run keeps 0.1, so compare against that schedule
+    reference = TrainConfig(**{**base.__dict__, "lr_milestones": (3,)})
+    train(reference, tmp_path / "reference", progress=False)
+    assert train_losses(tmp_path / "extended") == train_losses(tmp_path / "reference")
+    assert json.loads((tmp_path / "extended" / "config.json").read_text())["lr_milestones"] == [3]
+
+
+@pytest.mark.parametrize(
+    ("changes", "match"),
+    [
+        ({"lr_milestones": (5, 3)}, "increasing positive"),
+        ({"lr_milestones": (0,)}, "increasing positive"),
+        ({"lr_milestones": (2.5,)}, "increasing positive"),
+        ({"lr_gamma": 0.0}, "lr_gamma"),
+        ({"lr_gamma": 2.0}, "lr_gamma"),
+    ],
+)
+def test_learning_rate_schedule_is_validated(changes, match):
+    with pytest.raises(ValueError, match=match):
+        TrainConfig(task="copy", **changes)
+
+
+def test_command_line_milestones_and_gamma(tmp_path, capsys):
+    run = str(tmp_path / "run")
+    args = ["train", "copy", "--length", "3", "--steps", "4", "--hidden", "8", "--batch-size", "4", "--eval-size", "8"]
+    assert main([*args, "--lr-milestones", "2", "--lr-gamma", "0.5", "--run-dir", run, "--no-progress"]) == 0
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert (config["lr_milestones"], config["lr_gamma"]) == ([2], 0.5)
+    with pytest.raises(SystemExit, match="cannot change on --resume"):
+        main(["train", "--resume", run, "--lr-gamma", "0.1"])
+    assert main(["train", "--resume", run, "--steps", "5", "--lr-milestones", "2", "4", "--no-progress"]) == 0
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["lr_milestones"] == [2, 4]

@@ -321,6 +321,16 @@ def _add_rnn_commands(sub: Any) -> None:
     p.add_argument("--optimizer", default=d.optimizer, choices=["rmsprop", "adam", "sgd"])
     p.add_argument("--lr", type=float, default=d.lr, help="learning rate of V, b, O, c")
     p.add_argument("--w-lr-divisor", type=float, default=d.w_lr_divisor, help="W's learning rate is lr / this")
+    p.add_argument(
+        "--lr-milestones",
+        type=int,
+        nargs="*",
+        default=None,
+        help="steps at which both learning rates are multiplied by --lr-gamma (with --resume: replaces the run's)",
+    )
+    p.add_argument(
+        "--lr-gamma", type=float, default=None, help=f"learning-rate factor at each milestone (default {d.lr_gamma})"
+    )
     p.add_argument("--momentum", type=float, default=d.momentum, help="SGD momentum")
     p.add_argument("--rank", type=int, default=d.rank, help="rank k of the W update")
     p.add_argument("--update", default=d.update, choices=["project", "transport"])
@@ -394,6 +404,8 @@ def _run_rnn_command(args: argparse.Namespace) -> int:
 
     if args.resume is None and args.task is None:
         raise SystemExit("train: give a task (copy, adding, pmnist) or --resume RUN_DIR")
+    if args.resume is not None and args.lr_gamma is not None:
+        raise SystemExit("train: --lr-gamma is part of the run's config and cannot change on --resume")
     with _blas_threads(args.threads):
         if args.resume is not None:
             result = train(
@@ -404,6 +416,7 @@ def _run_rnn_command(args: argparse.Namespace) -> int:
                 time_limit_s=args.time_limit,
                 progress=not args.no_progress,
                 device=args.device,
+                lr_milestones=None if args.lr_milestones is None else tuple(args.lr_milestones),
             )
         else:
             config = TrainConfig(
@@ -418,6 +431,8 @@ def _run_rnn_command(args: argparse.Namespace) -> int:
                 optimizer=args.optimizer,
                 lr=args.lr,
                 w_lr_divisor=args.w_lr_divisor,
+                lr_milestones=tuple(args.lr_milestones or ()),
+                lr_gamma=args.lr_gamma if args.lr_gamma is not None else TrainConfig.lr_gamma,
                 momentum=args.momentum,
                 rank=args.rank,
                 update=args.update,

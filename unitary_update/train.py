@@ -86,6 +86,12 @@ class TrainConfig:
         Learning rate of V, b, O, c; W gets ``lr / w_lr_divisor`` (the paper: RMSprop, 32).
     w_lr_divisor : float
         Divides ``lr`` for the recurrent matrix W (default 32).
+    lr_milestones : tuple of int
+        Steps at which both learning rates are multiplied by ``lr_gamma`` (like PyTorch's
+        ``MultiStepLR``): from step ``s`` on, the rates are ``lr * lr_gamma**m`` with ``m`` the
+        number of milestones ``<= s``.  Default ``()``: constant rates.
+    lr_gamma : float
+        The factor applied at each milestone, in (0, 1] (default 0.1).
     momentum : float
         SGD momentum.
     rank : int
@@ -135,6 +141,8 @@ class TrainConfig:
     optimizer: str = "rmsprop"
     lr: float = 1e-3
     w_lr_divisor: float = 32.0
+    lr_milestones: tuple[int, ...] = ()
+    lr_gamma: float = 0.1
     momentum: float = 0.0
     rank: int = 1
     update: str = "project"
@@ -148,6 +156,38 @@ class TrainConfig:
     time_limit_s: float | None = None
     mnist_dir: str = "../shared/data/mnist"
     device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        milestones = tuple(self.lr_milestones)  # a list when read back from config.json
+        if any(isinstance(m, bool) or not isinstance(m, (int, np.integer)) or m < 1 for m in milestones) or list(
+            milestones
+        ) != sorted(set(milestones)):
+            raise ValueError(f"lr_milestones must be increasing positive step numbers; got {self.lr_milestones!r}")
+        self.lr_milestones = tuple(int(m) for m in milestones)
+        if not (0 < self.lr_gamma <= 1):
+            raise ValueError(f"lr_gamma must be in (0, 1]; got {self.lr_gamma!r}")
+
+    def lr_factor(self, step: int) -> float:
+        """The learning-rate multiplier of training step ``step + 1`` (after ``step`` completed steps).
+
+        Parameters
+        ----------
+        step : int
+            The number of completed steps.
+
+        Returns
+        -------
+        float
+            ``lr_gamma ** m``, ``m`` the number of milestones ``<= step``.
+
+        Examples
+        --------
+        >>> from unitary_update.train import TrainConfig
+        >>> cfg = TrainConfig(lr_milestones=(100, 200), lr_gamma=0.5)
+        >>> cfg.lr_factor(99), cfg.lr_factor(100), cfg.lr_factor(250)
+        (1.0, 0.5, 0.25)
+        """
+        return float(self.lr_gamma ** sum(step >= m for m in self.lr_milestones))
 
     def resolved_hidden(self) -> int:
         """The hidden size of the run: ``hidden_size``, or the paper's size for the task when None.
@@ -477,6 +517,7 @@ def train(
     progress: bool = True,
     on_step: Callable[[int, Any], None] | None = None,
     device: str | None = None,
+    lr_milestones: tuple[int, ...] | None = None,
 ) -> dict[str, Any]:
     """Train a unitary RNN with projUNN on ``config.task``, writing metrics and checkpoints to ``run_dir``.
 
@@ -501,6 +542,9 @@ def train(
         a float on the CPU and a 0-d device array on a GPU.
     device : str, optional
         Override ``config.device`` (e.g. to resume a CPU run on a GPU).
+    lr_milestones : tuple of int, optional
+        Override ``config.lr_milestones`` (e.g. to add a learning-rate drop when extending a
+        resumed run; milestones at or before the checkpoint's step apply from the first step).
 
     Returns
     -------
@@ -551,6 +595,8 @@ def train(
         config = dataclasses.replace(config, steps=int(steps))
     if device is not None:
         config = dataclasses.replace(config, device=str(device))
+    if lr_milestones is not None:
+        config = dataclasses.replace(config, lr_milestones=tuple(lr_milestones))
     xp = get_namespace(config.device)  # before anything is written: a bad device fails here
     run.mkdir(parents=True, exist_ok=True)
     if time_limit_s is not None:
@@ -607,6 +653,8 @@ def train(
             x, y = _train_batch(task, config, step)
             if on_device:
                 x, y = xp.asarray(x), xp.asarray(y)
+            factor = config.lr_factor(step)
+            opt.lr, w_opt.base.lr = config.lr * factor, config.lr / config.w_lr_divisor * factor
             with checks():
                 loss, grads = model.loss_and_grads(x, y, factored=factored)
                 if not on_device and not math.isfinite(loss):
