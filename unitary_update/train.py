@@ -429,6 +429,12 @@ def to_device(model: URNN, opt: Optimizer, w_opt: UnitaryOptimizer, xp: Any) -> 
         The target namespace: :mod:`numpy`, or :mod:`cupy` (see
         :func:`unitary_update._backend.get_namespace`).
 
+    Raises
+    ------
+    MemoryError
+        From CuPy (``cupy.cuda.memory.OutOfMemoryError`` is a ``MemoryError``) when the device
+        cannot hold the parameters and moments; arrays already moved stay moved.
+
     Examples
     --------
     >>> import numpy as np
