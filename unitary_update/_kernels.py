@@ -310,7 +310,8 @@ def _expm_skew_minus_identity(K, D, G, V, e, order):  # pragma: no cover - compi
             D[i, j] = acc
 
 
-_REAL_CORE_IMAG_TOL = 1e-13  # as _lowrank._IMAG_TOL: imaginary parts above this are not rounding
+# Imaginary parts of a real transport core above this are not rounding (also used by _lowrank).
+REAL_CORE_IMAG_TOL = 1e-13
 
 
 @numba.njit(cache=True, nogil=True)
@@ -430,7 +431,7 @@ def _batched_update_numba(U, A, B, transport, out, nthreads):  # pragma: no cove
                     for j in range(r):
                         R[i, j] = 0.5 * (core[i, j] - np.conj(core[j, i]))  # K
                 _expm_skew_minus_identity(R, D, G, V, ev, order)
-                if _is_real(zero) and _max_abs_imag(D) > _REAL_CORE_IMAG_TOL:
+                if _is_real(zero) and _max_abs_imag(D) > REAL_CORE_IMAG_TOL:
                     # A real K has a real expm(K); the imaginary rounding of a large rotation
                     # (eps * angle) means its real part is off the rotation group by as much:
                     # replace I + Re D by its polar factor, the nearest rotation (as NumPy does).

@@ -123,12 +123,9 @@ def transport_core(xp: ModuleType, a: Any, b: Any) -> Any:
     return _nearest_rotation(xp, D) if real else D
 
 
-_IMAG_TOL = 1e-13
-
-
 def _nearest_rotation(xp: ModuleType, D: Any) -> Any:
     """``Q - I`` for the rotation Q nearest to ``I + Re D``; just ``Re D`` when ``Im D`` is rounding."""
-    if xp is np and not float(np.max(np.abs(D.imag))) > _IMAG_TOL:
+    if xp is np and not float(np.max(np.abs(D.imag))) > _kernels.REAL_CORE_IMAG_TOL:
         return D.real
     eye = xp.eye(D.shape[-1], dtype=np.float64)
     X, _, Yh = xp.linalg.svd(eye + D.real)

@@ -187,6 +187,12 @@ def check_rank(rank: Any, limit: int, name: str = "rank") -> int:
     return rank
 
 
+def check_drift(drift: Any) -> None:
+    """Check that ``drift`` is None or a drift policy (an object with ``maybe_retract``)."""
+    if drift is not None and not callable(getattr(drift, "maybe_retract", None)):
+        raise TypeError(f"drift must be a DriftControl (an object with maybe_retract); got {type(drift).__name__}")
+
+
 def check_choice(value: Any, valid: Sequence[str], name: str) -> str:
     """Check that ``value`` is one of ``valid``; the error lists the valid names."""
     if value not in valid:

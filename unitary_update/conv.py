@@ -49,7 +49,7 @@ from typing import Any
 import numpy as np
 
 from ._backend import array_namespace, from_compute, is_cupy, normalize_rng, to_compute
-from ._validation import FLOAT_DTYPES, check_choice, check_finite, check_float_dtype, check_rank
+from ._validation import FLOAT_DTYPES, check_choice, check_drift, check_finite, check_float_dtype, check_rank
 from .random import random_unitary
 from .step import step as _step
 
@@ -655,8 +655,7 @@ class OrthogonalConv2d:
             raise ValueError(f"lr must be a positive finite number; got {lr!r}")
         update = check_choice(update, CONV_UPDATES, "update")
         rank = check_rank(rank, self.out_channels)
-        if drift is not None and not callable(getattr(drift, "maybe_retract", None)):
-            raise TypeError(f"drift must be a DriftControl (an object with maybe_retract); got {type(drift).__name__}")
+        check_drift(drift)
         pairs = [(self.U, grad.U, "grad.U")]
         if self.real:
             if grad.Q is None:

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from ._backend import compute_context, to_compute
-from ._validation import check_choice, check_square
+from ._validation import check_choice, check_drift, check_square
 from .sketch import SKETCH_METHODS
 from .sketch import sketch as _sketch
 from .update import project, transport
@@ -94,8 +94,7 @@ def step(
     >>> drift.retractions
     1
     """
-    if drift is not None and not callable(getattr(drift, "maybe_retract", None)):
-        raise TypeError(f"drift must be a DriftControl (an object with maybe_retract); got {type(drift).__name__}")
+    check_drift(drift)
     update = check_choice(update, UPDATES, "update")
     sketch = check_choice(sketch, SKETCH_METHODS, "sketch method")
     with compute_context(U):  # one device and stream for the checks, the sketch and the update

@@ -397,9 +397,7 @@ def load_checkpoint(path: Path, model: URNN, opt: Optimizer, w_opt: UnitaryOptim
         model.params[name][...] = to_namespace(value, array_namespace(model.params[name]))
     opt.load_state_dict(groups["opt"])
     w_opt.load_state_dict(groups["wopt"])
-    xp = array_namespace(model.params["W"])
-    _move_state(opt, xp)
-    _move_state(w_opt.base, xp)
+    _move_moments(opt, w_opt, array_namespace(model.params["W"]))
     return meta
 
 
@@ -408,11 +406,12 @@ def _to_host(value: Any) -> Any:
     return value if isinstance(value, str) else to_namespace(value, np)
 
 
-def _move_state(opt: Optimizer, xp: Any) -> None:
-    """Move an optimizer's buffers to the namespace ``xp`` (no copy when they are already there)."""
-    for buffers in opt.state.values():
-        for key, value in buffers.items():
-            buffers[key] = to_namespace(value, xp)
+def _move_moments(opt: Optimizer, w_opt: UnitaryOptimizer, xp: Any) -> None:
+    """Move both optimizers' buffers to the namespace ``xp`` (no copy when they are already there)."""
+    for optimizer in (opt, w_opt.base):
+        for buffers in optimizer.state.values():
+            for key, value in buffers.items():
+                buffers[key] = to_namespace(value, xp)
 
 
 def to_device(model: URNN, opt: Optimizer, w_opt: UnitaryOptimizer, xp: Any) -> None:
@@ -446,8 +445,7 @@ def to_device(model: URNN, opt: Optimizer, w_opt: UnitaryOptimizer, xp: Any) -> 
     """
     for name, value in model.params.items():
         model.params[name] = to_namespace(value, xp)
-    _move_state(opt, xp)
-    _move_state(w_opt.base, xp)
+    _move_moments(opt, w_opt, xp)
 
 
 def read_metrics(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
