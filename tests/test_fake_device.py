@@ -19,8 +19,8 @@ import pytest
 from helpers import ALL_DTYPES, random_factors, rtol_for
 
 import unitary_update as uu
-from unitary_update.train import TrainConfig, build, load_checkpoint, train
-from unitary_update.urnn import URNN
+from unitary_update.experiments.train import TrainConfig, build, load_checkpoint, train
+from unitary_update.models.urnn import URNN
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("cupy") is not None, reason="real CuPy installed: tests/test_gpu.py runs this code"

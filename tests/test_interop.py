@@ -16,7 +16,7 @@ import pytest
 from helpers import random_factors
 
 import unitary_update as uu
-from unitary_update import _backend
+from unitary_update import _blas, _xp
 from unitary_update.reference import project_dense, transport_dense
 
 UPDATES = {"project": (uu.project, project_dense), "transport": (uu.transport, transport_dense)}
@@ -51,7 +51,7 @@ def test_torch_separate_out_is_written_and_inputs_are_shared_not_copied(torch):
     U0, A0, B0 = _problem()
     U, A = torch.from_numpy(U0.copy()), torch.from_numpy(A0.copy())
     for x in (U, A):  # the compute view is the tensor's own memory
-        view, library = _backend.to_compute(x, "x")
+        view, library = _xp.to_compute(x, "x")
         assert library == "torch"
         assert view.ctypes.data == x.data_ptr()
     out = torch.zeros_like(U)
@@ -196,7 +196,7 @@ def test_jax_result_is_a_jax_array_and_out_is_refused(jax, update):
 def test_jax_results_with_strides_are_handed_back(jax):
     x = np.arange(24.0).reshape(4, 6)
     for view in (x[:, ::2], x.T, x[::-1]):
-        y = _backend.from_compute(view, "jax")
+        y = _xp.from_compute(view, "jax")
         assert isinstance(y, jax.Array)
         np.testing.assert_array_equal(np.asarray(y), view)
 
@@ -211,12 +211,12 @@ def test_jax_sketch_returns_jax_arrays(jax):
 
 # --- the seam's helpers -------------------------------------------------------------------------
 def test_get_namespace_cpu_and_errors():
-    assert _backend.get_namespace("cpu") is np
-    assert _backend.get_namespace("CPU") is np
+    assert _xp.get_namespace("cpu") is np
+    assert _xp.get_namespace("CPU") is np
     with pytest.raises(ValueError, match="device must be 'cpu', 'gpu', 'cuda' or 'cuda:<index>'; got 'tpu'"):
-        _backend.get_namespace("tpu")
+        _xp.get_namespace("tpu")
     with pytest.raises(ValueError, match="device must be"):
-        _backend.get_namespace("cuda:x")
+        _xp.get_namespace("cuda:x")
 
 
 def test_get_namespace_gpu_without_cupy_gpu_is_a_clear_error():
@@ -228,16 +228,16 @@ def test_get_namespace_gpu_without_cupy_gpu_is_a_clear_error():
     except Exception:
         pass
     with pytest.raises(RuntimeError, match=r"device 'gpu' (needs CuPy and a CUDA GPU|is not available)"):
-        _backend.get_namespace("gpu")
+        _xp.get_namespace("gpu")
 
 
 def test_to_namespace_numpy_round_trip():
     x = np.arange(6.0).reshape(2, 3)
-    assert _backend.to_namespace(x, np) is x
+    assert _xp.to_namespace(x, np) is x
 
 
 def test_compute_context_is_a_no_op_on_the_cpu():
-    with _backend.compute_context(np.eye(2)):
+    with _xp.compute_context(np.eye(2)):
         pass
 
 
@@ -279,7 +279,7 @@ def test_cupy_gemm_inplace_layouts(fake_cupy, layout, dtype):
         U = np.ascontiguousarray(U0.swapaxes(-1, -2)).swapaxes(-1, -2)
     else:
         U = U0.copy()
-    assert _backend._cupy_gemm_inplace_(U, P, W)
+    assert _blas._cupy_gemm_inplace_(U, P, W)
     expected = U0 + P @ W.conj().swapaxes(-1, -2)
     tol = 1e-4 if dtype == np.float32 else 1e-12
     np.testing.assert_allclose(U, expected, rtol=tol, atol=tol)
@@ -288,14 +288,14 @@ def test_cupy_gemm_inplace_layouts(fake_cupy, layout, dtype):
 
 def test_cupy_gemm_inplace_leaves_small_matrices_to_matmul(fake_cupy):
     U = np.eye(8)
-    assert not _backend._cupy_gemm_inplace_(U, np.ones((8, 1)), np.ones((8, 1)))
+    assert not _blas._cupy_gemm_inplace_(U, np.ones((8, 1)), np.ones((8, 1)))
     np.testing.assert_array_equal(U, np.eye(8))
 
 
 @pytest.mark.parametrize("batch", [(), (3,), (2, 2)])
 def test_top_k_by_argmax_matches_sort(batch):
     """The sync-free top-k used on CuPy picks exactly what the NumPy sort picks."""
-    from unitary_update.sketch import _top_k
+    from unitary_update._sketch import _top_k
 
     keys = np.random.default_rng(0).standard_normal((*batch, 50))
     by_sort = _top_k(np, keys, 7, by_argmax=False)

@@ -47,7 +47,7 @@ def test_fused_update_twins_agree(dtype, in_place):
     D = random_factors(rng, (r, r), dtype)
     expected = U + (U @ W) @ D @ W.conj().T
     results = []
-    for fn in (_kernels.fused_update_numba, _kernels.fused_update_numpy):
+    for fn in (_kernels.fused_update_numba, _lowrank.fused_update_numpy):
         V = U.copy()
         out = V if in_place else np.full_like(U, np.nan)
         fn(V, W, D, out)
@@ -92,7 +92,7 @@ def test_batched_update_twins_agree_and_are_unitary(transport, dtype, n, k, kind
         assert np.linalg.eigvalsh(0.5 * (H + np.conj(np.swapaxes(H, -1, -2)))).min() > -1e-4
         return
     out_numpy = np.empty_like(U)
-    _kernels.batched_update_numpy(U, A, B, transport, out_numpy)
+    _lowrank.batched_update_numpy(U, A, B, transport, out_numpy)
     np.testing.assert_allclose(out_numba, out_numpy, rtol=0, atol=tol(dtype) * 10)
     ref = (transport_dense if transport else project_dense)(U, A, B)
     np.testing.assert_allclose(out_numba, ref, rtol=0, atol=tol(dtype) * 10)
@@ -108,7 +108,7 @@ def test_batched_kernel_keeps_huge_real_rotations_orthogonal(scale):
     _kernels.batched_update_numba(U, A, B, True, out)
     assert max(uu.unitarity_error(m) for m in out) < 1e-14
     ref = np.empty_like(U)
-    _kernels.batched_update_numpy(U, A, B, True, ref)
+    _lowrank.batched_update_numpy(U, A, B, True, ref)
     # agreement is limited by the conditioning of a rotation by angle ~scale: eps * scale
     np.testing.assert_allclose(out, ref, rtol=0, atol=1e-14 * scale)
 

@@ -8,7 +8,7 @@ import scipy.linalg
 from helpers import ALL_DTYPES, random_factors
 
 import unitary_update as uu
-from unitary_update.retract import RETRACT_METHODS
+from unitary_update._retract import RETRACT_METHODS
 
 
 def floor_tol(dtype, n: int) -> float:

@@ -7,8 +7,8 @@ import pytest
 from helpers import ALL_DTYPES, random_factors
 
 import unitary_update as uu
+from unitary_update._sketch import SKETCH_METHODS
 from unitary_update.reference import project_dense, transport_dense
-from unitary_update.sketch import SKETCH_METHODS
 
 SCALES = [1e-30, 1e-15, 1e-5, 1.0, 1e5, 1e15, 1e30]
 REAL = [np.float32, np.float64]

@@ -7,20 +7,23 @@
 * :func:`random_unitary`, :func:`unitarity_error`: Haar samples and the distance to the manifold.
 * :func:`retract`, :class:`DriftControl`: back onto the manifold after rounding drift.
 
-Dense O(N^3) references live in :mod:`unitary_update.reference`; orthogonal convolutions
-(per-frequency unitary stacks trained with batched updates) in :mod:`unitary_update.conv`.
+Dense O(N^3) references live in :mod:`unitary_update.reference`, the Euclidean and unitary
+optimizers in :mod:`unitary_update.optim`.  Applications have rooms of their own, none of them
+imported here: :mod:`unitary_update.models` (the unitary RNN, orthogonal convolutions),
+:mod:`unitary_update.experiments` (tasks, training, plots), :mod:`unitary_update.bench` and
+:mod:`unitary_update.cli`.
 """
 
 from importlib.metadata import PackageNotFoundError, version
 
-from ._backend import get_options, options, set_options
+from ._config import get_options, options, set_options
+from ._retract import DriftControl, retract
+from ._sketch import sketch
+from ._step import step
+from ._update import project, transport
 from ._validation import NonFiniteError, SingularUpdateError
 from .metrics import unitarity_error
 from .random import random_unitary
-from .retract import DriftControl, retract
-from .sketch import sketch
-from .step import step
-from .update import project, transport
 
 try:
     __version__ = version("unitary_update")

@@ -50,14 +50,12 @@ from typing import Any
 import numpy as np
 
 from . import _kernels
-from ._backend import add_lowrank_, get_options
+from ._blas import add_lowrank_
+from ._config import get_options, use_numba
 from ._validation import NonFiniteError, check_finite
+from ._xp import hconj
 
 __all__ = ["adjoint_matmul", "apply_update", "basis", "lowrank_update", "project_core", "transport_core"]
-
-
-def _hermitian_transpose(xp: ModuleType, x: Any) -> Any:
-    return xp.conj(xp.swapaxes(x, -1, -2))
 
 
 def adjoint_matmul(xp: ModuleType, U: Any, A: Any) -> Any:
@@ -102,7 +100,7 @@ def project_core(xp: ModuleType, a: Any, b: Any) -> Any:
     b = b.astype(dt)
     r = a.shape[-2]
     eye = xp.eye(r, dtype=dt)
-    T = eye + a @ _hermitian_transpose(xp, b)
+    T = eye + a @ hconj(b)
     X, _, Yh = xp.linalg.svd(T)
     return X @ Yh - eye
 
@@ -112,14 +110,14 @@ def transport_core(xp: ModuleType, a: Any, b: Any) -> Any:
     real = a.dtype.kind != "c"
     a = a.astype(np.complex128)
     b = b.astype(np.complex128)
-    ab = a @ _hermitian_transpose(xp, b)
-    K = 0.5 * (ab - _hermitian_transpose(xp, ab))
+    ab = a @ hconj(b)
+    K = 0.5 * (ab - hconj(ab))
     H = -1j * K
-    H = 0.5 * (H + _hermitian_transpose(xp, H))  # exactly Hermitian
+    H = 0.5 * (H + hconj(H))  # exactly Hermitian
     theta, V = xp.linalg.eigh(H)
     # expm1(i theta) = (cos theta - 1) + i sin theta, accurate for small theta
     e = -2.0 * xp.sin(0.5 * theta) ** 2 + 1j * xp.sin(theta)
-    D = (V * e[..., None, :]) @ _hermitian_transpose(xp, V)
+    D = (V * e[..., None, :]) @ hconj(V)
     return _nearest_rotation(xp, D) if real else D
 
 
@@ -152,7 +150,7 @@ def _fused_eligible(U: Any, target: Any, r: int) -> bool:
         U.ndim == 2
         and U.flags.c_contiguous
         and (target is None or (target.ndim == 2 and target.flags.c_contiguous))
-        and _kernels.use_numba(auto)
+        and use_numba(auto)
     )
 
 
@@ -175,7 +173,7 @@ def lowrank_update(xp: ModuleType, kind: str, U: Any, A: Any, B: Any, target: An
     if (
         xp is np
         and (target is None or target.flags.c_contiguous)
-        and _kernels.use_numba(count >= 16 and n <= 64 and k <= 2)  # conv-bench: NumPy wins from k = 4
+        and use_numba(count >= 16 and n <= 64 and k <= 2)  # conv-bench: NumPy wins from k = 4
     ):
         check_finite(U, "U")
         if target is None:
@@ -211,3 +209,21 @@ def lowrank_update(xp: ModuleType, kind: str, U: Any, A: Any, B: Any, target: An
         target[...] = U
     apply_update(xp, U, W, D, target)
     return target
+
+
+# ---- NumPy twins of the Numba kernels in _kernels (the references their tests compare with) ----
+def fused_update_numpy(U: np.ndarray, W: np.ndarray, D: np.ndarray, out: np.ndarray) -> None:
+    """NumPy twin of :func:`fused_update_numba`: ``U W`` by BLAS, then an in-place BLAS update."""
+    P = (U @ W) @ D
+    if out is not U:
+        out[...] = U
+    add_lowrank_(out, P, W)
+
+
+def batched_update_numpy(U: np.ndarray, A: np.ndarray, B: np.ndarray, transport: bool, out: np.ndarray) -> None:
+    """NumPy twin of :func:`batched_update_numba`: the batched NumPy/LAPACK path of ``_lowrank``."""
+    W, a, b = basis(np, U, A, B)
+    D = transport_core(np, a, b) if transport else project_core(np, a, b)
+    if out is not U:
+        out[...] = U
+    apply_update(np, U, W, D, out)

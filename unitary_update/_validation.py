@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from ._backend import array_namespace, get_options
+from ._config import get_options
+from ._xp import array_namespace
 
 __all__ = [
     "NonFiniteError",

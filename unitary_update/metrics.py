@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._backend import array_namespace, to_compute
 from ._validation import check_finite, check_square
+from ._xp import array_namespace, to_compute
 
 __all__ = ["unitarity_error"]
 

@@ -22,10 +22,11 @@ from typing import Any
 
 import numpy as np
 
-from ._backend import array_namespace, normalize_rng
-from .sketch import SKETCH_METHODS
-from .sketch import sketch as _sketch
-from .update import project, transport
+from ._sketch import SKETCH_METHODS
+from ._sketch import sketch as _sketch
+from ._update import project, transport
+from ._xp import array_namespace
+from .random import normalize_rng
 
 __all__ = ["SGD", "Adam", "Optimizer", "RMSprop", "UnitaryOptimizer", "make_optimizer"]
 
@@ -347,7 +348,7 @@ class UnitaryOptimizer:
         Seed or generator of the sketches; its state is part of :meth:`state_dict`.
     drift : object, optional
         Anything with ``maybe_retract(U, *, step: int) -> bool``, such as
-        :class:`unitary_update.retract.DriftControl`; called after each update with the step
+        :class:`unitary_update.DriftControl`; called after each update with the step
         count (1, 2, ...).  Off (None) by default.
 
     Raises

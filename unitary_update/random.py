@@ -1,12 +1,19 @@
-"""Random unitary and orthogonal matrices (Haar measure)."""
+"""Seeded randomness: Haar-random unitary matrices, and draws on the array's device.
+
+:func:`random_unitary` is public.  :func:`normalize_rng`, :func:`standard_normal` and
+:func:`uniform` are the library's one way to turn ``rng`` arguments (Generator, int seed or None)
+into samples on the device of the arrays they are used with (NumPy or CuPy): a host
+:class:`numpy.random.Generator` seeds a device generator with one integer, so nothing crosses
+between host and device.
+"""
 
 from __future__ import annotations
 
+from types import ModuleType
 from typing import Any
 
 import numpy as np
 
-from ._backend import normalize_rng
 from ._validation import FLOAT_DTYPES
 
 __all__ = ["random_unitary"]
@@ -78,3 +85,42 @@ def random_unitary(
     d = np.diagonal(R, axis1=-2, axis2=-1)
     phase = np.where(d == 0, 1, d / np.where(d == 0, 1, np.abs(d)))
     return (Q * phase[..., None, :]).astype(dt)
+
+
+def normalize_rng(rng: np.random.Generator | int | None) -> np.random.Generator:
+    """Turn ``rng`` (Generator, integer seed or None) into a :class:`numpy.random.Generator`.
+
+    Raises
+    ------
+    TypeError
+        If ``rng`` is none of these.
+    """
+    if isinstance(rng, np.random.Generator):
+        return rng
+    if rng is None or (isinstance(rng, (int, np.integer)) and not isinstance(rng, bool)):
+        return np.random.default_rng(rng)
+    raise TypeError(f"rng must be a numpy.random.Generator, an int seed or None; got {type(rng).__name__}")
+
+
+def _device_generator(xp: ModuleType, rng: np.random.Generator) -> Any:
+    # One host integer seeds a generator that lives on the device: no host-to-device copy.
+    return xp.random.default_rng(int(rng.integers(2**63 - 1)))
+
+
+def standard_normal(xp: ModuleType, rng: np.random.Generator, shape: tuple[int, ...], dtype: Any) -> Any:
+    """Standard normal samples of ``dtype`` (complex: unit variance, i.e. each part var 1/2)."""
+    dtype = np.dtype(dtype)
+    gen = rng if xp is np else _device_generator(xp, rng)
+    real = np.float32 if dtype in (np.float32, np.complex64) else np.float64
+    if dtype.kind == "c":
+        z = gen.standard_normal((2, *shape), dtype=real)
+        return (z[0] + 1j * z[1]).astype(dtype) * np.sqrt(0.5).astype(real)
+    return gen.standard_normal(shape, dtype=real)
+
+
+def uniform(xp: ModuleType, rng: np.random.Generator, shape: tuple[int, ...], dtype: Any) -> Any:
+    """Uniform samples on the open interval (0, 1) in the real dtype ``dtype``."""
+    gen = rng if xp is np else _device_generator(xp, rng)
+    u = gen.random(shape, dtype=np.dtype(dtype))
+    tiny = np.finfo(np.dtype(dtype)).tiny
+    return xp.maximum(u, tiny)

@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from ._backend import array_namespace, from_compute, to_compute
 from ._validation import check_finite
+from ._xp import array_namespace, from_compute, to_compute
 
 __all__ = ["project_dense", "transport_dense"]
 

@@ -8,7 +8,7 @@ the (F, C, C) stack, library options as they are), ``batched_numpy`` (the same w
 ``dense`` (the batched dense polar factor from ``numpy.linalg.svd``, or the matrix exponential
 from ``numpy.linalg.eigh``).  ``ConvUpdateSpeedup.track_*`` report the ratios measured in one
 process.  The cases are those of ``python -m unitary_update conv-bench``
-(:func:`unitary_update.conv_demo.update_methods`).
+(:func:`unitary_update.bench.conv.update_methods`).
 
 Threads: the suite's setting (:class:`common.Threaded`: 2 BLAS threads, 2 Numba threads).
 SciPy's own OpenBLAS (used by the in-place update) is loaded at import here, so the limit
@@ -21,7 +21,7 @@ import timeit
 
 import scipy.linalg  # noqa: F401  (loads SciPy's OpenBLAS before threadpool_limits runs in setup)
 
-from unitary_update.conv_demo import update_methods
+from unitary_update.bench.conv import update_methods
 
 from .common import QUICK, Threaded
 

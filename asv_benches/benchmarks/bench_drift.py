@@ -1,6 +1,6 @@
 """Unitarity drift of float32 projUNN steps, with and without drift control, and the cost of retracting.
 
-``track_*`` benchmarks run a short soak (:func:`unitary_update.soak.soak`: 2,000 random rank-1
+``track_*`` benchmarks run a short soak (:func:`unitary_update.bench.soak.soak`: 2,000 random rank-1
 steps of Frobenius norm 1e-2 at N = 128, seed 0; 200 with ``UU_ASV_QUICK=1``) and report the
 largest unitarity error seen; the full 100,000-step run is ``python -m unitary_update soak``
 (``docs/robustness.md``).  ``time_*`` benchmarks time one retraction of a drifted matrix by each
@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 import unitary_update as uu
-from unitary_update.soak import soak
+from unitary_update.bench.soak import soak
 
 from .common import QUICK, Threaded
 

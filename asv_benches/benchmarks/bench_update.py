@@ -13,7 +13,7 @@ import numpy as np
 from asv_runner.benchmarks.mark import SkipNotImplemented
 
 import unitary_update as uu
-from unitary_update._backend import add_lowrank_
+from unitary_update._blas import add_lowrank_
 from unitary_update.reference import project_dense, transport_dense
 
 from .common import DENSE_MAX, DTYPES, QUICK, RANKS, SIZES, Threaded

@@ -1,7 +1,7 @@
 """One copy-task training step of the unitary RNN (issue 4, acceptance 4), beside its baselines.
 
 ``kind`` is the parameter that puts the baseline beside the figure (see
-:mod:`unitary_update.rnn_bench`): ``projunn`` (the library's step: forward, BPTT, RMSprop and the
+:mod:`unitary_update.bench.rnn`): ``projunn`` (the library's step: forward, BPTT, RMSprop and the
 rank-1 projUNN update of W), ``euclidean`` (the same step with a plain RMSprop update of W) and
 ``plain_numpy`` (a textbook NumPy RNN step of the same shape, no projUNN).  Paper size: copy task
 T = 1000 + 20, hidden 190, batch 128, rank 1, float32.  BLAS runs on one thread (threadpoolctl) so
@@ -16,9 +16,9 @@ import time
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from unitary_update.rnn_bench import make_step
-from unitary_update.tasks import CopyTask
-from unitary_update.urnn import URNN
+from unitary_update.bench.rnn import make_step
+from unitary_update.experiments.tasks import CopyTask
+from unitary_update.models.urnn import URNN
 
 SIZES = {"paper": (1000, 190, 128), "small": (100, 64, 32)}
 

@@ -10,7 +10,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from unitary_update.train import plot_run, read_metrics
+from unitary_update.experiments.train import plot_run, read_metrics
 
 OUT = Path(__file__).resolve().parent
 

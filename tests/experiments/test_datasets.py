@@ -1,0 +1,68 @@
+"""The IDX reader and the MNIST loader (the real files are used where ../shared/data/mnist exists)."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from unitary_update.experiments.datasets import MNIST_FILES, load_mnist, read_idx
+
+MNIST_DIR = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "mnist"
+
+
+def write_idx(path: Path, array: np.ndarray, compress: bool) -> None:
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    payload = header + array.astype(np.uint8).tobytes()
+    if compress:
+        with gzip.open(path.with_name(path.name + ".gz"), "wb") as f:
+            f.write(payload)
+    else:
+        path.write_bytes(payload)
+
+
+@pytest.mark.parametrize("compress", [True, False])
+def test_round_trip_small_fake_mnist(tmp_path, compress):
+    rng = np.random.default_rng(0)
+    arrays = {
+        "train_images": rng.integers(0, 256, (5, 28, 28)),
+        "train_labels": rng.integers(0, 10, 5),
+        "test_images": rng.integers(0, 256, (3, 28, 28)),
+        "test_labels": rng.integers(0, 10, 3),
+    }
+    for key, stem in MNIST_FILES.items():
+        write_idx(tmp_path / stem, arrays[key], compress)
+    data = load_mnist(tmp_path)
+    for key, value in arrays.items():
+        np.testing.assert_array_equal(data[key], value)
+        assert data[key].dtype == np.uint8
+
+
+def test_missing_file_is_named(tmp_path):
+    write_idx(tmp_path / MNIST_FILES["train_images"], np.zeros((1, 2, 2)), True)
+    with pytest.raises(FileNotFoundError, match="train-labels-idx1-ubyte"):
+        load_mnist(tmp_path)
+
+
+def test_bad_and_truncated_files(tmp_path):
+    bad = tmp_path / "bad"
+    bad.write_bytes(b"\x01\x02\x03\x04")
+    with pytest.raises(ValueError, match="not an IDX file"):
+        read_idx(bad)
+    short = tmp_path / "short"
+    short.write_bytes(bytes([0, 0, 8, 1]) + (10).to_bytes(4, "big") + b"\x00" * 3)
+    with pytest.raises(ValueError, match="truncated"):
+        read_idx(short)
+
+
+@pytest.mark.skipif(not MNIST_DIR.is_dir(), reason="../shared/data/mnist not present")
+def test_real_mnist_shapes_and_statistics():
+    data = load_mnist(MNIST_DIR)
+    assert data["train_images"].shape == (60000, 28, 28)
+    assert data["test_images"].shape == (10000, 28, 28)
+    assert data["train_labels"].shape == (60000,)
+    assert set(np.unique(data["test_labels"])) == set(range(10))
+    mean = data["train_images"].mean() / 255
+    assert abs(mean - 0.1307) < 1e-3

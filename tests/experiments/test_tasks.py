@@ -1,0 +1,105 @@
+"""Task generators: structure of copy and adding batches, baselines, permuted MNIST from the IDX files."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from unitary_update.experiments.tasks import AddingTask, CopyTask, PermutedMNIST, make_task
+
+MNIST_DIR = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "mnist"
+
+
+def test_copy_task_layout():
+    task = CopyTask(7)
+    x, y = task.batch(16, rng=0)
+    T = 27
+    assert x.shape == (16, T, 10)
+    assert y.shape == (16, T)
+    assert x.dtype == np.float32
+    assert y.dtype == np.int64
+    np.testing.assert_array_equal(x.sum(-1), 1)  # one-hot
+    symbols = x.argmax(-1)
+    data = symbols[:, :10]
+    assert data.min() >= 1
+    assert data.max() <= 8
+    np.testing.assert_array_equal(symbols[:, 10 : 7 + 9], 0)
+    np.testing.assert_array_equal(symbols[:, 7 + 9], 9)  # marker: 10 steps before the end
+    np.testing.assert_array_equal(symbols[:, -10:], 0)
+    np.testing.assert_array_equal(y[:, :-10], 0)
+    np.testing.assert_array_equal(y[:, -10:], data)
+
+
+def test_copy_baseline_is_the_memoryless_strategy():
+    task = CopyTask(30)
+    assert task.baseline == pytest.approx(10 * math.log(8) / 50)
+    _, y = task.batch(256, rng=1)
+    # blanks with certainty, then uniform over the 8 data symbols
+    p = np.zeros((256, task.length, 10))
+    p[:, :-10, 0] = 1
+    p[:, -10:, 1:9] = 1 / 8
+    ce = -np.log(np.take_along_axis(p, y[..., None], -1)).mean()
+    assert ce == pytest.approx(task.baseline, rel=1e-12)
+
+
+def test_adding_task_targets_and_baseline():
+    task = AddingTask(20)
+    x, y = task.batch(4000, rng=0)
+    assert x.shape == (4000, 20, 2)
+    assert y.shape == (4000, 1)
+    marks = x[..., 1]
+    np.testing.assert_array_equal(marks.sum(1), 2)
+    np.testing.assert_array_equal(marks[:, :10].sum(1), 1)  # one in each half
+    np.testing.assert_allclose(y[:, 0], (x[..., 0] * marks).sum(1), rtol=1e-6)
+    assert np.mean((y - 1.0) ** 2) == pytest.approx(task.baseline, abs=0.01)
+
+
+def test_batches_are_seeded():
+    a = CopyTask(3).batch(4, rng=5)
+    b = CopyTask(3).batch(4, rng=5)
+    c = CopyTask(3).batch(4, rng=6)
+    np.testing.assert_array_equal(a[0], b[0])
+    assert not np.array_equal(a[0], c[0])
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda: CopyTask(0), "delay must be an integer >= 1"),
+        (lambda: AddingTask(1), "length must be an integer >= 2"),
+        (lambda: CopyTask(3).batch(0), "batch_size must be an integer >= 1"),
+        (lambda: make_task("parity"), "task must be one of"),
+    ],
+)
+def test_bad_arguments(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def test_missing_mnist_names_the_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="train-images-idx3-ubyte"):
+        PermutedMNIST(tmp_path)
+
+
+@pytest.mark.skipif(not MNIST_DIR.is_dir(), reason="MNIST files not present at ../shared/data/mnist")
+def test_permuted_mnist_from_the_shared_files():
+    task = PermutedMNIST(MNIST_DIR, permutation_seed=3)
+    images, labels = task.train
+    assert images.shape == (60000, 784)
+    assert labels.shape == (60000,)
+    assert abs(float(images.mean())) < 1e-3  # normalised by the training statistics
+    assert float(images.std()) == pytest.approx(1.0, abs=1e-3)
+    assert sorted(task.permutation) == list(range(784))
+    np.testing.assert_array_equal(task.permutation, PermutedMNIST(MNIST_DIR, permutation_seed=3).permutation)
+    x, y = task.epoch_batch(5, 32, seed=0)
+    assert x.shape == (32, 784, 1)
+    assert y.shape == (32,)
+    # one epoch visits every training image once
+    seen = np.concatenate([task.epoch_batch(i, 20000, seed=0)[1] for i in range(3)])
+    np.testing.assert_array_equal(np.bincount(seen, minlength=10), np.bincount(labels, minlength=10))
+    xt, yt = task.split("test", 10)
+    assert xt.shape == (10, 784, 1)
+    assert yt.shape == (10,)

@@ -1,0 +1,196 @@
+"""Training: exact resume, Ctrl-C checkpoints, seeded learning, metrics, plots and the command line."""
+
+from __future__ import annotations
+
+import json
+import signal
+
+import numpy as np
+import pytest
+from threadpoolctl import threadpool_limits
+
+from unitary_update.cli import main
+from unitary_update.experiments.tasks import AddingTask, CopyTask
+from unitary_update.experiments.train import TrainConfig, build, plot_run, read_metrics, train
+
+SMALL = {"hidden_size": 12, "batch_size": 8, "eval_size": 16, "log_every": 1, "eval_every": 4}
+
+
+def train_losses(run_dir):
+    return [r["loss"] for r in read_metrics(run_dir) if r["split"] == "train"]
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"task": "copy", "length": 4, "update": "project"},
+        {"task": "adding", "length": 6, "update": "transport", "optimizer": "adam", "complex": True},
+        {"task": "copy", "length": 3, "optimizer": "sgd", "momentum": 0.0, "sketch": "lsi", "rank": 2},
+    ],
+    ids=["copy-project-rmsprop", "adding-transport-adam-complex", "copy-sgd-factored"],
+)
+def test_resumed_run_reproduces_uninterrupted_losses(tmp_path, extra):
+    config = TrainConfig(steps=10, checkpoint_every=3, **SMALL, **extra)
+    train(config, tmp_path / "full", progress=False)
+    first = train(TrainConfig(**{**config.__dict__, "steps": 4}), tmp_path / "split", progress=False)
+    assert first["step"] == 4
+    resumed = train(None, tmp_path / "split", resume=True, steps=10, progress=False)
+    assert resumed["status"] == "completed"
+    assert train_losses(tmp_path / "split") == train_losses(tmp_path / "full")
+    evals = [r for r in read_metrics(tmp_path / "split") if r["split"] == "eval"]
+    assert [r["step"] for r in evals] == [0, 4, 8, 10]
+    full = np.load(tmp_path / "full" / "checkpoint.npz")
+    split = np.load(tmp_path / "split" / "checkpoint.npz")
+    np.testing.assert_array_equal(full["param/W"], split["param/W"])
+
+
+def test_ctrl_c_checkpoints_and_resume_is_exact(tmp_path):
+    config = TrainConfig(task="copy", length=4, steps=8, checkpoint_every=100, **SMALL)
+    train(config, tmp_path / "full", progress=False)
+
+    def interrupt(step, loss):
+        if step == 5:
+            signal.raise_signal(signal.SIGINT)
+
+    result = train(config, tmp_path / "cut", progress=False, on_step=interrupt)
+    assert result["status"] == "interrupted"
+    assert result["step"] == 5
+    meta = json.loads(str(np.load(tmp_path / "cut" / "checkpoint.npz")["meta"]))
+    assert meta["step"] == 5
+    assert meta["seed"] == 0
+    # metrics written after the checkpoint would be dropped on resume; simulate a stray line
+    with open(tmp_path / "cut" / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"split": "train", "step": 6, "loss": -1.0}) + "\n")
+    train(None, tmp_path / "cut", resume=True, progress=False)
+    assert train_losses(tmp_path / "cut") == train_losses(tmp_path / "full")
+
+
+def test_resume_without_checkpoint_is_an_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        train(None, tmp_path, resume=True, progress=False)
+
+
+def test_metrics_and_plot(tmp_path):
+    config = TrainConfig(task="adding", length=5, steps=6, **SMALL)
+    train(config, tmp_path, progress=False)
+    records = read_metrics(tmp_path)
+    train_rows = [r for r in records if r["split"] == "train"]
+    assert [r["step"] for r in train_rows] == [1, 2, 3, 4, 5, 6]
+    assert all(r["baseline"] == pytest.approx(1 / 6) for r in train_rows)
+    evals = [r for r in records if r["split"] == "eval"]
+    assert all(r["unitarity_error"] < 1e-5 for r in evals)
+    png = plot_run(tmp_path)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_retraction_option_keeps_w_unitary(tmp_path):
+    config = TrainConfig(task="copy", length=3, steps=4, retract_every=2, dtype="float32", **SMALL)
+    *_, w_opt = build(config)
+    assert w_opt.drift is not None
+    assert w_opt.drift.every == 2
+    train(config, tmp_path, progress=False)
+    W = np.load(tmp_path / "checkpoint.npz")["param/W"]
+    np.testing.assert_allclose(W.T.astype(np.float64) @ W, np.eye(12), atol=1e-5)
+
+
+def test_time_limit_stops_with_a_checkpoint(tmp_path):
+    config = TrainConfig(task="copy", length=3, steps=1000, time_limit_s=0.0, **SMALL)
+    result = train(config, tmp_path, progress=False)
+    assert result["status"] == "time_limit"
+    assert result["step"] == 1
+    assert (tmp_path / "checkpoint.npz").is_file()
+
+
+@pytest.mark.slow
+def test_copy_task_learns_far_below_the_memoryless_baseline(tmp_path):
+    config = TrainConfig(
+        task="copy", length=5, steps=200, hidden_size=32, batch_size=32, lr=1e-2, eval_every=200, eval_size=512
+    )
+    with threadpool_limits(1):
+        result = train(config, tmp_path, progress=False)
+    assert result["eval"]["loss"] < CopyTask(5).baseline / 4
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("update", ["project", "transport"])
+def test_adding_task_learns_below_a_tenth_of_the_baseline(tmp_path, update):
+    config = TrainConfig(
+        task="adding",
+        length=8,
+        steps=1000,
+        hidden_size=32,
+        batch_size=64,
+        optimizer="adam",
+        lr=1e-2,
+        update=update,
+        eval_every=1000,
+        eval_size=512,
+    )
+    with threadpool_limits(1):
+        result = train(config, tmp_path, progress=False)
+    assert result["eval"]["loss"] < AddingTask(8).baseline / 10
+
+
+def test_command_line_train_resume_and_plot(tmp_path, capsys):
+    run = str(tmp_path / "run")
+    args = ["train", "copy", "--length", "3", "--steps", "4", "--hidden", "8", "--batch-size", "4"]
+    assert main([*args, "--eval-size", "8", "--run-dir", run, "--no-progress", "--threads", "1"]) == 0
+    assert "completed at step 4" in capsys.readouterr().out
+    assert main(["train", "--resume", run, "--steps", "6", "--no-progress"]) == 0
+    assert "completed at step 6" in capsys.readouterr().out
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["steps"] == 6
+    assert main(["plot", run]) == 0
+    assert (tmp_path / "run" / "loss.png").is_file()
+
+
+def test_command_line_needs_a_task(capsys):
+    with pytest.raises(SystemExit, match="give a task"):
+        main(["train"])
+
+
+def test_learning_rate_milestones(tmp_path):
+    base = TrainConfig(task="copy", length=4, steps=6, checkpoint_every=100, **SMALL)
+    train(base, tmp_path / "constant", progress=False)
+    same = TrainConfig(**{**base.__dict__, "lr_milestones": (3,), "lr_gamma": 1.0})
+    train(same, tmp_path / "gamma1", progress=False)
+    assert train_losses(tmp_path / "gamma1") == train_losses(tmp_path / "constant")
+    dropped = TrainConfig(**{**base.__dict__, "lr_milestones": (3,), "lr_gamma": 0.01})
+    train(dropped, tmp_path / "dropped", progress=False)
+    constant, after = train_losses(tmp_path / "constant"), train_losses(tmp_path / "dropped")
+    assert after[:4] == constant[:4]  # steps 1-3 at the full rate; step 4's loss is before its update
+    assert after[4:] != constant[4:]
+    # a milestone added when a run is extended acts exactly as if it had been there from the start
+    train(TrainConfig(**{**base.__dict__, "steps": 3}), tmp_path / "extended", progress=False)
+    train(None, tmp_path / "extended", resume=True, steps=6, lr_milestones=(3,), progress=False)
+    # lr_gamma is in the config: the resumed run keeps 0.1, so compare against that schedule
+    reference = TrainConfig(**{**base.__dict__, "lr_milestones": (3,)})
+    train(reference, tmp_path / "reference", progress=False)
+    assert train_losses(tmp_path / "extended") == train_losses(tmp_path / "reference")
+    assert json.loads((tmp_path / "extended" / "config.json").read_text())["lr_milestones"] == [3]
+
+
+@pytest.mark.parametrize(
+    ("changes", "match"),
+    [
+        ({"lr_milestones": (5, 3)}, "increasing positive"),
+        ({"lr_milestones": (0,)}, "increasing positive"),
+        ({"lr_milestones": (2.5,)}, "increasing positive"),
+        ({"lr_gamma": 0.0}, "lr_gamma"),
+        ({"lr_gamma": 2.0}, "lr_gamma"),
+    ],
+)
+def test_learning_rate_schedule_is_validated(changes, match):
+    with pytest.raises(ValueError, match=match):
+        TrainConfig(task="copy", **changes)
+
+
+def test_command_line_milestones_and_gamma(tmp_path, capsys):
+    run = str(tmp_path / "run")
+    args = ["train", "copy", "--length", "3", "--steps", "4", "--hidden", "8", "--batch-size", "4", "--eval-size", "8"]
+    assert main([*args, "--lr-milestones", "2", "--lr-gamma", "0.5", "--run-dir", run, "--no-progress"]) == 0
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert (config["lr_milestones"], config["lr_gamma"]) == ([2], 0.5)
+    with pytest.raises(SystemExit, match="cannot change on --resume"):
+        main(["train", "--resume", run, "--lr-gamma", "0.1"])
+    assert main(["train", "--resume", run, "--steps", "5", "--lr-milestones", "2", "4", "--no-progress"]) == 0
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["lr_milestones"] == [2, 4]

@@ -1,0 +1,301 @@
+r"""Rank-k sketches of a gradient: ``G ~= A B^H``.
+
+``G`` is either a dense array ``(..., N, M)`` or a factored pair ``(X, Y)`` meaning
+``G = X Y^H`` with ``X: (..., N, m)`` and ``Y: (..., M, m)`` -- the form in which gradients of
+linear layers arrive (a sum of outer products over time steps and batch).  Every method touches
+G only through products with thin blocks (:class:`_Dense` / :class:`_Factored`), so a dense G is
+read but never copied, and a factored G costs O((N + M) m k) without forming the N x M matrix.
+
+Methods
+-------
+randomized
+    Halko-Martinsson-Tropp range finder: ``Y = G Omega`` with a Gaussian ``Omega`` of
+    ``k + oversampling`` columns, ``power_iterations`` rounds of ``G G^H`` re-orthonormalised
+    by QR in between, then the SVD of the small ``Q^H G``, truncated to rank k.
+lsi
+    The paper's random-projection ("LSI") approximation: the row space of ``R^H G`` for a
+    Gaussian ``R`` with k columns; ``G ~= (G V) V^H`` with V an orthonormal basis of it.  (The
+    paper orthonormalises through ``eig`` of ``R^H G G^H R`` plus an epsilon; a QR gives the same
+    subspace without squaring the condition number.)
+column
+    The paper's norm-weighted column sampling: k distinct columns drawn with probability
+    proportional to their squared norms (Gumbel top-k), ``G ~= Q Q^H G`` with Q an orthonormal
+    basis of the sampled columns.
+exact
+    Truncated SVD, the optimal rank-k approximation (dense: O(N M min(N, M)); factored: QR of
+    X and Y and the SVD of the m x m core).
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from ._validation import check_choice, check_finite, check_float_dtype, check_rank
+from ._xp import array_namespace, compute_context, from_compute, is_cupy, to_compute
+from .random import normalize_rng, standard_normal, uniform
+
+__all__ = ["SKETCH_METHODS", "sketch"]
+
+SKETCH_METHODS = ("randomized", "lsi", "column", "exact")
+_METHOD_OPTIONS: dict[str, dict[str, int]] = {
+    "randomized": {"oversampling": 8, "power_iterations": 1},
+    "lsi": {},
+    "column": {},
+    "exact": {},
+}
+
+
+def _ht(xp: ModuleType, x: Any) -> Any:
+    return xp.conj(xp.swapaxes(x, -1, -2))
+
+
+def _orth(xp: ModuleType, x: Any) -> Any:
+    return xp.linalg.qr(x, mode="reduced")[0]
+
+
+class _Dense:
+    """G given as an array; products never copy it (``G^H Q = conj(G^T conj(Q))``)."""
+
+    def __init__(self, xp: ModuleType, G: Any) -> None:
+        self.xp, self.G = xp, G
+        self.shape, self.dtype, self.batch = G.shape[-2:], G.dtype, G.shape[:-2]
+
+    def matmul(self, x: Any) -> Any:  # G @ x
+        return self.G @ x
+
+    def rmatmul(self, q: Any) -> Any:  # G^H @ q
+        xp = self.xp
+        if self.dtype.kind != "c":
+            return xp.swapaxes(self.G, -1, -2) @ q
+        return xp.conj(xp.swapaxes(self.G, -1, -2) @ xp.conj(q))
+
+    def column_norms2(self) -> Any:
+        """Squared column norms, accumulated in float64 (no copy of G, no overflow)."""
+        xp, G = self.xp, self.G
+        parts = (G.real, G.imag) if self.dtype.kind == "c" else (G,)
+        return sum(xp.einsum("...ij,...ij->...j", p, p, dtype=xp.float64) for p in parts)
+
+    def columns(self, idx: Any) -> Any:  # G[..., :, idx] with idx (..., k)
+        xp = self.xp
+        idx = xp.broadcast_to(idx[..., None, :], (*self.batch, self.shape[0], idx.shape[-1]))
+        return xp.take_along_axis(self.G, idx, axis=-1)
+
+    def svd(self) -> tuple[Any, Any, Any]:
+        L, s, Rh = self.xp.linalg.svd(self.G, full_matrices=False)
+        return L, s, _ht(self.xp, Rh)
+
+
+class _Factored:
+    """G = X Y^H, never formed."""
+
+    def __init__(self, xp: ModuleType, X: Any, Y: Any) -> None:
+        self.xp, self.X, self.Y = xp, X, Y
+        self.batch = np.broadcast_shapes(X.shape[:-2], Y.shape[:-2])
+        self.shape, self.dtype = (X.shape[-2], Y.shape[-2]), X.dtype
+
+    def matmul(self, x: Any) -> Any:
+        return self.X @ (_ht(self.xp, self.Y) @ x)
+
+    def rmatmul(self, q: Any) -> Any:
+        return self.Y @ (_ht(self.xp, self.X) @ q)
+
+    def column_norms2(self) -> Any:
+        xp = self.xp
+        Rx = xp.linalg.qr(self.X, mode="r")
+        Z = (Rx @ _ht(xp, self.Y)).astype(np.complex128 if self.dtype.kind == "c" else np.float64)
+        return xp.sum(xp.abs(Z) ** 2, axis=-2)
+
+    def columns(self, idx: Any) -> Any:
+        xp = self.xp
+        Y = xp.broadcast_to(self.Y, (*self.batch, *self.Y.shape[-2:]))
+        idx = xp.broadcast_to(idx[..., :, None], (*self.batch, idx.shape[-1], Y.shape[-1]))
+        return self.X @ _ht(xp, xp.take_along_axis(Y, idx, axis=-2))
+
+    def svd(self) -> tuple[Any, Any, Any]:
+        xp = self.xp
+        Qx, Rx = xp.linalg.qr(self.X, mode="reduced")
+        Qy, Ry = xp.linalg.qr(self.Y, mode="reduced")
+        Lc, s, Rch = xp.linalg.svd(Rx @ _ht(xp, Ry), full_matrices=False)
+        return Qx @ Lc, s, Qy @ _ht(xp, Rch)
+
+
+def _split(xp: ModuleType, L: Any, s: Any, R: Any, rank: int) -> tuple[Any, Any]:
+    """Balanced factors ``A = L_k sqrt(s_k)``, ``B = R_k sqrt(s_k)``, zero-padded to ``rank``."""
+    root = xp.sqrt(s[..., :rank]).astype(L.dtype)[..., None, :]
+    A, B = L[..., :, :rank] * root, R[..., :, :rank] * root
+    missing = rank - A.shape[-1]
+    if missing > 0:
+        A = xp.concatenate([A, xp.zeros((*A.shape[:-1], missing), dtype=A.dtype)], axis=-1)
+        B = xp.concatenate([B, xp.zeros((*B.shape[:-1], missing), dtype=B.dtype)], axis=-1)
+    return A, B
+
+
+def _randomized(
+    xp: ModuleType, op: Any, rank: int, rng: np.random.Generator, oversampling: int, power_iterations: int
+) -> tuple[Any, Any]:
+    n, m = op.shape
+    width = min(rank + oversampling, n, m)
+    omega = standard_normal(xp, rng, (*op.batch, m, width), op.dtype)
+    Q = _orth(xp, op.matmul(omega))
+    for _ in range(power_iterations):
+        Q = _orth(xp, op.matmul(_orth(xp, op.rmatmul(Q))))
+    Z = op.rmatmul(Q)  # G^H Q, (..., M, width); G ~= Q Z^H
+    Lz, s, Rzh = xp.linalg.svd(Z, full_matrices=False)  # Z = Lz s Rz^H  =>  G ~= (Q Rz) s Lz^H
+    return _split(xp, Q @ _ht(xp, Rzh), s, Lz, rank)
+
+
+def _lsi(xp: ModuleType, op: Any, rank: int, rng: np.random.Generator) -> tuple[Any, Any]:
+    n, _ = op.shape
+    R = standard_normal(xp, rng, (*op.batch, n, rank), op.dtype)
+    V = _orth(xp, op.rmatmul(R))  # orthonormal basis of the row space of R^H G
+    return op.matmul(V), V
+
+
+def _column(xp: ModuleType, op: Any, rank: int, rng: np.random.Generator) -> tuple[Any, Any]:
+    norms2 = op.column_norms2()
+    tiny = np.finfo(np.float64).tiny
+    gumbel = -xp.log(-xp.log(uniform(xp, rng, norms2.shape, np.float64)))
+    keys = xp.log(xp.maximum(norms2, tiny)) + gumbel
+    idx = _top_k(xp, keys, rank, by_argmax=is_cupy(xp))
+    Q = _orth(xp, op.columns(idx))
+    return Q, op.rmatmul(Q)
+
+
+def _top_k(xp: ModuleType, keys: Any, k: int, *, by_argmax: bool) -> Any:
+    """Indices of the k largest keys along the last axis, largest first.
+
+    NumPy sorts.  On CuPy a sort goes through Thrust, which may block the host until the sort
+    has finished; k rounds of ``argmax`` (a reduction, O(k M), k is small) only enqueue
+    kernels.  Both give the same indices (ties resolve to the first index in both).
+    """
+    if not by_argmax:
+        return xp.argsort(-keys, axis=-1)[..., :k]
+    flat = keys.reshape(-1, keys.shape[-1]).copy()
+    rows = xp.arange(flat.shape[0])
+    picked = []
+    for _ in range(k):
+        i = xp.argmax(flat, axis=-1)
+        picked.append(i)
+        flat[rows, i] = -xp.inf
+    return xp.stack(picked, axis=-1).reshape(*keys.shape[:-1], k)
+
+
+def _exact(xp: ModuleType, op: Any, rank: int) -> tuple[Any, Any]:
+    L, s, R = op.svd()
+    return _split(xp, L, s, R, rank)
+
+
+def _as_operator(G: Any) -> tuple[Any, str]:
+    """Validate G (dense or factored) and wrap it; return the operator and the caller's library."""
+    if isinstance(G, tuple):
+        if len(G) != 2:
+            raise ValueError(f"a factored G must be a pair (X, Y) meaning G = X @ Y^H; got a tuple of {len(G)}")
+        (X, library), (Y, _) = to_compute(G[0], "G[0] (X)"), to_compute(G[1], "G[1] (Y)")
+        for x, name in ((X, "X"), (Y, "Y")):
+            check_float_dtype(x, name)
+            if x.ndim < 2:
+                raise ValueError(f"{name} must have shape (..., N, m); got {tuple(x.shape)}")
+        if X.shape[-1] != Y.shape[-1]:
+            raise ValueError(
+                f"X and Y must have the same number of columns m; got X {tuple(X.shape)}, Y {tuple(Y.shape)}"
+            )
+        try:
+            np.broadcast_shapes(X.shape[:-2], Y.shape[:-2])
+        except ValueError:
+            raise ValueError(
+                f"batch dimensions of X {tuple(X.shape)} and Y {tuple(Y.shape)} do not broadcast"
+            ) from None
+        check_finite(X, "X")
+        check_finite(Y, "Y")
+        xp = array_namespace(X, Y)
+        dtype = np.result_type(X.dtype, Y.dtype)
+        return _Factored(xp, xp.asarray(X, dtype=dtype), xp.asarray(Y, dtype=dtype)), library
+    G, library = to_compute(G, "G")
+    check_float_dtype(G, "G")
+    if G.ndim < 2:
+        raise ValueError(f"G must have shape (..., N, M) or be a pair (X, Y); got shape {tuple(G.shape)}")
+    check_finite(G, "G")
+    return _Dense(array_namespace(G), G), library
+
+
+def sketch(
+    G: Any, rank: int, *, method: str = "randomized", rng: np.random.Generator | int | None = None, **options: int
+) -> tuple[Any, Any]:
+    r"""Rank-``rank`` factors ``A, B`` with ``G ~= A @ B^H``.
+
+    Parameters
+    ----------
+    G : array, shape (..., N, M), or tuple (X, Y)
+        The matrix to approximate, dense or factored as ``G = X @ Y^H`` with
+        ``X: (..., N, m)``, ``Y: (..., M, m)`` (never formed).
+    rank : int
+        Number of columns k of A and B, ``1 <= k <= min(N, M)``.  A factored G of rank
+        ``m < k`` gives zero columns beyond m (exact) or a basis of its range (others).
+    method : {"randomized", "lsi", "column", "exact"}
+        The approximation (see the module documentation).
+    rng : numpy.random.Generator, int or None
+        Seed or generator for the random methods; the same seed gives the same factors.
+    **options : int
+        ``randomized`` only: ``oversampling`` (default 8) and ``power_iterations`` (default 1).
+
+    Returns
+    -------
+    A : array, shape (..., N, rank)
+        The left factor, in G's dtype and array library.
+    B : array, shape (..., M, rank)
+        The right factor, in G's dtype and array library.
+
+    Raises
+    ------
+    TypeError
+        If G is not an array or pair of arrays, has a non-floating dtype, ``rank`` is not an
+        integer, or an option is unknown for the method.
+    ValueError
+        For bad shapes, ``rank`` out of range, an unknown method (the message lists the valid
+        ones), or NaN/Inf in G (:class:`~unitary_update.NonFiniteError`).
+
+    Notes
+    -----
+    Cost with a dense N x N G: randomized O(N^2 (k + p)(1 + 2q)), lsi and column O(N^2 k),
+    exact O(N^3).  Factored G: O(N m (k + p)) for randomized and lsi, O(N m^2) for column (its
+    column norms come from the QR of X) and exact.  Extra memory O(N (k + p)).
+
+    Examples
+    --------
+    >>> import numpy as np, unitary_update as uu
+    >>> rng = np.random.default_rng(0)
+    >>> G = rng.standard_normal((50, 2)) @ rng.standard_normal((2, 50))   # exactly rank 2
+    >>> A, B = uu.sketch(G, 2, method="randomized", rng=1)
+    >>> A.shape, B.shape
+    ((50, 2), (50, 2))
+    >>> bool(np.allclose(A @ B.T, G))
+    True
+    >>> X, Y = rng.standard_normal((50, 7)), rng.standard_normal((50, 7))
+    >>> A, B = uu.sketch((X, Y), 3, method="exact")    # never forms X @ Y.T
+    """
+    method = check_choice(method, SKETCH_METHODS, "sketch method")
+    valid = _METHOD_OPTIONS[method]
+    for key, value in options.items():
+        if key not in valid:
+            listed = ", ".join(valid) or "none"
+            raise TypeError(f"unknown option {key!r} for sketch method {method!r}; valid options: {listed}")
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+            raise ValueError(f"option {key} must be a non-negative integer; got {value!r}")
+    with compute_context(G[0] if isinstance(G, tuple) and G else G):
+        op, library = _as_operator(G)
+        rank = check_rank(rank, min(op.shape))
+        rng = normalize_rng(rng)
+        xp = op.xp
+        if method == "randomized":
+            opts = {**valid, **options}
+            A, B = _randomized(xp, op, rank, rng, int(opts["oversampling"]), int(opts["power_iterations"]))
+        elif method == "lsi":
+            A, B = _lsi(xp, op, rank, rng)
+        elif method == "column":
+            A, B = _column(xp, op, rank, rng)
+        else:
+            A, B = _exact(xp, op, rank)
+        return from_compute(A, library), from_compute(B, library)

@@ -1,0 +1,118 @@
+"""One projUNN step: sketch the update direction to rank k, then project or transport."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ._sketch import SKETCH_METHODS
+from ._sketch import sketch as _sketch
+from ._update import project, transport
+from ._validation import check_choice, check_drift, check_square
+from ._xp import compute_context, to_compute
+
+__all__ = ["UPDATES", "step"]
+
+UPDATES = ("project", "transport")
+
+
+def step(
+    U: Any,
+    G: Any,
+    *,
+    rank: int = 1,
+    update: str = "transport",
+    sketch: str = "randomized",
+    rng: np.random.Generator | int | None = None,
+    out: Any = None,
+    drift: Any = None,
+) -> Any:
+    """Apply the additive direction ``G`` to U, kept unitary: sketch ``G ~= A B^H``, then update.
+
+    ``G`` is the step itself (for gradient descent pass ``-learning_rate * gradient``);
+    ``update="project"`` returns ``polar(U + A B^H)`` and ``update="transport"`` returns
+    ``U expm(skew(U^H A B^H))``.
+
+    Parameters
+    ----------
+    U : array, shape (..., N, N)
+        Unitary or orthogonal matrix (or stack).
+    G : array, shape (..., N, N), or tuple (X, Y)
+        The step direction, dense or factored as ``X @ Y^H`` with ``X, Y: (..., N, m)``.
+    rank : int, default 1
+        Rank k of the sketch, ``1 <= k <= N``.
+    update : {"transport", "project"}
+        projUNN-T or projUNN-D.
+    sketch : {"randomized", "lsi", "column", "exact"}
+        Sketch method (see :func:`unitary_update.sketch`).
+    rng : numpy.random.Generator, int or None
+        Seed or generator for the sketch.
+    out : array, optional
+        ``out=U`` updates in place.
+    drift : DriftControl, optional
+        Drift policy (:class:`unitary_update.DriftControl`, or any object with a
+        ``maybe_retract(U)`` method) applied to the result after the update; the policy counts
+        the steps itself.  Default None: no drift control, the result is exactly the update.
+        ``uu.DriftControl()`` (defaults) keeps float32 matrices within a unitarity error of
+        about ``N eps / 4`` indefinitely (``2 N eps`` in double precision); without it the
+        error of a float32 matrix grows like a random walk, about ``4e-7 sqrt(t)`` after t
+        steps at N = 128 (``1.3e-4`` after 100,000 steps, for both updates;
+        ``python -m unitary_update soak``).
+
+    Returns
+    -------
+    array, shape (..., N, N)
+        The updated unitary matrix, in U's dtype and array library.
+
+    Raises
+    ------
+    TypeError
+        For non-array inputs, non-floating dtypes, a complex G with a real U, or a ``drift``
+        without a ``maybe_retract`` method.
+    ValueError
+        For mismatched shapes, a rank out of range, unknown ``update`` or ``sketch`` names, or
+        NaN/Inf in any input (nothing is written).
+
+    Notes
+    -----
+    Cost: the sketch (O(N^2 k) for a dense G, O(N m k) for a factored one) plus the update
+    (O(N^2 k)).  With ``drift``: the policy's estimate (O(N^2)) on the steps it checks and an
+    O(N^3) retraction on the rare steps it retracts.
+
+    Examples
+    --------
+    >>> import numpy as np, unitary_update as uu
+    >>> U = uu.random_unitary(32, dtype=np.float64, rng=0)
+    >>> grad = np.random.default_rng(1).standard_normal((32, 32))
+    >>> V = uu.step(U, -0.01 * grad, rank=2, update="project", rng=2)
+    >>> uu.unitarity_error(V) < 1e-12
+    True
+    >>> drift = uu.DriftControl(every=10)              # re-unitarise every 10th call
+    >>> for _ in range(10):
+    ...     _ = uu.step(U, -0.01 * grad, rng=3, out=U, drift=drift)
+    >>> drift.retractions
+    1
+    """
+    check_drift(drift)
+    update = check_choice(update, UPDATES, "update")
+    sketch = check_choice(sketch, SKETCH_METHODS, "sketch method")
+    with compute_context(U):  # one device and stream for the checks, the sketch and the update
+        Uc, _ = to_compute(U, "U")
+        n = check_square(Uc, "U")
+        parts = G if isinstance(G, tuple) else (G,)
+        for i, part in enumerate(parts):
+            name = "G" if len(parts) == 1 else f"G[{i}]"
+            Gc, _ = to_compute(part, name)
+            if Gc.ndim >= 2 and Gc.shape[-2] != n:
+                raise ValueError(f"{name} has shape {tuple(Gc.shape)} but U is {n} x {n}")
+            if not isinstance(G, tuple) and Gc.ndim >= 2 and Gc.shape[-1] != n:
+                raise ValueError(f"G has shape {tuple(Gc.shape)} but U is {n} x {n}")
+            if getattr(Gc.dtype, "kind", "") == "c" and Uc.dtype.kind != "c":
+                raise TypeError(f"{name} is complex ({Gc.dtype}) but U is real ({Uc.dtype})")
+        A, B = _sketch(G, rank, method=sketch, rng=rng)
+        apply = project if update == "project" else transport
+        result = apply(U, A, B, out=out)
+        if drift is not None:
+            drift.maybe_retract(result)
+        return result

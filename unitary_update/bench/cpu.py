@@ -1,0 +1,269 @@
+"""``python -m unitary_update bench``: one table of projUNN step times against baselines, in one run.
+
+For every N and k of the grid it times, in the same process and with the same thread settings:
+
+* ``project`` and ``transport`` with ``out=U`` (the in-place, O(kN) memory path);
+* the baselines: one ``N x N @ N x 2`` GEMM (a single read of U: the memory floor of one pass),
+  a copy of U (one read + one write), the in-place BLAS rank-2 update ``U += P Q^T`` (what the
+  final step of an update costs), and the dense O(N^3) methods (SVD polar factor, ``expm``);
+* the peak extra memory of the in-place updates (tracemalloc for NumPy allocations plus the growth
+  of the process's peak resident set, which also sees Numba's allocations).
+
+Each figure is the best of several repetitions (the dense methods: fewer).  Ratios are what the
+table reports; absolute times depend on the machine.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import platform
+import resource
+import tracemalloc
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from ._timing import best_time
+
+__all__ = ["format_markdown", "plot", "run"]
+
+
+def _peak_extra_bytes(fn: Callable[[], Any]) -> tuple[int, int]:
+    """(tracemalloc peak, growth of ru_maxrss) over one call of ``fn``, in bytes."""
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    tracemalloc.start()
+    fn()
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return peak, max(0, rss_after - rss_before)
+
+
+def machine_description(threads: int) -> str:
+    """One line naming the CPU, core count and library versions."""
+    import numba
+    import scipy
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return (
+        f"{cpu}, {os.cpu_count()} cores, {threads} BLAS/Numba threads, OPENBLAS_THREAD_TIMEOUT="
+        f"{os.environ.get('OPENBLAS_THREAD_TIMEOUT', 'unset')}; numpy {np.__version__}, scipy {scipy.__version__}, "
+        f"numba {numba.__version__}, Python {platform.python_version()}"
+    )
+
+
+def run(
+    sizes: Sequence[int] = (256, 1024, 2048, 4096),
+    ranks: Sequence[int] = (1,),
+    dtype: str = "float32",
+    threads: int = 2,
+    repeat: int = 7,
+    dense_max: int = 4096,
+    seed: int = 0,
+    log: Callable[[str], None] = print,
+) -> list[dict[str, Any]]:
+    """Measure the grid; return one row (a dict of times, ratios and memory) per (N, k).
+
+    Parameters
+    ----------
+    sizes, ranks : sequences of int
+        The grid of N and k.
+    dtype : str
+        ``float32``, ``float64``, ``complex64`` or ``complex128``.
+    threads : int
+        BLAS and Numba threads (set through threadpoolctl and ``numba.set_num_threads``).
+    repeat : int
+        Repetitions per figure (best taken); the dense methods use ``max(1, repeat // 3)``.
+    dense_max : int
+        Largest N at which the dense O(N^3) baselines are timed (they take minutes above 4096).
+    seed : int
+        Seed of the random inputs.
+    log : callable
+        Receives one progress line per measured row.
+
+    Returns
+    -------
+    list of dict
+        Keys: ``n, k, dtype, project_s, transport_s, gemm_s, copy_s, rank_update_s,
+        dense_project_s, dense_transport_s`` and the memory figures ``*_peak_traced`` and
+        ``*_peak_rss`` (bytes) with ``u_bytes``.
+    """
+    import numba
+    import scipy.linalg  # noqa: F401  # load SciPy's own OpenBLAS now, so the thread limit below reaches it
+    from threadpoolctl import threadpool_limits
+
+    import unitary_update as uu
+    from unitary_update._blas import add_lowrank_
+    from unitary_update.reference import project_dense, transport_dense
+
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    rows = []
+    rng = np.random.default_rng(seed)
+    with threadpool_limits(threads):
+        for n in sizes:
+            U = uu.random_unitary(n, dtype=dtype, rng=rng)
+            U_copy_target = np.empty_like(U)
+            X2 = rng.standard_normal((n, 2)).astype(U.dtype)
+            for k in ranks:
+                A = (1e-2 * rng.standard_normal((n, k)) / np.sqrt(n)).astype(U.dtype)
+                B = rng.standard_normal((n, k)).astype(U.dtype)
+                row: dict[str, Any] = {"n": n, "k": k, "dtype": dtype, "u_bytes": U.nbytes}
+                for name, fn in (("project", uu.project), ("transport", uu.transport)):
+                    step = functools.partial(fn, U, A, B, out=U)
+                    step()  # warm up (Numba compilation, caches)
+                    row[f"{name}_s"] = best_time(step, repeat)
+                    row[f"{name}_peak_traced"], row[f"{name}_peak_rss"] = _peak_extra_bytes(step)
+                row["gemm_s"] = best_time(functools.partial(np.matmul, U, X2), repeat)
+                row["copy_s"] = best_time(functools.partial(np.copyto, U_copy_target, U), repeat)
+                row["rank_update_s"] = best_time(functools.partial(add_lowrank_, U, 1e-8 * X2, X2.copy()), repeat)
+                if n <= dense_max:
+                    slow = max(1, repeat // 3)
+                    row["dense_project_s"] = best_time(functools.partial(project_dense, U, A, B), slow)
+                    row["dense_transport_s"] = best_time(functools.partial(transport_dense, U, A, B), slow)
+                else:
+                    row["dense_project_s"] = row["dense_transport_s"] = float("nan")
+                rows.append(row)
+                log(
+                    f"N={n} k={k}: project {row['project_s'] * 1e3:.3f} ms, transport "
+                    f"{row['transport_s'] * 1e3:.3f} ms, GEMM {row['gemm_s'] * 1e3:.3f} ms"
+                )
+    return rows
+
+
+def format_markdown(rows: Sequence[dict[str, Any]]) -> str:
+    """Render the rows of :func:`run` as a markdown table of times and ratios."""
+    head = (
+        "| N | k | dtype | update | time/step | / GEMM N x N @ N x 2 | / copy of U | / in-place rank-2 BLAS update "
+        "| dense time | dense / projUNN | peak extra memory (% of U) |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|\n"
+    )
+    lines = []
+    for row in rows:
+        for name in ("project", "transport"):
+            t = row[f"{name}_s"]
+            dense = row[f"dense_{name}_s"]
+            extra = max(row[f"{name}_peak_traced"], row[f"{name}_peak_rss"]) / row["u_bytes"] * 100
+            dense_cells = "n/a | n/a" if np.isnan(dense) else f"{dense * 1e3:.1f} ms | {dense / t:.0f}x"
+            lines.append(
+                f"| {row['n']} | {row['k']} | {row['dtype']} | {name} | {t * 1e3:.3f} ms | {t / row['gemm_s']:.2f} "
+                f"| {t / row['copy_s']:.2f} | {t / row['rank_update_s']:.2f} | {dense_cells} | {extra:.1f}% |"
+            )
+    return head + "\n".join(lines) + "\n"
+
+
+def scaling(rows: Sequence[dict[str, Any]], small: int, large: int) -> dict[str, float]:
+    """time(large) / time(small) for project and transport (O(N^2) gives (large/small)^2)."""
+    by_n = {(r["n"], r["k"]): r for r in rows}
+    k = min(r["k"] for r in rows)
+    return {name: by_n[large, k][f"{name}_s"] / by_n[small, k][f"{name}_s"] for name in ("project", "transport")}
+
+
+def plot(rows: Sequence[dict[str, Any]], path: str, title: str = "") -> None:
+    """Draw time per step against N on log-log axes with O(N^2) and O(N^3) reference slopes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    k = min(r["k"] for r in rows)
+    sel = sorted((r for r in rows if r["k"] == k), key=lambda r: r["n"])
+    n = np.array([r["n"] for r in sel], dtype=float)
+    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    series = [
+        ("project", "projUNN-D (project)", "o-"),
+        ("transport", "projUNN-T (transport)", "s-"),
+        ("gemm", "one N x N @ N x 2 GEMM", "k--"),
+        ("dense_project", "dense polar (SVD)", "^:"),
+        ("dense_transport", "dense expm", "v:"),
+    ]
+    for key, label, style in series:
+        y = np.array([r[f"{key}_s"] for r in sel])
+        ok = np.isfinite(y)
+        ax.loglog(n[ok], y[ok], style, label=label)
+    t0 = sel[0]["project_s"]
+    ax.loglog(n, t0 * (n / n[0]) ** 2, color="0.6", lw=0.8, label="O(N^2) slope")
+    d0 = sel[0]["dense_project_s"]
+    if np.isfinite(d0):
+        ax.loglog(n, d0 * (n / n[0]) ** 3, color="0.3", lw=0.8, label="O(N^3) slope")
+    ax.set_xlabel("N")
+    ax.set_ylabel("seconds per step")
+    ax.set_title(title or f"projUNN step, {sel[0]['dtype']}, k = {k}")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run_stack(
+    count: int = 4096, size: int = 16, rank: int = 1, dtype: str = "complex64", threads: int = 2, repeat: int = 7
+) -> list[dict[str, Any]]:
+    """Time a stack of ``count`` small matrices: Numba kernel vs NumPy batched path vs a Python loop.
+
+    Returns one row per update with the three times and the largest difference between the
+    Numba and NumPy results.
+    """
+    import numba
+    import scipy.linalg  # noqa: F401  # load SciPy's own OpenBLAS before limiting threads
+    from threadpoolctl import threadpool_limits
+
+    import unitary_update as uu
+
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    rng = np.random.default_rng(0)
+    U0 = uu.random_unitary(size, dtype=dtype, batch_shape=(count,), rng=rng)
+    A = (0.1 * (rng.standard_normal((count, size, rank)) + 1j * rng.standard_normal((count, size, rank)))).astype(dtype)
+    B = (rng.standard_normal((count, size, rank)) + 1j * rng.standard_normal((count, size, rank))).astype(dtype)
+    rows = []
+    with threadpool_limits(threads):
+        for name in ("project", "transport"):
+            fn = getattr(uu, name)
+            U = U0.copy()
+            results = {}
+            times = {}
+            for backend in ("numba", "numpy"):
+                with uu.options(backend=backend):
+                    results[backend] = fn(U0, A, B)
+                    times[backend] = best_time(functools.partial(fn, U, A, B, out=U), repeat)
+
+            def loop(U: np.ndarray = U, fn: Callable[..., Any] = fn) -> None:
+                for i in range(count):
+                    fn(U[i], A[i], B[i], out=U[i])
+
+            times["loop"] = best_time(loop, max(1, repeat // 3))
+            diff = float(np.abs(results["numba"] - results["numpy"]).max())
+            rows.append(
+                {
+                    "update": name,
+                    **{f"{k}_s": v for k, v in times.items()},
+                    "max_diff": diff,
+                    "count": count,
+                    "size": size,
+                    "rank": rank,
+                    "dtype": dtype,
+                }
+            )
+    return rows
+
+
+def format_stack_markdown(rows: Sequence[dict[str, Any]]) -> str:
+    """Render :func:`run_stack` rows as a markdown table with the ratios."""
+    lines = [
+        "| stack | update | Numba kernel | NumPy batched | Python loop of single calls | NumPy / Numba "
+        "| loop / Numba | max abs difference |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['count']} x {r['size']} x {r['size']} {r['dtype']}, k = {r['rank']} | {r['update']} "
+            f"| {r['numba_s'] * 1e3:.2f} ms | {r['numpy_s'] * 1e3:.2f} ms | {r['loop_s'] * 1e3:.1f} ms "
+            f"| {r['numpy_s'] / r['numba_s']:.1f}x | {r['loop_s'] / r['numba_s']:.0f}x | {r['max_diff']:.1e} |"
+        )
+    return "\n".join(lines) + "\n"

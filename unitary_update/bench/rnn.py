@@ -1,0 +1,235 @@
+"""Timing one copy-task training step (acceptance 4 of issue 4), in one process, as ratios.
+
+Three steps of the same shape (copy task, float32, ``T = delay + 20``) are timed back to back:
+
+``projunn``
+    The library's training step: forward, hand-written BPTT, RMSprop on V, b, O, c and the
+    projUNN update of W (RMSprop direction, rank-k randomized sketch, ``project`` or
+    ``transport``): exactly what ``python -m unitary_update train copy`` runs per step.
+``euclidean``
+    The same forward and BPTT with a plain RMSprop update of W (no sketch, W leaves the
+    manifold): ``projunn / euclidean`` is the overhead of keeping W unitary.
+``plain_numpy``
+    A straightforward NumPy RNN step of the same shape with no projUNN and no fused kernels:
+    ``h_t = modrelu(W h_{t-1} + V x_t)`` with ``@`` and NumPy ufuncs per step, the textbook BPTT,
+    and an SGD update of every parameter.
+
+Run it with ``python -m unitary_update bench-rnn`` (``--threads`` sets the BLAS threads through
+threadpoolctl; default 1).  The figures are the best of ``repeat`` timed steps after one warm-up.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import platform
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from ..experiments.tasks import CopyTask
+from ..models.urnn import URNN
+from ..optim import RMSprop, UnitaryOptimizer
+from ._timing import best_time
+
+__all__ = ["PlainRNN", "make_step", "run_benchmark"]
+
+
+class PlainRNN:
+    """A textbook NumPy modReLU RNN (real), for comparison: per-step ``@`` and ufuncs, SGD update.
+
+    Parameters
+    ----------
+    model : URNN
+        A real model whose parameters are copied.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from unitary_update.models.urnn import URNN
+    >>> from unitary_update.bench.rnn import PlainRNN
+    >>> from unitary_update.experiments.tasks import CopyTask
+    >>> model = URNN(10, 8, 10, rng=0)
+    >>> model.params["O"][...] = np.random.default_rng(1).standard_normal((10, 8))
+    >>> x, y = CopyTask(3).batch(4, rng=2)
+    >>> plain = PlainRNN(model)
+    >>> bool(np.isclose(plain.train_step(x, y, lr=0.0), model.evaluate(x, y)["loss"]))
+    True
+    """
+
+    def __init__(self, model: URNN) -> None:
+        self.p = {k: np.array(v) for k, v in model.params.items()}
+
+    def train_step(self, x: np.ndarray, y: np.ndarray, lr: float = 1e-3) -> float:
+        """Forward, BPTT and ``p -= lr * grad`` for a sequence readout with cross-entropy.
+
+        Parameters
+        ----------
+        x : numpy.ndarray, shape (batch, T, input_size)
+            Input sequences.
+        y : numpy.ndarray of int, shape (batch, T)
+            Class labels at every step.
+        lr : float, default 1e-3
+            Learning rate of the plain SGD update (0 leaves the parameters unchanged).
+
+        Returns
+        -------
+        float
+            The mean cross-entropy before the update.
+        """
+        W, V, b, out_w, c = (self.p[k] for k in ("W", "V", "b", "O", "c"))
+        batch, T, _ = x.shape
+        hs = [np.zeros((batch, W.shape[0]), dtype=W.dtype)]
+        zs = []
+        for t in range(T):
+            z = hs[-1] @ W.T + x[:, t] @ V.T
+            zs.append(z)
+            hs.append(np.sign(z) * np.maximum(np.abs(z) + b, 0))
+        H = np.stack(hs[1:], axis=1)  # (batch, T, N)
+        logits = H @ out_w.T + c
+        m = logits.max(-1, keepdims=True)
+        e = np.exp(logits - m)
+        p = e / e.sum(-1, keepdims=True)
+        onehot = np.eye(out_w.shape[0], dtype=p.dtype)[y]
+        loss = float(-np.mean(np.sum(onehot * np.log(np.maximum(p, 1e-30)), -1)))
+        d = (p - onehot) / (batch * T)
+        grads = {"O": np.einsum("btc,btn->cn", d, H), "c": d.sum((0, 1))}
+        gH = d @ out_w
+        gW, gV, gb = np.zeros_like(W), np.zeros_like(V), np.zeros_like(b)
+        carry = np.zeros_like(hs[0])
+        for t in range(T - 1, -1, -1):
+            g = gH[:, t] + carry
+            z = zs[t]
+            active = (np.abs(z) + b) > 0
+            gb += np.sum(g * np.sign(z) * active, axis=0)
+            gz = g * active
+            gW += gz.T @ hs[t]
+            gV += gz.T @ x[:, t]
+            carry = gz @ W
+        grads.update({"W": gW, "V": gV, "b": gb})
+        for k, g in grads.items():
+            self.p[k] -= lr * g.astype(self.p[k].dtype)
+        return loss
+
+
+def make_step(kind: str, model: URNN, rank: int = 1, update: str = "project") -> Callable[[Any, Any], float]:
+    """A closure running one training step of ``kind`` (``projunn``, ``euclidean``, ``plain_numpy``).
+
+    Parameters
+    ----------
+    kind : {"projunn", "euclidean", "plain_numpy"}
+        ``projunn``: RMSprop on V, b, O, c and projUNN (:class:`~unitary_update.optim.UnitaryOptimizer`)
+        on W.  ``euclidean``: RMSprop on every parameter (W leaves the unitary group).
+        ``plain_numpy``: :meth:`PlainRNN.train_step` on a copy of the parameters.
+    model : URNN
+        The model, updated in place by each call (a copy for ``plain_numpy``).
+    rank : int, default 1
+        Rank of the projUNN update.
+    update : {"project", "transport"}
+        projUNN-D or projUNN-T.
+
+    Returns
+    -------
+    callable
+        ``step(x, y) -> float``: one training step on the batch ``(x, y)``, returning the loss.
+
+    Examples
+    --------
+    >>> from unitary_update.bench.rnn import make_step
+    >>> from unitary_update.experiments.tasks import CopyTask
+    >>> from unitary_update.models.urnn import URNN
+    >>> import unitary_update as uu
+    >>> model = URNN(10, 8, 10, rng=0)
+    >>> step = make_step("projunn", model, rank=2)
+    >>> x, y = CopyTask(3).batch(4, rng=1)
+    >>> isinstance(step(x, y), float), bool(uu.unitarity_error(model.params["W"]) < 1e-4)
+    (True, True)
+    """
+    if kind == "plain_numpy":
+        plain = PlainRNN(model)
+        return lambda x, y: plain.train_step(x, y)
+    opt = RMSprop(1e-3)
+    w_opt = UnitaryOptimizer(RMSprop(1e-3 / 32), rank=rank, update=update, rng=0)
+    w_plain = RMSprop(1e-3 / 32)
+
+    def step(x: Any, y: Any) -> float:
+        loss, grads = model.loss_and_grads(x, y)
+        if kind == "projunn":
+            w_opt.step(model.params["W"], grads.pop("W"))
+        else:
+            w_plain.step(model.params, {"W": grads.pop("W")})
+        opt.step(model.params, grads)
+        return loss
+
+    return step
+
+
+def run_benchmark(
+    *,
+    delay: int = 1000,
+    hidden: int = 190,
+    batch: int = 128,
+    rank: int = 1,
+    update: str = "project",
+    repeat: int = 3,
+    threads: int | None = None,
+    json_path: str | None = None,
+    kinds: tuple[str, ...] = ("projunn", "euclidean", "plain_numpy"),
+) -> dict[str, Any]:
+    """Time the steps of :mod:`this module <unitary_update.bench.rnn>`; print and return the results.
+
+    Parameters
+    ----------
+    delay, hidden, batch, rank : int
+        Copy-task delay (sequence ``delay + 20``), hidden size, batch size, sketch rank.
+    update : {"project", "transport"}
+        The projUNN update.
+    repeat : int
+        Timed repetitions per kind (the best is reported).
+    threads : int, optional
+        The BLAS thread count in force (recorded only; set it with threadpoolctl).
+    json_path : str, optional
+        Also write the results there.
+    kinds : tuple of str
+        Which steps to time.
+
+    Returns
+    -------
+    dict
+        ``seconds`` and ``steps_per_s`` per kind, ``ratio_to_plain_numpy``, the settings and the machine.
+
+    Examples
+    --------
+    >>> from unitary_update.bench.rnn import run_benchmark
+    >>> r = run_benchmark(delay=2, hidden=8, batch=4, repeat=1)  # doctest: +ELLIPSIS
+    copy step ...
+    >>> sorted(r["seconds"])
+    ['euclidean', 'plain_numpy', 'projunn']
+    """
+    task = CopyTask(delay)
+    x, y = task.batch(batch, rng=0)
+    results: dict[str, float] = {}
+    for kind in kinds:
+        model = URNN(10, hidden, 10, dtype=np.float32, rng=0)
+        model.params["O"][...] = np.random.default_rng(1).standard_normal(model.params["O"].shape) * 0.1
+        step = make_step(kind, model, rank=rank, update=update)
+        results[kind] = best_time(functools.partial(step, x, y), repeat, warmup=True)
+    base = results.get("plain_numpy")
+    out = {
+        "task": f"copy T={task.length} (delay {delay}), hidden {hidden}, batch {batch}, rank {rank}, {update}, float32",
+        "seconds": results,
+        "steps_per_s": {k: 1 / v for k, v in results.items()},
+        "ratio_to_plain_numpy": {k: v / base for k, v in results.items()} if base else {},
+        "repeat": repeat,
+        "blas_threads": threads,
+        "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, python {platform.python_version()}",
+    }
+    print(f"copy step ({out['task']}), best of {repeat}, BLAS threads {threads}")
+    for kind, seconds in results.items():
+        ratio = f"  {seconds / base:5.2f}x plain NumPy" if base else ""
+        print(f"  {kind:<12} {seconds * 1e3:9.1f} ms  {1 / seconds:7.2f} steps/s{ratio}")
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(out, f, indent=1)
+    return out

@@ -1,0 +1,11 @@
+"""Experiments with the unitary RNN and the orthogonal convolution.
+
+* :mod:`~unitary_update.experiments.tasks`: the copy-memory, adding and permuted-MNIST tasks.
+* :mod:`~unitary_update.experiments.datasets`: MNIST from IDX files.
+* :mod:`~unitary_update.experiments.train`: the training loop, checkpoints, resume and plots
+  (``python -m unitary_update train`` / ``plot``).
+* :mod:`~unitary_update.experiments.conv_mnist`: a deep orthogonal convolutional network on MNIST
+  (``python -m unitary_update conv-demo``).
+
+Nothing here is imported by ``import unitary_update``.
+"""

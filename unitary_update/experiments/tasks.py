@@ -1,0 +1,400 @@
+r"""The long-memory benchmarks of the unitary-RNN literature, as seeded batch generators.
+
+Every task answers ``batch(batch_size, rng) -> (x, y)`` with ``x (batch, T, input_size)``
+real and ``y`` in the form :meth:`unitary_update.models.urnn.URNN.loss_and_grads` expects, and says how
+the model must read out (``output``, ``loss``, sizes) and what a model without memory scores
+(``baseline``).
+
+copy memory (:class:`CopyTask`)
+    Alphabet of 10 symbols: 0 blank, 1..8 data, 9 marker.  The input is 10 random data symbols,
+    ``delay - 1`` blanks, the marker, and 10 more blanks (length ``T = delay + 20``); the target
+    is ``delay + 10`` blanks followed by the 10 data symbols.  A memoryless model predicts blanks
+    and then guesses uniformly among 8 symbols: cross-entropy ``10 log(8) / (delay + 20)``.
+adding (:class:`AddingTask`)
+    Two input channels over ``T`` steps: uniform values in [0, 1), and a marker channel with a 1
+    at one position of each half.  The target is the sum of the two marked values; predicting
+    its mean 1 scores the variance 1/6 ~= 0.167 (mean squared error).
+permuted MNIST (:class:`PermutedMNIST`)
+    Each 28 x 28 image read one pixel per step (784 steps) in a fixed, seeded permutation of the
+    pixel order, normalised by the training set's mean and standard deviation; 10 classes read
+    at the last step.  Chance level: cross-entropy log 10, accuracy 0.1.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+import numpy as np
+
+from ..random import normalize_rng
+
+__all__ = ["TASKS", "AddingTask", "CopyTask", "PermutedMNIST", "Task", "make_task"]
+
+
+class Task:
+    """What the training loop needs to know about a task (see the module documentation).
+
+    The base class of :class:`CopyTask`, :class:`AddingTask` and :class:`PermutedMNIST`: class
+    attributes ``name``, ``input_size``, ``output_size``, ``output`` (``"last"`` or
+    ``"sequence"``), ``loss`` (``"cross_entropy"`` or ``"mse"``), ``baseline`` (the loss of a
+    model without memory) and ``length`` (T), and a :meth:`batch` method.
+
+    Examples
+    --------
+    >>> from unitary_update.experiments.tasks import Task, make_task
+    >>> task = make_task("adding", length=8)
+    >>> isinstance(task, Task), task.output, task.loss, task.length
+    (True, 'last', 'mse', 8)
+    >>> x, y = task.batch(4, rng=0)
+    >>> x.shape, y.shape
+    ((4, 8, 2), (4, 1))
+    """
+
+    name = "task"
+    input_size = 1
+    output_size = 1
+    output = "last"
+    loss = "cross_entropy"
+    baseline = math.nan
+    length = 1
+
+    def batch(self, batch_size: int, rng: np.random.Generator | int | None = None) -> tuple[Any, Any]:
+        """One batch ``(x, y)``; ``rng`` makes it reproducible.
+
+        Parameters
+        ----------
+        batch_size : int
+            Number of sequences (>= 1).
+        rng : numpy.random.Generator, int or None, optional
+            Generator or seed; the same seed gives the same batch.
+
+        Returns
+        -------
+        x : numpy.ndarray, shape (batch_size, T, input_size)
+            The input sequences.
+        y : numpy.ndarray
+            The targets, in the form the subclass documents.
+        """
+        raise NotImplementedError  # pragma: no cover
+
+
+def _check_size(value: int, name: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}")
+    return int(value)
+
+
+class CopyTask(Task):
+    """Copy memory: reproduce 10 symbols after a delay of ``delay`` steps.
+
+    Parameters
+    ----------
+    delay : int
+        Number of blank steps between the data and the output phase (``T = delay + 20``).
+
+    Attributes
+    ----------
+    baseline : float
+        ``10 log(8) / (delay + 20)``, the cross-entropy of the best memoryless strategy.
+
+    Examples
+    --------
+    >>> from unitary_update.experiments.tasks import CopyTask
+    >>> task = CopyTask(5)
+    >>> x, y = task.batch(2, rng=0)
+    >>> x.shape, y.shape, task.length
+    ((2, 25, 10), (2, 25), 25)
+    >>> bool((y[:, -10:] == x[:, :10].argmax(-1)).all())
+    True
+    """
+
+    name = "copy"
+    input_size = output_size = 10
+    output = "sequence"
+    loss = "cross_entropy"
+
+    def __init__(self, delay: int) -> None:
+        self.delay = _check_size(delay, "delay")
+        self.length = self.delay + 20
+        self.baseline = 10 * math.log(8) / self.length
+
+    def batch(self, batch_size: int, rng: np.random.Generator | int | None = None) -> tuple[Any, Any]:
+        """A batch of copy sequences.
+
+        Parameters
+        ----------
+        batch_size : int
+            Number of sequences (>= 1).
+        rng : numpy.random.Generator, int or None, optional
+            Generator or seed; the same seed gives the same batch.
+
+        Returns
+        -------
+        x : numpy.ndarray, shape (batch_size, T, 10), float32
+            One-hot input symbols.
+        y : numpy.ndarray, shape (batch_size, T), int64
+            Target symbols (class labels) at every step.
+
+        Raises
+        ------
+        ValueError
+            If ``batch_size`` is not an integer >= 1.
+        """
+        gen = normalize_rng(rng)
+        batch_size = _check_size(batch_size, "batch_size")
+        T = self.length
+        data = gen.integers(1, 9, (batch_size, 10))
+        symbols = np.zeros((batch_size, T), dtype=np.int64)
+        symbols[:, :10] = data
+        symbols[:, self.delay + 9] = 9
+        y = np.zeros((batch_size, T), dtype=np.int64)
+        y[:, -10:] = data
+        x = np.zeros((batch_size, T, 10), dtype=np.float32)
+        np.put_along_axis(x, symbols[..., None], 1.0, axis=-1)
+        return x, y
+
+
+class AddingTask(Task):
+    """Adding problem: the sum of two marked values in a sequence of length ``length``.
+
+    Parameters
+    ----------
+    length : int
+        Sequence length T (>= 2).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from unitary_update.experiments.tasks import AddingTask
+    >>> x, y = AddingTask(10).batch(3, rng=0)
+    >>> x.shape, y.shape
+    ((3, 10, 2), (3, 1))
+    >>> bool(np.allclose((x[..., 0] * x[..., 1]).sum(1), y[:, 0]))
+    True
+    """
+
+    name = "adding"
+    input_size = 2
+    output_size = 1
+    output = "last"
+    loss = "mse"
+    baseline = 1 / 6
+
+    def __init__(self, length: int) -> None:
+        self.length = _check_size(length, "length", 2)
+
+    def batch(self, batch_size: int, rng: np.random.Generator | int | None = None) -> tuple[Any, Any]:
+        """A batch of adding sequences.
+
+        Parameters
+        ----------
+        batch_size : int
+            Number of sequences (>= 1).
+        rng : numpy.random.Generator, int or None, optional
+            Generator or seed; the same seed gives the same batch.
+
+        Returns
+        -------
+        x : numpy.ndarray, shape (batch_size, T, 2), float32
+            Values (channel 0) and markers (channel 1).
+        y : numpy.ndarray, shape (batch_size, 1), float32
+            The sum of the two marked values.
+
+        Raises
+        ------
+        ValueError
+            If ``batch_size`` is not an integer >= 1.
+        """
+        gen = normalize_rng(rng)
+        batch_size = _check_size(batch_size, "batch_size")
+        T = self.length
+        half = T // 2
+        values = gen.random((batch_size, T)).astype(np.float32)
+        first = gen.integers(0, half, batch_size)
+        second = gen.integers(half, T, batch_size)
+        marks = np.zeros((batch_size, T), dtype=np.float32)
+        rows = np.arange(batch_size)
+        marks[rows, first] = marks[rows, second] = 1.0
+        x = np.stack([values, marks], axis=-1)
+        y = (values[rows, first] + values[rows, second])[:, None]
+        return x, y
+
+
+class PermutedMNIST(Task):
+    """Permuted pixel-by-pixel MNIST from the IDX files in ``directory``.
+
+    Parameters
+    ----------
+    directory : str or path-like
+        Folder with the four MNIST IDX files (see :func:`unitary_update.experiments.datasets.load_mnist`);
+        nothing is downloaded.
+    permutation_seed : int, default 0
+        Seed of the fixed pixel permutation.
+
+    Attributes
+    ----------
+    train, test : tuple of arrays
+        ``(images (n, 784) float32 normalised, labels (n,) int64)`` in permuted pixel order.
+
+    Raises
+    ------
+    FileNotFoundError
+        Naming the missing file.
+
+    Notes
+    -----
+    Batches are drawn by :meth:`batch` (random with replacement) or :meth:`epoch_batch`
+    (step ``i`` of a seeded per-epoch shuffle: without replacement, reproducible from the step
+    number alone).  With the files in ``../shared/data/mnist`` the training images are a
+    reconstruction of the original file (within one grey level; see that folder's README).
+
+    Examples
+    --------
+    >>> from unitary_update.experiments.tasks import PermutedMNIST
+    >>> PermutedMNIST("/nonexistent")
+    Traceback (most recent call last):
+    ...
+    FileNotFoundError: MNIST file train-images-idx3-ubyte(.gz) not found in /nonexistent; nothing is downloaded
+    """
+
+    name = "pmnist"
+    input_size = 1
+    output_size = 10
+    output = "last"
+    loss = "cross_entropy"
+    baseline = math.log(10)
+    length = 784
+
+    def __init__(self, directory: str | os.PathLike[str], *, permutation_seed: int = 0) -> None:
+        from .datasets import load_mnist
+
+        data = load_mnist(directory)
+        self.permutation = np.random.default_rng(permutation_seed).permutation(784)
+        train = data["train_images"].reshape(-1, 784).astype(np.float32) / 255
+        mean, std = float(train.mean()), float(train.std())
+
+        def prepare(images: np.ndarray) -> np.ndarray:
+            flat = images.reshape(-1, 784).astype(np.float32) / 255
+            return np.ascontiguousarray((flat[:, self.permutation] - mean) / std)
+
+        self.train = (prepare(data["train_images"]), data["train_labels"].astype(np.int64))
+        self.test = (prepare(data["test_images"]), data["test_labels"].astype(np.int64))
+
+    def batch(self, batch_size: int, rng: np.random.Generator | int | None = None) -> tuple[Any, Any]:
+        """Random training images (with replacement).
+
+        Parameters
+        ----------
+        batch_size : int
+            Number of sequences (>= 1).
+        rng : numpy.random.Generator, int or None, optional
+            Generator or seed; the same seed gives the same batch.
+
+        Returns
+        -------
+        x : numpy.ndarray, shape (batch_size, 784, 1), float32
+            Normalised pixels in permuted order.
+        y : numpy.ndarray, shape (batch_size,), int64
+            Digit labels.
+
+        Raises
+        ------
+        ValueError
+            If ``batch_size`` is not an integer >= 1.
+        """
+        gen = normalize_rng(rng)
+        idx = gen.integers(0, len(self.train[1]), _check_size(batch_size, "batch_size"))
+        return self.train[0][idx, :, None], self.train[1][idx]
+
+    def epoch_batch(self, step: int, batch_size: int, seed: int) -> tuple[Any, Any]:
+        """Batch ``step`` (0-based) of seeded per-epoch shuffles of the training set.
+
+        Parameters
+        ----------
+        step : int
+            Training step (0-based); epoch ``step // (n_train // batch_size)``.
+        batch_size : int
+            Images per batch (a partial last batch of an epoch is dropped).
+        seed : int
+            Seeds the shuffles (epoch ``e`` uses ``default_rng([seed, e])``).
+
+        Returns
+        -------
+        x : numpy.ndarray, shape (batch_size, 784, 1), float32
+            Normalised pixels in permuted order.
+        y : numpy.ndarray, shape (batch_size,), int64
+            Digit labels.
+        """
+        per_epoch = len(self.train[1]) // batch_size
+        epoch, i = divmod(int(step), per_epoch)
+        order = np.random.default_rng([seed, epoch]).permutation(len(self.train[1]))
+        idx = order[i * batch_size : (i + 1) * batch_size]
+        return self.train[0][idx, :, None], self.train[1][idx]
+
+    def split(self, which: str, limit: int | None = None) -> tuple[Any, Any]:
+        """The first ``limit`` images of the training or the test set.
+
+        Parameters
+        ----------
+        which : {"train", "test"}
+            The split (anything other than ``"train"`` means the test set).
+        limit : int, optional
+            Number of images (default: all).
+
+        Returns
+        -------
+        x : numpy.ndarray, shape (n, 784, 1), float32
+            Normalised pixels in permuted order.
+        y : numpy.ndarray, shape (n,), int64
+            Digit labels.
+        """
+        images, labels = self.train if which == "train" else self.test
+        return images[:limit, :, None], labels[:limit]
+
+
+TASKS = ("copy", "adding", "pmnist")
+
+
+def make_task(name: str, *, length: int | None = None, mnist_dir: Any = None, permutation_seed: int = 0) -> Task:
+    """Build a task by name: ``copy`` (``length`` = delay), ``adding`` (``length`` = T) or ``pmnist``.
+
+    Parameters
+    ----------
+    name : {"copy", "adding", "pmnist"}
+        The task.
+    length : int, optional
+        Copy: the delay (default 100).  Adding: the sequence length (default 200).  Ignored for
+        pmnist.
+    mnist_dir : str or path-like, optional
+        Folder of the MNIST IDX files (default ``../shared/data/mnist``); pmnist only.
+    permutation_seed : int, default 0
+        Seed of the pixel permutation; pmnist only.
+
+    Returns
+    -------
+    Task
+        A :class:`CopyTask`, :class:`AddingTask` or :class:`PermutedMNIST`.
+
+    Raises
+    ------
+    ValueError
+        For an unknown task name or an invalid ``length``.
+    FileNotFoundError
+        For pmnist, if an MNIST file is missing.
+
+    Examples
+    --------
+    >>> from unitary_update.experiments.tasks import make_task
+    >>> round(make_task("copy", length=1000).baseline, 4)
+    0.0204
+    """
+    if name == "copy":
+        return CopyTask(100 if length is None else length)
+    if name == "adding":
+        return AddingTask(200 if length is None else length)
+    if name == "pmnist":
+        directory = mnist_dir if mnist_dir is not None else "../shared/data/mnist"
+        return PermutedMNIST(directory, permutation_seed=permutation_seed)
+    raise ValueError(f"task must be one of {', '.join(map(repr, TASKS))}; got {name!r}")

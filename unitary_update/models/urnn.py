@@ -1,0 +1,542 @@
+r"""A unitary recurrent network with hand-written backpropagation through time.
+
+The model (Arjovsky et al. 2016; the projUNN paper's RNN experiments)
+
+.. math::
+
+    z_t = W h_{t-1} + V x_t, \qquad h_t = \operatorname{modrelu}(z_t, b), \qquad h_0 = 0,
+    \qquad \operatorname{modrelu}(z, b) = (|z| + b)_+ \, z / |z|,
+
+read out as ``logits_t = O h_t + c`` (complex model: ``O [Re h_t, Im h_t] + c``) at every step
+(``output="sequence"``) or at the last one (``output="last"``).
+
+=========  ==================  ==========================================================
+symbol     shape               meaning
+=========  ==================  ==========================================================
+``W``      (N, N)              recurrent matrix, orthogonal (real) or unitary (complex)
+``V``      (N, input)          input matrix (complex for a complex model)
+``b``      (N,)                modReLU bias, always real
+``O``      (output, N)         readout; (output, 2N) for a complex model, reading [Re h, Im h]
+``c``      (output,)           readout bias
+``X, Y``   (N, T batch)        the recurrent gradient in factored form, dL/dW = X Y^H
+=========  ==================  ==========================================================
+
+Gradient convention: for a real parameter ``grads[p] = dL/dp``; for a complex parameter
+``grads[p] = dL/dRe(p) + i dL/dIm(p)``, so ``p -= lr * grads[p]`` descends in both cases.
+
+Implementation: states are kept time-major in one preallocated buffer ``H (T + 1, batch, N)``;
+``V x_t`` for all t is one matrix product written straight into ``H[1:]``; each step adds
+``H[t] W^T`` into ``H[t + 1]`` with one BLAS ``gemm`` (``beta = 1``) and applies modReLU in place
+(a Numba kernel on NumPy).  The backward pass reuses one buffer ``G (T, batch, N)`` that holds
+``dL/dh_t`` and is overwritten in place by ``dL/dz_t``; modReLU's backward needs only ``h_t``
+(see :mod:`unitary_update._kernels`), so no pre-activations are stored.  ``dL/dW = G^T conj(H[:-1])``
+and ``dL/dV`` are single products over all time steps.  Nothing is allocated per time step.
+On CuPy the same code runs with ``matmul`` in place of the direct BLAS calls.
+"""
+
+from __future__ import annotations
+
+import functools
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+# Imported here, not lazily: SciPy's BLAS is a separate library from NumPy's, and it must be loaded
+# before a caller limits BLAS threads (threadpoolctl only sees libraries already loaded).
+from scipy.linalg.blas import get_blas_funcs
+
+from .._config import get_options
+from .._xp import array_namespace
+from ..random import normalize_rng
+from ._kernels import modrelu_, modrelu_backward_
+
+__all__ = ["INITS", "LOSSES", "OUTPUTS", "URNN", "init_recurrent"]
+
+INITS = ("henaff", "cayley", "haar", "identity")
+OUTPUTS = ("sequence", "last")
+LOSSES = ("cross_entropy", "mse")
+
+
+# --------------------------------------------------------------------------------------------
+# Initialisers of the recurrent matrix
+# --------------------------------------------------------------------------------------------
+def _block_skew(n: int, angles: np.ndarray) -> np.ndarray:
+    """Block-diagonal skew-symmetric matrix with 2 x 2 blocks [[0, a], [-a, 0]] (last 1 x 1 block 0)."""
+    S = np.zeros((n, n))
+    idx = np.arange(0, n - 1, 2)
+    S[idx, idx + 1] = angles[: len(idx)]
+    S[idx + 1, idx] = -angles[: len(idx)]
+    return S
+
+
+def init_recurrent(n: int, method: str, *, complex: bool = False, rng: Any = None) -> np.ndarray:
+    """An orthogonal (or unitary) ``n x n`` starting point for the recurrent matrix.
+
+    Parameters
+    ----------
+    n : int
+        Hidden size N.
+    method : {"henaff", "cayley", "haar", "identity"}
+        ``henaff``: ``expm(S)`` for a block-diagonal skew-symmetric S with angles uniform in
+        [-pi, pi] (Henaff et al. 2016), i.e. independent 2 x 2 rotations.  ``cayley``: the Cayley
+        transform ``(I + S)^{-1} (I - S)`` of such an S with ``S_{2i, 2i+1} = -sqrt((1 - cos u) /
+        (1 + cos u))``, ``u`` uniform in [0, pi / 2] (Helfrich et al. 2018).  ``haar``: Haar random.
+        ``identity``: the identity.
+    complex : bool, default False
+        Return complex128 (a real orthogonal matrix is also unitary; ``haar`` draws a complex
+        Haar matrix) instead of float64.
+    rng : numpy.random.Generator, int or None
+        Seed or generator.
+
+    Returns
+    -------
+    numpy.ndarray, shape (n, n)
+        float64 or complex128, orthogonal / unitary to rounding.
+
+    Raises
+    ------
+    ValueError
+        For an unknown method.
+
+    Notes
+    -----
+    Cost O(n) for henaff and identity (closed form rotations), O(n^3) for cayley and haar.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from unitary_update.models.urnn import init_recurrent
+    >>> W = init_recurrent(5, "henaff", rng=0)
+    >>> bool(np.allclose(W @ W.T, np.eye(5)))
+    True
+    """
+    from ..random import random_unitary
+
+    gen = normalize_rng(rng)
+    if method == "henaff":
+        theta = gen.uniform(-np.pi, np.pi, n // 2)
+        W = np.eye(n)
+        idx = np.arange(0, n - 1, 2)
+        W[idx, idx] = W[idx + 1, idx + 1] = np.cos(theta)
+        W[idx, idx + 1] = np.sin(theta)
+        W[idx + 1, idx] = -np.sin(theta)
+    elif method == "cayley":
+        u = gen.uniform(0, np.pi / 2, n // 2)
+        S = _block_skew(n, -np.sqrt((1 - np.cos(u)) / (1 + np.cos(u))))
+        eye = np.eye(n)
+        W = np.linalg.solve(eye + S, eye - S)
+    elif method == "haar":
+        return random_unitary(n, dtype=np.complex128 if complex else np.float64, rng=gen)
+    elif method == "identity":
+        W = np.eye(n)
+    else:
+        raise ValueError(f"init must be one of {', '.join(map(repr, INITS))}; got {method!r}")
+    return W.astype(np.complex128) if complex else W
+
+
+# --------------------------------------------------------------------------------------------
+# Direct BLAS calls for the NumPy path
+# --------------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=8)
+def _gemm(dtype: np.dtype) -> Any:
+    return get_blas_funcs("gemm", dtype=dtype)
+
+
+def _scalar(xp: ModuleType, value: Any) -> Any:
+    """A reduction's result as a Python float on NumPy; left on the device (0-d) elsewhere."""
+    return float(value) if xp is np else value
+
+
+def _check_choice(value: Any, choices: tuple[str, ...], name: str) -> str:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
+    return str(value)
+
+
+class _Workspace:
+    """Buffers for one (T, batch) shape: ``H (T + 1, batch, N)`` and ``G (T, batch, N)``."""
+
+    def __init__(self, xp: ModuleType, T: int, batch: int, n: int, dtype: Any) -> None:
+        self.H = xp.zeros((T + 1, batch, n), dtype=dtype)
+        self.G: Any = None
+        self.shape = (T, batch)
+
+    def grad_buffer(self, xp: ModuleType) -> Any:
+        if self.G is None:
+            T, batch, n = self.H.shape[0] - 1, self.H.shape[1], self.H.shape[2]
+            self.G = xp.empty((T, batch, n), dtype=self.H.dtype)
+        return self.G
+
+
+class URNN:
+    r"""Unitary RNN with modReLU activation and hand-written backpropagation through time.
+
+    ``h_t = modrelu(W h_{t-1} + V x_t, b)``, ``h_0 = 0``, read out as ``O h_t + c`` (complex:
+    ``O [Re h_t, Im h_t] + c``) at every step or at the last step.
+
+    Parameters
+    ----------
+    input_size, hidden_size, output_size : int
+        Sizes of x_t, h_t (N) and the readout.
+    complex : bool, default False
+        Complex hidden state with a unitary W (else real with an orthogonal W).
+    output : {"sequence", "last"}
+        Read out at every step or only after the last one.
+    loss : {"cross_entropy", "mse"}
+        Mean softmax cross-entropy over labelled positions, or mean squared error.
+    init : {"henaff", "cayley", "haar", "identity"}
+        Initialiser of W (see :func:`init_recurrent`).
+    dtype : {float32, float64}, optional
+        Real precision of the model (default float64); a complex model uses complex64 or
+        complex128 for W, V and the states.
+    rng : numpy.random.Generator, int or None
+        Seed or generator of the initialisation.
+
+    Attributes
+    ----------
+    params : dict of arrays
+        ``"W" (N, N)``, ``"V" (N, input)``, ``"b" (N,)`` real, ``"O" (output, N)`` or
+        ``(output, 2N)`` for a complex model, ``"c" (output,)``.  Read as they are at each call, so
+        they can be updated in place or replaced (e.g. by CuPy arrays to run on a GPU).
+
+    Notes
+    -----
+    One :meth:`loss_and_grads` costs O(T batch N (N + input + output)) time and keeps two
+    (T + 1, batch, N) state buffers, reused between calls of the same shape.  Initialisation:
+    V Glorot-normal (std ``sqrt(2 / (input + N))``), b uniform in [-0.01, 0.01] (as expRNN), O
+    and c zero.  A unitary W keeps the norm of h_t, which grows like sqrt(T) with the inputs, so a
+    random readout would start with a loss that grows with T; a zero readout starts at the
+    uninformed loss (log C for cross-entropy) for every T, and learned faster on copy and adding
+    in a seeded comparison (300 steps, N = 64).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from unitary_update.models.urnn import URNN
+    >>> model = URNN(3, 8, 4, rng=0)
+    >>> x = np.random.default_rng(1).standard_normal((2, 5, 3))
+    >>> y = np.array([[0, 1, 2, 3, 0], [1, 1, 1, 1, 1]])
+    >>> loss, grads = model.loss_and_grads(x, y)
+    >>> sorted(grads), grads["W"].shape, model.forward(x).shape
+    (['O', 'V', 'W', 'b', 'c'], (8, 8), (2, 5, 4))
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        output_size: int,
+        *,
+        complex: bool = False,
+        output: str = "sequence",
+        loss: str = "cross_entropy",
+        init: str = "henaff",
+        dtype: Any = None,
+        rng: np.random.Generator | int | None = None,
+    ) -> None:
+        for value, name in ((input_size, "input_size"), (hidden_size, "hidden_size"), (output_size, "output_size")):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{name} must be a positive integer; got {value!r}")
+        self.output = _check_choice(output, OUTPUTS, "output")
+        self.loss = _check_choice(loss, LOSSES, "loss")
+        _check_choice(init, INITS, "init")
+        real = np.dtype(np.float64 if dtype is None else dtype)
+        if real not in (np.float32, np.float64):
+            raise TypeError(f"dtype must be float32 or float64 (the real precision); got {real}")
+        self.complex = bool(complex)
+        self.real_dtype = real
+        self.dtype = np.dtype(np.complex64 if real == np.float32 else np.complex128) if self.complex else real
+        self.input_size, self.hidden_size, self.output_size = int(input_size), int(hidden_size), int(output_size)
+        gen = normalize_rng(rng)
+        n = self.hidden_size
+        W = init_recurrent(n, init, complex=self.complex, rng=gen)
+        std = np.sqrt(2.0 / (input_size + n))  # Glorot
+        V = gen.standard_normal((n, input_size)) * std
+        if self.complex:
+            V = (V + 1j * gen.standard_normal((n, input_size)) * std) / np.sqrt(2.0)
+        readout_in = 2 * n if self.complex else n
+        out_w = np.zeros((output_size, readout_in))
+        self.params: dict[str, Any] = {
+            "W": np.ascontiguousarray(W, dtype=self.dtype),
+            "V": np.ascontiguousarray(V, dtype=self.dtype),
+            "b": gen.uniform(-0.01, 0.01, n).astype(real),
+            "O": np.ascontiguousarray(out_w, dtype=real),
+            "c": np.zeros(output_size, dtype=real),
+        }
+        self._workspaces: dict[tuple[Any, ...], _Workspace] = {}
+
+    # ---------------------------------------------------------------------------- validation
+    def _check_x(self, x: Any) -> tuple[ModuleType, Any]:
+        xp = array_namespace(self.params["W"])
+        x = xp.asarray(x)
+        if x.dtype.kind not in "fiub":
+            raise TypeError(f"x must be real (batch, T, input_size); got dtype {x.dtype}")
+        if x.ndim != 3 or x.shape[2] != self.input_size or x.shape[0] < 1 or x.shape[1] < 1:
+            raise ValueError(f"x must have shape (batch, T, {self.input_size}); got {tuple(x.shape)}")
+        return xp, x
+
+    def _check_y(self, xp: ModuleType, y: Any, batch: int, T: int) -> Any:
+        y = xp.asarray(y)
+        steps = (T,) if self.output == "sequence" else ()
+        if self.loss == "cross_entropy":
+            expected = (batch, *steps)
+            if y.dtype.kind not in "iu":
+                raise TypeError(f"y must hold integer class labels of shape {expected}; got dtype {y.dtype}")
+            if tuple(y.shape) != expected:
+                raise ValueError(f"y must have shape {expected} (integer labels); got {tuple(y.shape)}")
+            # The range check reads a device value on CuPy (a synchronisation): there it runs only
+            # while the ``check_finite`` option (the switch for checks that read device values) is on.
+            if y.size and (xp is np or get_options().check_finite) and int(y.max()) >= self.output_size:
+                raise ValueError(f"labels in y must be < output_size = {self.output_size} (negative: unlabelled)")
+        else:
+            expected = (batch, *steps, self.output_size)
+            if tuple(y.shape) != expected:
+                raise ValueError(f"y must have shape {expected} (real targets); got {tuple(y.shape)}")
+            if y.dtype.kind not in "fiu":
+                raise TypeError(f"y must be real targets; got dtype {y.dtype}")
+        return y
+
+    def _workspace(self, xp: ModuleType, T: int, batch: int) -> _Workspace:
+        key = (xp.__name__, T, batch, self.dtype, self.hidden_size)
+        ws = self._workspaces.get(key)
+        if ws is None:
+            if len(self._workspaces) >= 2:  # keep a training and an evaluation shape
+                self._workspaces.pop(next(iter(self._workspaces)))
+            ws = self._workspaces[key] = _Workspace(xp, T, batch, self.hidden_size, self.dtype)
+        return ws
+
+    # ---------------------------------------------------------------------------- forward
+    def _run(self, xp: ModuleType, x: Any) -> tuple[_Workspace, Any]:
+        """Fill ``H`` with h_0 .. h_T; return the workspace and time-major x (T, batch, input)."""
+        p = self.params
+        W, V, b = p["W"], p["V"], p["b"]
+        batch, T, _ = x.shape
+        n = self.hidden_size
+        ws = self._workspace(xp, T, batch)
+        H = ws.H
+        xt = xp.ascontiguousarray(xp.swapaxes(x, 0, 1), dtype=self.real_dtype)  # (T, batch, input)
+        H[0] = 0
+        pre = H[1:].reshape(T * batch, n)
+        xp.matmul(xt.reshape(T * batch, -1).astype(self.dtype, copy=False), V.T, out=pre)
+        if xp is np:
+            gemm = _gemm(H.dtype)
+            Wt = np.ascontiguousarray(W).T  # Fortran view of W^T: op = transpose gives W, no copy
+            for t in range(T):
+                # H[t+1]^T <- W H[t]^T + H[t+1]^T  (beta = 1: in place on the pre-activation)
+                gemm(1.0, Wt, H[t].T, beta=1.0, c=H[t + 1].T, trans_a=1, overwrite_c=1)
+                modrelu_(H[t + 1], b)
+        else:
+            for t in range(T):
+                H[t + 1] += H[t] @ W.T
+                modrelu_(H[t + 1], b)
+        return ws, xt
+
+    def _readout(self, xp: ModuleType, Hs: Any) -> Any:
+        """Logits ``(S, batch, output)`` of the states ``Hs (S, batch, N)``."""
+        out_w, c = self.params["O"], self.params["c"]
+        flat = Hs.reshape(-1, self.hidden_size)
+        n = self.hidden_size
+        # complex: O [Re h, Im h]
+        logits = flat.real @ out_w[:, :n].T + flat.imag @ out_w[:, n:].T if self.complex else flat @ out_w.T
+        logits += c
+        return logits.reshape(*Hs.shape[:2], self.output_size)
+
+    def _states_read(self, H: Any) -> Any:
+        return H[1:] if self.output == "sequence" else H[-1:]
+
+    def forward(self, x: Any) -> Any:
+        """Logits: ``(batch, T, output)`` for ``output="sequence"``, ``(batch, output)`` for ``"last"``.
+
+        Parameters
+        ----------
+        x : array, shape (batch, T, input_size)
+            Real inputs.
+
+        Returns
+        -------
+        array
+            The readout, in the model's real dtype.
+
+        Raises
+        ------
+        TypeError, ValueError
+            For a non-real x or a wrong shape.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from unitary_update.models.urnn import URNN
+        >>> URNN(2, 4, 3, output="last", rng=0).forward(np.ones((5, 7, 2))).shape
+        (5, 3)
+        """
+        xp, x = self._check_x(x)
+        ws, _ = self._run(xp, x)
+        logits = self._readout(xp, self._states_read(ws.H))
+        return xp.swapaxes(logits, 0, 1) if self.output == "sequence" else logits[0]
+
+    # ---------------------------------------------------------------------------- loss
+    def _loss(self, xp: ModuleType, logits: Any, y: Any) -> tuple[Any, Any, dict[str, Any]]:
+        """Loss, dL/dlogits (time-major, like logits) and metrics.
+
+        The loss and metrics are Python floats on NumPy and 0-d device arrays on CuPy, so that
+        a training step never waits for the device (see :meth:`loss_and_grads`).
+        """
+        y = xp.swapaxes(y, 0, 1) if self.output == "sequence" else y[None]  # time-major like logits
+        if self.loss == "mse":
+            diff = logits - xp.asarray(y, dtype=logits.dtype)
+            loss = _scalar(xp, xp.mean(diff.astype(np.float64) ** 2))
+            return loss, diff * (2.0 / diff.size), {}
+        # Probabilities below ``tiny / eps`` are clipped and their gradients flushed to zero: they
+        # change nothing at working precision, and subnormal numbers make every BLAS call that
+        # touches them tens of times slower (a trained model is confident on most positions).
+        info = np.finfo(logits.dtype)
+        floor = float(info.tiny / info.eps)
+        m = xp.max(logits, axis=-1, keepdims=True)
+        e = xp.exp(xp.maximum(logits - m, float(np.log(floor))))
+        s = xp.sum(e, axis=-1, keepdims=True)
+        mask = y >= 0
+        count = xp.maximum(xp.sum(mask), 1)  # on the device: no host read
+        labels = xp.where(mask, y, 0)
+        picked = xp.take_along_axis(logits, labels[..., None], axis=-1)[..., 0]
+        nll = (m[..., 0] + xp.log(s[..., 0]) - picked).astype(np.float64)
+        loss = _scalar(xp, xp.sum(xp.where(mask, nll, 0)) / count)
+        correct = (xp.argmax(logits, axis=-1) == labels) & mask
+        d = e / s
+        d -= xp.arange(self.output_size) == labels[..., None]
+        d *= (mask / count).astype(d.dtype)[..., None]
+        xp.multiply(d, xp.abs(d) >= floor, out=d)  # not d[mask] = 0: a boolean scatter may sync on CuPy
+        return loss, d, {"accuracy": _scalar(xp, xp.sum(correct) / count)}
+
+    def evaluate(self, x: Any, y: Any) -> dict[str, float]:
+        """Loss (and accuracy for cross-entropy) on ``(x, y)`` without gradients.
+
+        Parameters
+        ----------
+        x : array, shape (batch, T, input_size)
+            Input sequences (real).
+        y : array
+            Targets as for :meth:`loss_and_grads`.
+
+        Returns
+        -------
+        dict
+            ``{"loss": float}`` plus ``"accuracy"`` (fraction of labelled positions whose arg-max
+            logit is the label) for cross-entropy.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from unitary_update.models.urnn import URNN
+        >>> m = URNN(1, 4, 1, output="last", loss="mse", rng=0)
+        >>> sorted(m.evaluate(np.zeros((2, 3, 1)), np.zeros((2, 1))))
+        ['loss']
+        """
+        xp, x = self._check_x(x)
+        y = self._check_y(xp, y, x.shape[0], x.shape[1])
+        ws, _ = self._run(xp, x)
+        loss, _, metrics = self._loss(xp, self._readout(xp, self._states_read(ws.H)), y)
+        return {key: float(value) for key, value in {"loss": loss, **metrics}.items()}
+
+    # ---------------------------------------------------------------------------- backward
+    def loss_and_grads(self, x: Any, y: Any, *, factored: bool = False) -> tuple[float, dict[str, Any]]:
+        r"""The loss and the gradient of every parameter, by backpropagation through time.
+
+        Parameters
+        ----------
+        x : array, shape (batch, T, input_size)
+            Real inputs.
+        y : array
+            ``(batch, T)`` integer labels (sequence cross-entropy; negative labels are ignored),
+            ``(batch,)`` integer labels (last-step cross-entropy), ``(batch, output_size)`` real
+            targets (last-step mse) or ``(batch, T, output_size)`` (sequence mse).
+        factored : bool, default False
+            If True, ``grads["W"]`` is the pair ``(X, Y)`` with ``dL/dW = X @ Y^H``,
+            ``X, Y: (N, T batch)``, instead of the dense N x N array; pass it to
+            :func:`unitary_update.sketch` to never form the dense gradient.  X and Y are views of
+            the model's work buffers, valid until its next call.
+
+        Returns
+        -------
+        loss : float or 0-d array
+            Mean loss over the labelled positions (cross-entropy) or over all target entries
+            (mse): a Python float for a model on NumPy; for a model on CuPy a 0-d device array,
+            so that the step never waits for the GPU (``float(loss)`` reads it, and waits).
+        grads : dict
+            Same keys, shapes and dtypes as :attr:`params`; complex entries follow the
+            convention ``dL/dRe + i dL/dIm`` (so ``p -= lr * grads[p]`` descends).
+
+        Raises
+        ------
+        TypeError, ValueError
+            For wrong dtypes or shapes of x or y, or labels out of range (on CuPy the label range
+            is checked only while the ``check_finite`` option is on, because it reads the device).
+
+        Notes
+        -----
+        Time O(T batch N (N + input + output)); memory two (T + 1, batch, N) buffers.  On CuPy
+        nothing here reads a device value to the host unless the ``check_finite`` option is on
+        (label range check), so the step is enqueued without waiting for the GPU.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from unitary_update.models.urnn import URNN
+        >>> model = URNN(1, 6, 1, output="last", loss="mse", complex=True, rng=0)
+        >>> x = np.random.default_rng(0).standard_normal((4, 9, 1)); y = np.ones((4, 1))
+        >>> loss, grads = model.loss_and_grads(x, y, factored=True)
+        >>> X, Y = grads["W"]
+        >>> X.shape, Y.shape, grads["b"].dtype, grads["V"].dtype
+        ((6, 36), (6, 36), dtype('float64'), dtype('complex128'))
+        """
+        xp, x = self._check_x(x)
+        batch, T, _ = x.shape
+        y = self._check_y(xp, y, batch, T)
+        p = self.params
+        W, b, out_w = p["W"], p["b"], p["O"]
+        n = self.hidden_size
+        ws, xt = self._run(xp, x)
+        H = ws.H
+        Hs = self._states_read(H)
+        loss, dlogits, _ = self._loss(xp, self._readout(xp, Hs), y)
+        S = dlogits.shape[0]
+        dflat = dlogits.reshape(S * batch, self.output_size)
+        grads: dict[str, Any] = {"c": xp.sum(dflat, axis=0, dtype=np.float64).astype(self.real_dtype)}
+        hflat = Hs.reshape(S * batch, n)
+        G = ws.grad_buffer(xp)
+        if self.output == "last":
+            G[:-1] = 0
+        Gread = G[-S:].reshape(S * batch, n)
+        if self.complex:
+            grads["O"] = xp.concatenate([dflat.T @ hflat.real, dflat.T @ hflat.imag], axis=1)
+            xp.matmul(dflat.astype(self.dtype), (out_w[:, :n] + 1j * out_w[:, n:]).astype(self.dtype), out=Gread)
+        else:
+            grads["O"] = dflat.T @ hflat
+            xp.matmul(dflat, out_w, out=Gread)
+        db = xp.zeros(n, dtype=np.float64)
+        if xp is np:
+            gemm = _gemm(H.dtype)
+            # dL/dh_{t-1} += dL/dz_t conj(W): with a = (conj W)^T in Fortran order, op(a) = W^H
+            Wh = (np.conj(W) if self.complex else np.ascontiguousarray(W)).T
+            for t in range(T - 1, -1, -1):
+                modrelu_backward_(H[t + 1], b, G[t], db)
+                if t > 0:
+                    gemm(1.0, Wh, G[t].T, beta=1.0, c=G[t - 1].T, overwrite_c=1)
+        else:
+            Wc = xp.conj(W)
+            for t in range(T - 1, -1, -1):
+                modrelu_backward_(H[t + 1], b, G[t], db)
+                if t > 0:
+                    G[t - 1] += G[t] @ Wc
+        grads["b"] = db.astype(self.real_dtype)
+        dz = G.reshape(T * batch, n)
+        hprev = H[:-1].reshape(T * batch, n)
+        grads["V"] = dz.T @ xt.reshape(T * batch, -1).astype(self.dtype, copy=False)
+        if factored:
+            grads["W"] = (dz.T, hprev.T)
+        elif xp is np:
+            # dL/dW = dz^T conj(hprev): with Fortran views P = dz^T, Q = hprev^T it is P Q^H
+            grads["W"] = _gemm(H.dtype)(1.0, dz.T, hprev.T, trans_b=2 if self.complex else 1)
+        else:
+            grads["W"] = dz.T @ xp.conj(hprev)
+        return loss, {k: grads[k] for k in ("W", "V", "b", "O", "c")}
