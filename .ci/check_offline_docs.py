@@ -125,9 +125,10 @@ def check(root: Path) -> list[str]:
                 target = local_target(page, src)
                 if not target.is_file():
                     problems.append(f"{rel}: MathJax script {src} is missing ({target})")
-                elif not (target.parent / "output" / "chtml" / "fonts").is_dir() and not (
-                    target.parent / "output" / "svg"
-                ).is_dir():
+                elif (
+                    not (target.parent / "output" / "chtml" / "fonts").is_dir()
+                    and not (target.parent / "output" / "svg").is_dir()
+                ):
                     problems.append(f"{rel}: MathJax at {src} has no output/ (fonts) beside it")
     for css in sorted(root.rglob("*.css")):
         rel = css.relative_to(root)

@@ -39,6 +39,7 @@ extensions = [
     "sphinx.ext.autosummary",
     "sphinx.ext.doctest",
     "sphinx.ext.mathjax",
+    "sphinx-mathjax-offline",  # MathJax 3 shipped in the wheel, copied to _static/mathjax: no CDN
     "numpydoc",
     "uu_docs",  # docs/_ext/uu_docs.py: executed blocks, markdown tables, build-time API checks
 ]
@@ -51,18 +52,22 @@ templates_path = ["_templates"]
 root_doc = "index"
 nitpicky = False
 
-# ---- HTML: a standard theme ---------------------------------------------------------------------
-html_theme = "alabaster"
+# ---- HTML: a responsive theme that loads nothing from the network --------------------------------
+# The built pages must work opened from disk with no network: the theme ships its fonts and icons,
+# MathJax comes from the sphinx-mathjax-offline wheel (.ci/check_offline_docs.py checks both).
+html_theme = "pydata_sphinx_theme"
 html_static_path = ["_static"]
 html_css_files = ["custom.css"]
 html_title = f"unitary_update {release}"
 html_theme_options = {
-    "description": "O(kN^2) unitary and orthogonal matrix updates (projUNN)",
-    "fixed_sidebar": True,
-    "page_width": "1100px",
-    "sidebar_width": "230px",
+    "navbar_center": [],  # the site is small: the whole table of contents is in the left sidebar
+    "navigation_with_keys": False,
+    "show_toc_level": 2,  # right sidebar: the page's sections and subsections
+    "footer_start": ["copyright"],
+    "footer_center": [],
+    "footer_end": ["sphinx-version"],
 }
-html_sidebars = {"**": ["about.html", "navigation.html", "relations.html", "searchbox.html"]}
+html_sidebars = {"**": ["sidebar-nav-full"]}  # docs/_templates/sidebar-nav-full.html
 
 # ---- API reference ------------------------------------------------------------------------------
 autosummary_generate = True
@@ -77,6 +82,8 @@ numpydoc_xref_param_type = False
 uu_docs_raises_nothing = ["unitary_update.get_options"]
 
 # ---- Math: macros defined once, used by the theory page and the docstrings ----------------------
+# MathJax 3 from the local copy (the sphinx-mathjax-offline extension above puts it in _static).
+mathjax_path = "mathjax/tex-chtml.js"
 mathjax3_config = {
     "tex": {
         "macros": {

@@ -166,7 +166,7 @@ def lowrank_update(xp: ModuleType, kind: str, U: Any, A: Any, B: Any, target: An
     * large single matrices (NumPy, Numba): one streaming pass for ``A_hat`` plus the fused
       row-block update;
     * otherwise (NumPy BLAS/LAPACK, CuPy): batched ``matmul``/``qr``/``svd``/``eigh`` and the
-      in-place rank update of :func:`_backend.add_lowrank_`.
+      in-place rank update of :func:`_blas.add_lowrank_`.
     """
     n, k = U.shape[-1], A.shape[-1]
     count = int(np.prod(shape[:-2], dtype=np.int64))

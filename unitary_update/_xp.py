@@ -259,7 +259,7 @@ def get_namespace(device: str) -> ModuleType:
 
     Examples
     --------
-    >>> from unitary_update._backend import get_namespace
+    >>> from unitary_update._xp import get_namespace
     >>> get_namespace("cpu").__name__
     'numpy'
     """

@@ -10,3 +10,5 @@
 
 Nothing here is imported by ``import unitary_update``; timings never appear in the tests.
 """
+
+__all__: list[str] = []

@@ -53,7 +53,7 @@ def update_methods(
 
     Examples
     --------
-    >>> from unitary_update.conv_demo import update_methods
+    >>> from unitary_update.bench.conv import update_methods
     >>> import numpy as np
     >>> m = update_methods(8, 4, update="project", rank=2)
     >>> bool(np.allclose(m["batched"](), m["dense"]()) and np.allclose(m["loop"](), m["dense"]()))
@@ -137,7 +137,7 @@ def bench_table(
 
     Examples
     --------
-    >>> from unitary_update.conv_demo import bench_table
+    >>> from unitary_update.bench.conv import bench_table
     >>> rows = bench_table(((4, 8),), updates=("project",), ranks=(1,), repeat=1)  # doctest: +ELLIPSIS
     batched unitary updates, complex128, ...
         F    C  k update ...

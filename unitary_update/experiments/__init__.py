@@ -9,3 +9,5 @@
 
 Nothing here is imported by ``import unitary_update``.
 """
+
+__all__: list[str] = []
