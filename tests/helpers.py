@@ -8,7 +8,7 @@ import numpy as np
 
 
 def rtol_for(dtype: Any) -> float:
-    """Relative tolerance of the acceptance criteria: 1e-10 in double, 1e-4 in single precision."""
+    """Relative tolerance of the precision checks: 1e-10 in double, 1e-4 in single precision."""
     return 1e-4 if np.dtype(dtype) in (np.float32, np.complex64) else 1e-10
 
 

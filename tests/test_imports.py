@@ -55,7 +55,8 @@ def _imported_package_modules(path: Path, module: str) -> set[str]:
 
 def _source(module: str) -> Path:
     spec = importlib.util.find_spec(module)
-    assert spec is not None and spec.origin is not None
+    assert spec is not None
+    assert spec.origin is not None
     return Path(spec.origin)
 
 
@@ -76,7 +77,8 @@ def test_every_module_imports_first_in_a_fresh_interpreter():
 
 
 def test_the_core_imports_none_of_the_applications():
-    core = [m for m in MODULES if m.split(".")[1:2] and m.split(".")[1] not in APPLICATION_ROOMS]
+    # ``__main__`` (``python -m unitary_update``) is the command line's entry point: it belongs to cli
+    core = [m for m in MODULES if m.split(".")[1:2] and m.split(".")[1] not in (*APPLICATION_ROOMS, "__main__")]
     core.append("unitary_update")
     for module in core:
         bad = {

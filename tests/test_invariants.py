@@ -15,12 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import unitary_update as uu
+from unitary_update._xp import hconj
 
 SETTINGS = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-
-
-def ht(x: np.ndarray) -> np.ndarray:
-    return x.conj().swapaxes(-1, -2)
 
 
 def tol(dtype, n: int, c: float = 200.0) -> float:
@@ -29,6 +26,12 @@ def tol(dtype, n: int, c: float = 200.0) -> float:
 
 def unitary_ok(V: np.ndarray, dtype) -> bool:
     return V.dtype == dtype and bool(np.all(np.isfinite(V))) and uu.unitarity_error(V) <= tol(dtype, V.shape[-1], 50)
+
+
+def assert_unitary_near(result: np.ndarray, expected: np.ndarray, dtype) -> None:
+    """``result`` is unitary in ``dtype`` and within ``tol`` of ``expected``."""
+    assert unitary_ok(result, dtype)
+    np.testing.assert_allclose(result, expected, rtol=0, atol=tol(dtype, result.shape[-1]))
 
 
 @st.composite
@@ -43,7 +46,7 @@ def cases(draw, max_scale: float = 0.5):
     U = uu.random_unitary(n, dtype=dtype, batch_shape=batch, rng=rng)
     A = random_factors(rng, (*batch, n, k), dtype)
     B = random_factors(rng, (*batch, n, k), dtype)
-    norm = np.linalg.norm(A.astype(np.complex128) @ ht(B.astype(np.complex128)), axis=(-2, -1))
+    norm = np.linalg.norm(A.astype(np.complex128) @ hconj(B.astype(np.complex128)), axis=(-2, -1))
     factor = np.sqrt(scale / np.maximum(norm, 1e-300))[..., None, None]
     return U, (A * factor).astype(dtype), (B * factor).astype(dtype), rng
 
@@ -64,17 +67,16 @@ def test_zero_update_returns_U(case):
 def test_project_of_a_unitary_target_returns_it(case, angle):
     """V = U (I + W (R - I) W^H), W orthonormal (N x r), R unitary r x r: V is unitary, polar(V) = V."""
     U, A, _, rng = case
-    dtype, n = U.dtype, U.shape[-1]
+    dtype = U.dtype
     W = np.linalg.qr(A.astype(np.complex128 if dtype.kind == "c" else np.float64))[0]  # (..., N, r)
     r = W.shape[-1]
     X = random_factors(rng, (*U.shape[:-2], r, r), dtype).astype(W.dtype)
     R = uu.retract(np.eye(r) + angle * X, method="polar")  # unitary; near I for small angles, else anywhere
     A_target = (U.astype(W.dtype) @ W @ (R - np.eye(r))).astype(dtype)  # V - U = A_target W^H
     B_target = W.astype(dtype)
-    V = U + A_target @ ht(B_target)
+    V = U + A_target @ hconj(B_target)
     result = uu.project(U, A_target, B_target)
-    assert unitary_ok(result, dtype)
-    np.testing.assert_allclose(result, V, rtol=0, atol=tol(dtype, n))
+    assert_unitary_near(result, V, dtype)
 
 
 @SETTINGS
@@ -87,8 +89,7 @@ def test_left_equivariance(case):
     for fn in (uu.project, uu.transport):
         lhs = fn(Q @ U, Q @ A, B)
         rhs = Q @ fn(U, A, B)
-        assert unitary_ok(lhs, dtype)
-        np.testing.assert_allclose(lhs, rhs, rtol=0, atol=tol(dtype, n))
+        assert_unitary_near(lhs, rhs, dtype)
 
 
 @SETTINGS
@@ -109,13 +110,12 @@ def test_transport_keeps_the_determinant_of_real_U(case):
 def test_transport_back_with_the_negated_tangent_step_returns_U(case):
     """V = U expm(S), S = skew(U^H A B^H); with A' = -V U^H A, skew(V^H A' B^H) = -S, so back to U."""
     U, A, B, _ = case
-    dtype, n = U.dtype, U.shape[-1]
+    dtype = U.dtype
     V = uu.transport(U, A, B)
-    A_back = -(V.astype(np.complex128) @ ht(U.astype(np.complex128)) @ A.astype(np.complex128))
+    A_back = -(V.astype(np.complex128) @ hconj(U.astype(np.complex128)) @ A.astype(np.complex128))
     A_back = A_back.real if dtype.kind != "c" else A_back
     back = uu.transport(V, A_back.astype(dtype), B)
-    assert unitary_ok(back, dtype)
-    np.testing.assert_allclose(back, U, rtol=0, atol=tol(dtype, n))
+    assert_unitary_near(back, U, dtype)
 
 
 @SETTINGS

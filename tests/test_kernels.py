@@ -8,6 +8,7 @@ from helpers import ALL_DTYPES, random_factors
 
 import unitary_update as uu
 from unitary_update import _kernels, _lowrank
+from unitary_update._xp import hconj
 from unitary_update.reference import project_dense, transport_dense
 
 
@@ -64,7 +65,7 @@ def batched_problem(dtype, F, n, k, seed, kind="random"):
     if kind == "zero_A":
         A[:] = 0
     elif kind == "parallel":  # A_hat parallel to B
-        B = np.conj(np.swapaxes(U, -1, -2)) @ A
+        B = hconj(U) @ A
     elif kind == "singular":  # U + A B^H singular
         A = -U[..., :, :k].copy()
         B = np.broadcast_to(np.eye(n, k, dtype=dtype), (F, n, k)).copy()
@@ -86,10 +87,10 @@ def test_batched_update_twins_agree_and_are_unitary(transport, dtype, n, k, kind
     assert uu.unitarity_error(out_numba) < (2e-5 if np.dtype(dtype).itemsize <= 8 else 1e-12) * max(n, 4)
     if kind == "singular" and not transport:
         # the polar factor is not unique: check the defining property Q^H M Hermitian PSD
-        M = (U + A @ np.conj(np.swapaxes(B, -1, -2))).astype(np.complex128)
-        H = np.conj(np.swapaxes(out_numba.astype(np.complex128), -1, -2)) @ M
-        np.testing.assert_allclose(H, np.conj(np.swapaxes(H, -1, -2)), atol=1e-4)
-        assert np.linalg.eigvalsh(0.5 * (H + np.conj(np.swapaxes(H, -1, -2)))).min() > -1e-4
+        M = (U + A @ hconj(B)).astype(np.complex128)
+        H = hconj(out_numba.astype(np.complex128)) @ M
+        np.testing.assert_allclose(H, hconj(H), atol=1e-4)
+        assert np.linalg.eigvalsh(0.5 * (H + hconj(H))).min() > -1e-4
         return
     out_numpy = np.empty_like(U)
     _lowrank.batched_update_numpy(U, A, B, transport, out_numpy)

@@ -9,18 +9,13 @@ import pytest
 from helpers import ALL_DTYPES, random_factors
 
 import unitary_update as uu
+from unitary_update._xp import hconj
 
 METHODS = ["randomized", "lsi", "column", "exact"]
 
 
 def low_rank(rng, n, m, k, dtype, batch=()):
-    return random_factors(rng, (*batch, n, k), dtype) @ random_factors(rng, (*batch, m, k), dtype).conj().swapaxes(
-        -1, -2
-    )
-
-
-def ht(x):
-    return x.conj().swapaxes(-1, -2)
+    return random_factors(rng, (*batch, n, k), dtype) @ hconj(random_factors(rng, (*batch, m, k), dtype))
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -37,7 +32,7 @@ def test_exact_rank_k_matrix_is_reconstructed(backend, method, dtype, n, m, k, b
     assert B.shape == (*batch, m, k)
     assert A.dtype == dtype
     assert B.dtype == dtype
-    np.testing.assert_allclose(A @ ht(B), G, rtol=0, atol=1e-8 * np.abs(G).max())
+    np.testing.assert_allclose(A @ hconj(B), G, rtol=0, atol=1e-8 * np.abs(G).max())
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -47,10 +42,10 @@ def test_factored_form_reconstructs_rank_k(backend, method, dtype):
     X, Y = random_factors(rng, (40, 3), dtype), random_factors(rng, (40, 3), dtype)
     A, B = uu.sketch((backend.asarray(X), backend.asarray(Y)), 3, method=method, rng=3)
     A, B = backend.to_numpy(A), backend.to_numpy(B)
-    G = X.astype(np.complex128) @ ht(Y.astype(np.complex128))
+    G = X.astype(np.complex128) @ hconj(Y.astype(np.complex128))
     tol = 1e-8 if np.dtype(dtype) in (np.float64, np.complex128) else 1e-4
     np.testing.assert_allclose(
-        A @ ht(B), G if dtype in (np.complex64, np.complex128) else G.real, rtol=0, atol=tol * np.abs(G).max()
+        A @ hconj(B), G if dtype in (np.complex64, np.complex128) else G.real, rtol=0, atol=tol * np.abs(G).max()
     )
 
 

@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import unitary_update as uu
+from unitary_update._xp import hconj
 from unitary_update.reference import project_dense, transport_dense
 
 
@@ -21,8 +22,8 @@ def polar_reference(M: np.ndarray) -> np.ndarray:
 def expm_reference(U: np.ndarray, A: np.ndarray, B: np.ndarray) -> np.ndarray:
     dt = np.complex128 if U.dtype.kind == "c" else np.float64
     U, A, B = (x.astype(dt) for x in (U, A, B))
-    X = U.conj().swapaxes(-1, -2) @ A @ B.conj().swapaxes(-1, -2)
-    S = 0.5 * (X - X.conj().swapaxes(-1, -2))
+    X = hconj(U) @ A @ hconj(B)
+    S = 0.5 * (X - hconj(X))
     flat = S.reshape(-1, *S.shape[-2:])
     E = np.stack([scipy.linalg.expm(s) for s in flat]).reshape(S.shape)
     return U @ E
@@ -222,7 +223,7 @@ def problems(draw, max_scale=1.0):
     A = random_factors(rng, (*batch, n, k), dtype)
     B = random_factors(rng, (*batch, n, k), dtype)
     # scale ||A B^H||_F relative to ||U||_F = sqrt(n)
-    norm = np.linalg.norm((A.astype(np.complex128) @ B.astype(np.complex128).conj().swapaxes(-1, -2)), axis=(-2, -1))
+    norm = np.linalg.norm(A.astype(np.complex128) @ hconj(B.astype(np.complex128)), axis=(-2, -1))
     factor = np.sqrt(scale * np.sqrt(n) / np.maximum(norm, 1e-300))[..., None, None]
     return U, (A * factor).astype(dtype), (B * factor).astype(dtype)
 

@@ -186,29 +186,45 @@ def _one_sided_jacobi(G, V):  # pragma: no cover - compiled
             break
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _orthogonalize_row(M, j, basis, count, zero, coefficients):  # pragma: no cover - compiled
+    """Gram-Schmidt twice: subtract from row ``M[j]`` its projections on the orthonormal rows
+    ``M[basis[:count]]`` (in that order), accumulating in ``zero``'s type.
+
+    Adds each projection coefficient into ``coefficients[basis[b]]`` unless ``coefficients`` is
+    None.  Returns ``(||M[j]||^2 before, ||M[j]|| after)``.  Inlined, so that it compiles with
+    the caller's ``fastmath`` flags.
+    """
+    n = M.shape[1]
+    before = 0.0
+    for i in range(n):
+        before += _abs2(M[j, i])
+    for _twice in range(2):
+        for b in range(count):
+            p = basis[b]
+            proj = zero
+            for i in range(n):
+                proj += np.conj(M[p, i]) * M[j, i]
+            if coefficients is not None:
+                coefficients[p] += proj
+            for i in range(n):
+                M[j, i] -= proj * M[p, i]
+    norm = 0.0
+    for i in range(n):
+        norm += _abs2(M[j, i])
+    return before, np.sqrt(norm)
+
+
 @numba.njit(cache=True, nogil=True)
 def _orthonormalize_columns(X, order):  # pragma: no cover - compiled
     """Gram-Schmidt twice on the columns of X taken in ``order``; dependent columns are replaced
     by unit vectors completing the basis (so X becomes unitary when square)."""
     rows, m = X.shape
+    Xt = X.T  # the columns of X as rows (a view)
     for idx in range(m):
         j = order[idx]
         for _attempt in range(rows + 1):
-            before = 0.0
-            for i in range(rows):
-                before += _abs2(X[i, j])
-            for _twice in range(2):
-                for prev in range(idx):
-                    pj = order[prev]
-                    proj = 0j
-                    for i in range(rows):
-                        proj += np.conj(X[i, pj]) * X[i, j]
-                    for i in range(rows):
-                        X[i, j] -= proj * X[i, pj]
-            norm = 0.0
-            for i in range(rows):
-                norm += _abs2(X[i, j])
-            norm = np.sqrt(norm)
+            before, norm = _orthogonalize_row(Xt, j, order, idx, 0j, None)
             if norm > 1e-8 * np.sqrt(before) and norm > 1e-300:
                 for i in range(rows):
                     X[i, j] /= norm
@@ -349,7 +365,7 @@ def _batched_update_numba(U, A, B, transport, out, nthreads):  # pragma: no cove
         Dc = np.empty((r, r), dtype=U.dtype)
         UW = np.empty(r, dtype=U.dtype)
         P = np.empty(r, dtype=U.dtype)
-        keep = np.empty(r, dtype=np.bool_)
+        kept = np.empty(r, dtype=np.int64)
         G = np.empty((r, r), dtype=np.complex128)
         V = np.empty((r, r), dtype=np.complex128)
         sv = np.empty(r, dtype=np.float64)
@@ -371,26 +387,12 @@ def _batched_update_numba(U, A, B, transport, out, nthreads):  # pragma: no cove
             for i in range(r):
                 for j in range(r):
                     R[i, j] = 0j
+            count = 0
             for j in range(r):
-                before = 0.0
-                for i in range(n):
-                    before += _abs2(Wt[j, i])
-                for _twice in range(2):
-                    for p in range(j):
-                        if not keep[p]:
-                            continue
-                        proj = zero
-                        for i in range(n):
-                            proj += np.conj(Wt[p, i]) * Wt[j, i]
-                        R[p, j] += proj
-                        for i in range(n):
-                            Wt[j, i] -= proj * Wt[p, i]
-                norm = 0.0
-                for i in range(n):
-                    norm += _abs2(Wt[j, i])
-                norm = np.sqrt(norm)
-                keep[j] = norm > 1e-5 * np.sqrt(before) and norm > 0.0
-                if keep[j]:
+                before, norm = _orthogonalize_row(Wt, j, kept, count, zero, R[:, j])
+                if norm > 1e-5 * np.sqrt(before) and norm > 0.0:
+                    kept[count] = j
+                    count += 1
                     R[j, j] = norm
                     inv = 1.0 / norm
                     for i in range(n):

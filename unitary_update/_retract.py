@@ -25,13 +25,22 @@ float32 training run, ``||E_0||_F ~ 1e-5``: after one iteration, two matrix prod
 from __future__ import annotations
 
 import math
+import numbers
 from types import ModuleType
 from typing import Any, Literal
 
 import numpy as np
 
-from ._validation import NonFiniteError, check_choice, check_finite, check_out, check_square
-from ._xp import array_namespace, from_compute, mark_written, to_compute
+from ._validation import (
+    NonFiniteError,
+    check_choice,
+    check_finite,
+    check_float,
+    check_int,
+    check_out,
+    check_square,
+)
+from ._xp import array_namespace, from_compute, hconj, mark_written, to_compute
 from .random import normalize_rng, standard_normal
 
 __all__ = ["RETRACT_METHODS", "DriftControl", "retract"]
@@ -43,10 +52,6 @@ RETRACT_METHODS = ("polar", "newton_schulz", "qr")
 _NS_RADIUS = 0.5
 _NS_CONTRACTION = 0.875
 _NS_MAX_ITER = 10
-
-
-def _ht(xp: ModuleType, x: Any) -> Any:
-    return xp.conj(xp.swapaxes(x, -1, -2))
 
 
 def _double(X: Any) -> Any:
@@ -63,7 +68,7 @@ def _gram_error(xp: ModuleType, X: Any) -> tuple[Any, float]:
     (overflow) shows in the returned norm.
     """
     Xd = _double(X)
-    E = _ht(xp, Xd) @ Xd
+    E = hconj(Xd) @ Xd
     n = X.shape[-1]
     idx = xp.arange(n)
     E[..., idx, idx] -= 1
@@ -288,20 +293,20 @@ class DriftControl:
         check_every: int = 10,
         rng: np.random.Generator | int | None = 0,
     ) -> None:
-        self.every = None if every is None else _positive_int(every, "every")
+        self.every = None if every is None else check_int(every, "every", low=1)
         self.tol: float | Literal["auto"] | None
         if tol is None or (isinstance(tol, str) and tol == "auto"):
             self.tol = tol
-        elif isinstance(tol, (int, float, np.floating, np.integer)) and not isinstance(tol, bool):
-            if not (math.isfinite(tol) and tol > 0):
-                raise ValueError(f"tol must be a positive finite number, 'auto' or None; got {tol!r}")
-            self.tol = float(tol)
+        elif isinstance(tol, numbers.Real) and not isinstance(tol, bool):
+            self.tol = check_float(
+                tol, "tol", low=0, open_low=True, expected="a positive finite number, 'auto' or None"
+            )
         else:
             raise TypeError(f"tol must be a positive number, 'auto' or None; got {tol!r}")
         if self.every is None and self.tol is None:
             raise ValueError("DriftControl needs every, tol or both; got every=None and tol=None")
         self.method = check_choice(method, RETRACT_METHODS, "retraction method")
-        self.check_every = _positive_int(check_every, "check_every")
+        self.check_every = check_int(check_every, "check_every", low=1)
         self._rng = normalize_rng(rng)
         self._probes: dict[tuple[str, int, str], Any] = {}
         self._calls = 0
@@ -373,7 +378,7 @@ class DriftControl:
         n = check_square(U, "U")
         xp = array_namespace(U)
         x = self._probe(xp, n, U.dtype)
-        z = _ht(xp, U) @ (U @ x) - x
+        z = hconj(U) @ (U @ x) - x
         value = math.sqrt(n) * float(xp.max(xp.linalg.norm(z, axis=(-2, -1))))
         if not math.isfinite(value):
             raise NonFiniteError("U contains NaN or Inf (its drift estimate is not finite); U was not retracted")
@@ -406,12 +411,7 @@ class DriftControl:
             If U contains NaN or Inf when it is estimated or retracted (U is left untouched).
         """
         self._calls += 1
-        if step is None:
-            step = self._calls
-        elif isinstance(step, bool) or not isinstance(step, (int, np.integer)):
-            raise TypeError(f"step must be an integer; got {step!r}")
-        elif step < 0:
-            raise ValueError(f"step must be >= 0; got {step}")
+        step = self._calls if step is None else check_int(step, "step", low=0)
         due = self.every is not None and step > 0 and step % self.every == 0
         if not due and self.tol is not None and step % self.check_every == 0:
             Uc, _ = to_compute(U, "U")
@@ -423,11 +423,3 @@ class DriftControl:
         retract(U, method=self.method, out=U)
         self.retractions += 1
         return True
-
-
-def _positive_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an integer; got {value!r}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1; got {value}")
-    return int(value)

@@ -33,8 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from ._validation import check_choice, check_finite, check_float_dtype, check_rank
-from ._xp import array_namespace, compute_context, from_compute, is_cupy, to_compute
+from ._validation import check_choice, check_finite, check_float_dtype, check_int, check_rank
+from ._xp import array_namespace, compute_context, from_compute, hconj, is_cupy, to_compute
 from .random import normalize_rng, standard_normal, uniform
 
 __all__ = ["SKETCH_METHODS", "sketch"]
@@ -46,10 +46,6 @@ _METHOD_OPTIONS: dict[str, dict[str, int]] = {
     "column": {},
     "exact": {},
 }
-
-
-def _ht(xp: ModuleType, x: Any) -> Any:
-    return xp.conj(xp.swapaxes(x, -1, -2))
 
 
 def _orth(xp: ModuleType, x: Any) -> Any:
@@ -85,7 +81,7 @@ class _Dense:
 
     def svd(self) -> tuple[Any, Any, Any]:
         L, s, Rh = self.xp.linalg.svd(self.G, full_matrices=False)
-        return L, s, _ht(self.xp, Rh)
+        return L, s, hconj(Rh)
 
 
 class _Factored:
@@ -97,29 +93,29 @@ class _Factored:
         self.shape, self.dtype = (X.shape[-2], Y.shape[-2]), X.dtype
 
     def matmul(self, x: Any) -> Any:
-        return self.X @ (_ht(self.xp, self.Y) @ x)
+        return self.X @ (hconj(self.Y) @ x)
 
     def rmatmul(self, q: Any) -> Any:
-        return self.Y @ (_ht(self.xp, self.X) @ q)
+        return self.Y @ (hconj(self.X) @ q)
 
     def column_norms2(self) -> Any:
         xp = self.xp
         Rx = xp.linalg.qr(self.X, mode="r")
-        Z = (Rx @ _ht(xp, self.Y)).astype(np.complex128 if self.dtype.kind == "c" else np.float64)
+        Z = (Rx @ hconj(self.Y)).astype(np.complex128 if self.dtype.kind == "c" else np.float64)
         return xp.sum(xp.abs(Z) ** 2, axis=-2)
 
     def columns(self, idx: Any) -> Any:
         xp = self.xp
         Y = xp.broadcast_to(self.Y, (*self.batch, *self.Y.shape[-2:]))
         idx = xp.broadcast_to(idx[..., :, None], (*self.batch, idx.shape[-1], Y.shape[-1]))
-        return self.X @ _ht(xp, xp.take_along_axis(Y, idx, axis=-2))
+        return self.X @ hconj(xp.take_along_axis(Y, idx, axis=-2))
 
     def svd(self) -> tuple[Any, Any, Any]:
         xp = self.xp
         Qx, Rx = xp.linalg.qr(self.X, mode="reduced")
         Qy, Ry = xp.linalg.qr(self.Y, mode="reduced")
-        Lc, s, Rch = xp.linalg.svd(Rx @ _ht(xp, Ry), full_matrices=False)
-        return Qx @ Lc, s, Qy @ _ht(xp, Rch)
+        Lc, s, Rch = xp.linalg.svd(Rx @ hconj(Ry), full_matrices=False)
+        return Qx @ Lc, s, Qy @ hconj(Rch)
 
 
 def _split(xp: ModuleType, L: Any, s: Any, R: Any, rank: int) -> tuple[Any, Any]:
@@ -144,7 +140,7 @@ def _randomized(
         Q = _orth(xp, op.matmul(_orth(xp, op.rmatmul(Q))))
     Z = op.rmatmul(Q)  # G^H Q, (..., M, width); G ~= Q Z^H
     Lz, s, Rzh = xp.linalg.svd(Z, full_matrices=False)  # Z = Lz s Rz^H  =>  G ~= (Q Rz) s Lz^H
-    return _split(xp, Q @ _ht(xp, Rzh), s, Lz, rank)
+    return _split(xp, Q @ hconj(Rzh), s, Lz, rank)
 
 
 def _lsi(xp: ModuleType, op: Any, rank: int, rng: np.random.Generator) -> tuple[Any, Any]:
@@ -251,11 +247,11 @@ def sketch(
     Raises
     ------
     TypeError
-        If G is not an array or pair of arrays, has a non-floating dtype, ``rank`` is not an
-        integer, or an option is unknown for the method.
+        If G is not an array or pair of arrays, has a non-floating dtype, ``rank`` or an option
+        is not an integer, or an option is unknown for the method.
     ValueError
-        For bad shapes, ``rank`` out of range, an unknown method (the message lists the valid
-        ones), or NaN/Inf in G (:class:`~unitary_update.NonFiniteError`).
+        For bad shapes, ``rank`` out of range, a negative option, an unknown method (the message
+        lists the valid ones), or NaN/Inf in G (:class:`~unitary_update.NonFiniteError`).
 
     Notes
     -----
@@ -282,8 +278,7 @@ def sketch(
         if key not in valid:
             listed = ", ".join(valid) or "none"
             raise TypeError(f"unknown option {key!r} for sketch method {method!r}; valid options: {listed}")
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-            raise ValueError(f"option {key} must be a non-negative integer; got {value!r}")
+        check_int(value, f"option {key}", low=0, expected="a non-negative integer")
     with compute_context(G[0] if isinstance(G, tuple) and G else G):
         op, library = _as_operator(G)
         rank = check_rank(rank, min(op.shape))

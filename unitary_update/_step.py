@@ -1,4 +1,9 @@
-"""One projUNN step: sketch the update direction to rank k, then project or transport."""
+"""One projUNN step: sketch the update direction to rank k, project or transport, then drift control.
+
+:func:`step` is the library's one composition of the three; :class:`unitary_update.optim.UnitaryOptimizer`
+and :meth:`unitary_update.models.conv.OrthogonalConv2d.step` call it, handing their own step
+counter to the drift policy through :func:`drift_at`.
+"""
 
 from __future__ import annotations
 
@@ -12,9 +17,10 @@ from ._update import project, transport
 from ._validation import check_choice, check_drift, check_square
 from ._xp import compute_context, to_compute
 
-__all__ = ["UPDATES", "step"]
+__all__ = ["UPDATES", "drift_at", "step"]
 
 UPDATES = ("project", "transport")
+_UPDATE_FUNCTIONS = {"project": project, "transport": transport}
 
 
 def step(
@@ -111,8 +117,27 @@ def step(
             if getattr(Gc.dtype, "kind", "") == "c" and Uc.dtype.kind != "c":
                 raise TypeError(f"{name} is complex ({Gc.dtype}) but U is real ({Uc.dtype})")
         A, B = _sketch(G, rank, method=sketch, rng=rng)
-        apply = project if update == "project" else transport
-        result = apply(U, A, B, out=out)
+        result = _UPDATE_FUNCTIONS[update](U, A, B, out=out)
         if drift is not None:
             drift.maybe_retract(result)
         return result
+
+
+class _AtStep:
+    """A drift policy called with the caller's step number: ``maybe_retract(U)`` passes ``step=``."""
+
+    __slots__ = ("policy", "step")
+
+    def __init__(self, policy: Any, step: int) -> None:
+        self.policy, self.step = policy, step
+
+    def maybe_retract(self, U: Any) -> Any:
+        return self.policy.maybe_retract(U, step=self.step)
+
+
+def drift_at(policy: Any, step: int) -> Any:
+    """``policy`` (an object with ``maybe_retract(U, *, step)``) as the ``drift`` of :func:`step`, at ``step``.
+
+    For callers that keep their own step counter (an optimizer, a layer); None stays None.
+    """
+    return None if policy is None else _AtStep(policy, step)

@@ -7,9 +7,10 @@ what was expected.
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -20,9 +21,12 @@ __all__ = [
     "NonFiniteError",
     "SingularUpdateError",
     "check_choice",
+    "check_dtype",
     "check_factor_pair",
     "check_finite",
+    "check_float",
     "check_float_dtype",
+    "check_int",
     "check_out",
     "check_rank",
     "check_square",
@@ -178,24 +182,114 @@ def check_finite(x: Any, name: str) -> None:
         raise NonFiniteError(f"{name} contains NaN or Inf")
 
 
+def check_int(
+    value: Any, name: str, *, low: int | None = None, high: int | None = None, expected: str | None = None
+) -> int:
+    """Check that ``value`` is an integer (Python or NumPy, not bool) with ``low <= value <= high``.
+
+    Returns it as a Python int.  TypeError names the argument and the type found; ValueError names
+    the argument, the range (``rank must satisfy 1 <= rank <= 6``, ``n must be >= 1``, or
+    ``{name} must be {expected}`` when ``expected`` is given) and the value found.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer; got {value!r} of type {type(value).__name__}")
+    value = int(value)
+    if (low is not None and value < low) or (high is not None and value > high):
+        if expected is not None:
+            requirement = f"be {expected}"
+        elif low is not None and high is not None:
+            requirement = f"satisfy {low} <= {name} <= {high}"
+        else:
+            requirement = f"be >= {low}" if low is not None else f"be <= {high}"
+        raise ValueError(f"{name} must {requirement}; got {value}")
+    return value
+
+
 def check_rank(rank: Any, limit: int, name: str = "rank") -> int:
     """Check that ``rank`` is an integer with 1 <= rank <= limit; return it as int."""
-    if isinstance(rank, bool) or not isinstance(rank, numbers.Integral):
-        raise TypeError(f"{name} must be an integer; got {rank!r} of type {type(rank).__name__}")
-    rank = int(rank)
-    if not 1 <= rank <= limit:
-        raise ValueError(f"{name} must satisfy 1 <= {name} <= {limit}; got {rank}")
-    return rank
+    return check_int(rank, name, low=1, high=limit)
+
+
+def check_float(
+    value: Any,
+    name: str,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    open_low: bool = False,
+    open_high: bool = False,
+    expected: str | None = None,
+) -> float:
+    """Check that ``value`` is a finite real number (not bool) between ``low`` and ``high``.
+
+    The bounds are inclusive unless ``open_low`` / ``open_high``.  Returns it as a Python float.
+    TypeError names the argument and the type found; ValueError names the argument, the range
+    (``lr must be finite and > 0``, ``betas must lie in [0, 1)``, or ``{name} must be {expected}``
+    when ``expected`` is given) and the value found.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number; got {value!r} of type {type(value).__name__}")
+    number = float(value)
+    below = low is not None and (number <= low if open_low else number < low)
+    above = high is not None and (number >= high if open_high else number > high)
+    if not math.isfinite(number) or below or above:
+        if expected is not None:
+            requirement = f"be {expected}"
+        elif low is not None and high is not None:
+            requirement = f"lie in {'(' if open_low else '['}{low}, {high}{')' if open_high else ']'}"
+        elif low is not None:
+            requirement = f"be finite and {'>' if open_low else '>='} {low}"
+        elif high is not None:
+            requirement = f"be finite and {'<' if open_high else '<='} {high}"
+        else:
+            requirement = "be finite"
+        raise ValueError(f"{name} must {requirement}; got {number!r}")
+    return number
+
+
+def check_dtype(dtype: Any, name: str = "dtype", *, allowed: Sequence[Any] = FLOAT_DTYPES) -> np.dtype:
+    """Check that ``dtype`` (a dtype argument, not an array) is one of ``allowed``; return it as np.dtype.
+
+    TypeError for something that is not a dtype or a dtype outside ``allowed``; the message
+    names the argument, the dtype found and the dtypes expected.
+    """
+    expected = _listing([np.dtype(d).name for d in allowed], quote=False)
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"{name} {dtype!r} is not a dtype; {name} must be {expected}") from None
+    if dt not in allowed:
+        raise TypeError(f"{name} is {dt}; {name} must be {expected}")
+    return dt
 
 
 def check_drift(drift: Any) -> None:
     """Check that ``drift`` is None or a drift policy (an object with ``maybe_retract``)."""
     if drift is not None and not callable(getattr(drift, "maybe_retract", None)):
-        raise TypeError(f"drift must be a DriftControl (an object with maybe_retract); got {type(drift).__name__}")
+        raise TypeError(
+            f"drift must be a DriftControl or None (drift must have a method maybe_retract); got {type(drift).__name__}"
+        )
 
 
-def check_choice(value: Any, valid: Sequence[str], name: str) -> str:
-    """Check that ``value`` is one of ``valid``; the error lists the valid names."""
+def _listing(names: Sequence[Any], *, quote: bool = True) -> str:
+    """``'a', 'b' or 'c'`` (``quote=False``: ``a, b or c``)."""
+    words = [repr(n) if quote else str(n) for n in names]
+    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} or {words[-1]}"
+
+
+def check_choice(
+    value: Any, valid: Sequence[str], name: str, *, phrasing: Literal["unknown", "one of", "either"] = "unknown"
+) -> str:
+    """Check that ``value`` is one of ``valid``; the ValueError names the argument and lists the valid names.
+
+    ``phrasing`` words the message: ``"unknown"`` (``unknown sketch method 'svd'; valid:
+    'randomized', 'lsi'``), ``"one of"`` (``loss must be one of 'cross_entropy', 'mse'; got
+    'hinge'``) or ``"either"`` (``update must be 'project' or 'transport'; got 'cayley'``).
+    """
     if value not in valid:
+        if phrasing == "one of":
+            raise ValueError(f"{name} must be one of {', '.join(map(repr, valid))}; got {value!r}")
+        if phrasing == "either":
+            raise ValueError(f"{name} must be {_listing(valid)}; got {value!r}")
         raise ValueError(f"unknown {name} {value!r}; valid: {', '.join(map(repr, valid))}")
     return str(value)

@@ -89,17 +89,12 @@ def _torch_to_compute(x: Any, name: str, *, writable: bool) -> Any:
     device = x.device.type
     if device not in ("cpu", "cuda"):
         raise TypeError(f"{name} is a torch tensor on device {x.device}; only cpu and cuda are supported")
-    try:
-        if device == "cuda":
-            import cupy
-
-            return cupy.from_dlpack(x)
-        return np.from_dlpack(x)
-    except _DLPACK_ERRORS as err:
-        raise TypeError(
-            f"{name} is a torch tensor of dtype {x.dtype} that cannot be shared by DLPack ({err}); "
-            "expected float32, float64, complex64 or complex128"
-        ) from None
+    return _from_dlpack(
+        x,
+        gpu=device == "cuda",
+        what=f"{name} is a torch tensor",
+        hint="; expected float32, float64, complex64 or complex128",
+    )
 
 
 def _jax_to_compute(x: Any, name: str, *, writable: bool) -> Any:
@@ -114,14 +109,23 @@ def _jax_to_compute(x: Any, name: str, *, writable: bool) -> Any:
     platform = next(iter(devices)).platform
     if platform not in ("cpu", "gpu", "cuda"):
         raise TypeError(f"{name} is a JAX array on platform {platform!r}; only cpu and gpu (CUDA) are supported")
-    try:
-        if platform == "cpu":
-            return np.from_dlpack(x)
-        import cupy
+    return _from_dlpack(x, gpu=platform != "cpu", what=f"{name} is a JAX array")
 
-        return cupy.from_dlpack(x)
+
+def _from_dlpack(x: Any, *, gpu: bool, what: str, hint: str = "") -> Any:
+    """``x`` as a CuPy (``gpu``) or NumPy view of the same memory, by DLPack.
+
+    A dtype DLPack cannot share is a TypeError: ``{what} of dtype ... that cannot be shared by
+    DLPack (reason){hint}``.
+    """
+    try:
+        if gpu:
+            import cupy
+
+            return cupy.from_dlpack(x)
+        return np.from_dlpack(x)
     except _DLPACK_ERRORS as err:
-        raise TypeError(f"{name} is a JAX array of dtype {x.dtype} that cannot be shared by DLPack ({err})") from None
+        raise TypeError(f"{what} of dtype {x.dtype} that cannot be shared by DLPack ({err}){hint}") from None
 
 
 def to_compute(x: Any, name: str, *, writable: bool = False) -> tuple[Any, str]:

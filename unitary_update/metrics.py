@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ._validation import check_finite, check_square
-from ._xp import array_namespace, to_compute
+from ._xp import array_namespace, hconj, to_compute
 
 __all__ = ["unitarity_error"]
 
@@ -51,5 +51,5 @@ def unitarity_error(U: Any) -> float:
     if U.size == 0:
         return 0.0
     V = U.astype(xp.complex128 if U.dtype.kind == "c" else xp.float64)
-    E = xp.conj(xp.swapaxes(V, -1, -2)) @ V - xp.eye(n)
+    E = hconj(V) @ V - xp.eye(n)
     return float(xp.max(xp.sqrt(xp.sum(xp.abs(E) ** 2, axis=(-2, -1)))))

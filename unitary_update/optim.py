@@ -4,7 +4,8 @@ A Euclidean optimizer turns a gradient into an additive step (its :meth:`~Optimi
 and applies it in place.  :class:`UnitaryOptimizer` asks a Euclidean optimizer for the step of the
 unitary parameter U, sketches it to rank k, ``step ~= A B^H`` (:func:`unitary_update.sketch`), and
 applies it with :func:`unitary_update.project` (projUNN-D) or :func:`unitary_update.transport`
-(projUNN-T), so U stays unitary at every step.  For plain SGD (no momentum) a factored gradient
+(projUNN-T), so U stays unitary at every step; the sketch, the update and the optional drift
+control are one :func:`unitary_update.step` call.  For plain SGD (no momentum) a factored gradient
 ``(X, Y)`` is sketched without forming the N x N matrix.
 
 Complex parameters are handled as pairs of real numbers (as PyTorch does): the moment estimates of
@@ -23,9 +24,10 @@ from typing import Any
 import numpy as np
 
 from ._sketch import SKETCH_METHODS
-from ._sketch import sketch as _sketch
-from ._update import project, transport
-from ._xp import array_namespace
+from ._step import UPDATES, drift_at
+from ._step import step as _step
+from ._validation import check_choice, check_drift, check_float, check_int
+from ._xp import array_namespace, hconj
 from .random import normalize_rng
 
 __all__ = ["SGD", "Adam", "Optimizer", "RMSprop", "UnitaryOptimizer", "make_optimizer"]
@@ -38,14 +40,6 @@ def _real_view(x: Any) -> Any:
     xp = array_namespace(x)
     x = xp.ascontiguousarray(x)
     return x.view(np.float32 if x.dtype == np.complex64 else np.float64)
-
-
-def _check_positive(value: float, name: str, *, allow_zero: bool = False) -> float:
-    value = float(value)
-    if not np.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{name} must be finite and {bound}; got {value!r}")
-    return value
 
 
 class Optimizer:
@@ -61,6 +55,8 @@ class Optimizer:
 
     Raises
     ------
+    TypeError
+        If ``lr`` is not a real number.
     ValueError
         If ``lr`` is not finite and positive.
 
@@ -85,7 +81,7 @@ class Optimizer:
     """
 
     def __init__(self, lr: float) -> None:
-        self.lr = _check_positive(lr, "lr")
+        self.lr = check_float(lr, "lr", low=0, open_low=True)
         self.state: dict[str, dict[str, Any]] = {}
         self.t: dict[str, int] = {}
 
@@ -196,9 +192,8 @@ class SGD(Optimizer):
 
     def __init__(self, lr: float, momentum: float = 0.0) -> None:
         super().__init__(lr)
-        self.momentum = _check_positive(momentum, "momentum", allow_zero=True)
-        if self.momentum >= 1:
-            raise ValueError(f"momentum must be < 1; got {momentum}")
+        self.momentum = check_float(momentum, "momentum", low=0)
+        check_float(momentum, "momentum", high=1, open_high=True, expected="< 1")
 
     def _update(self, name: str, g: Any, state: dict[str, Any], t: int) -> Any:
         if self.momentum == 0:
@@ -235,8 +230,8 @@ class RMSprop(Optimizer):
 
     def __init__(self, lr: float, alpha: float = 0.99, eps: float = 1e-8) -> None:
         super().__init__(lr)
-        self.alpha = _check_positive(alpha, "alpha", allow_zero=True)
-        self.eps = _check_positive(eps, "eps", allow_zero=True)
+        self.alpha = check_float(alpha, "alpha", low=0)
+        self.eps = check_float(eps, "eps", low=0)
 
     def _update(self, name: str, g: Any, state: dict[str, Any], t: int) -> Any:
         xp = array_namespace(g)
@@ -270,10 +265,9 @@ class Adam(Optimizer):
 
     def __init__(self, lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
         super().__init__(lr)
-        self.betas = (float(betas[0]), float(betas[1]))
-        if not all(0 <= beta < 1 for beta in self.betas):
-            raise ValueError(f"betas must lie in [0, 1); got {betas}")
-        self.eps = _check_positive(eps, "eps", allow_zero=True)
+        b1, b2 = (check_float(beta, "betas", low=0, high=1, open_high=True) for beta in betas)
+        self.betas = (b1, b2)
+        self.eps = check_float(eps, "eps", low=0)
 
     def _update(self, name: str, g: Any, state: dict[str, Any], t: int) -> Any:
         xp = array_namespace(g)
@@ -322,9 +316,7 @@ def make_optimizer(name: str, lr: float, **options: Any) -> Optimizer:
     >>> type(make_optimizer("rmsprop", 1e-3)).__name__
     'RMSprop'
     """
-    if name not in _OPTIMIZERS:
-        raise ValueError(f"optimizer must be one of {', '.join(map(repr, _OPTIMIZERS))}; got {name!r}")
-    return _OPTIMIZERS[name](lr, **options)
+    return _OPTIMIZERS[check_choice(name, tuple(_OPTIMIZERS), "optimizer", phrasing="one of")](lr, **options)
 
 
 class UnitaryOptimizer:
@@ -354,9 +346,10 @@ class UnitaryOptimizer:
     Raises
     ------
     ValueError
-        For an unknown ``update`` or ``sketch``.
+        For an unknown ``update`` or ``sketch``, or ``rank < 1``.
     TypeError
-        If ``base`` is not an :class:`Optimizer` or ``drift`` has no ``maybe_retract``.
+        If ``base`` is not an :class:`Optimizer`, ``rank`` is not an integer or ``drift`` has no
+        ``maybe_retract``.
 
     Notes
     -----
@@ -386,13 +379,11 @@ class UnitaryOptimizer:
     ) -> None:
         if not isinstance(base, Optimizer):
             raise TypeError(f"base must be an Optimizer (SGD, RMSprop, Adam); got {type(base).__name__}")
-        if update not in ("project", "transport"):
-            raise ValueError(f"update must be 'project' or 'transport'; got {update!r}")
-        if sketch not in SKETCH_METHODS:
-            raise ValueError(f"sketch must be one of {', '.join(map(repr, SKETCH_METHODS))}; got {sketch!r}")
-        if drift is not None and not callable(getattr(drift, "maybe_retract", None)):
-            raise TypeError("drift must have a method maybe_retract(U, *, step) (or be None)")
-        self.base, self.rank, self.update, self.sketch = base, int(rank), update, sketch
+        self.base = base
+        self.update = check_choice(update, UPDATES, "update", phrasing="either")
+        self.sketch = check_choice(sketch, SKETCH_METHODS, "sketch", phrasing="one of")
+        check_drift(drift)
+        self.rank = check_int(rank, "rank", low=1)
         self.rng = normalize_rng(rng)
         self.drift = drift
         self.steps = 0
@@ -410,25 +401,27 @@ class UnitaryOptimizer:
         name : str, default "W"
             Keys the base optimizer's state for this parameter.
         """
-        if isinstance(grad, tuple):
-            if isinstance(self.base, SGD) and self.base.momentum == 0:
+        if isinstance(grad, tuple) and isinstance(self.base, SGD) and self.base.momentum == 0:
+            X, Y = grad  # plain SGD: the step -lr X Y^H is sketched from its factors, never formed
+            self.base.t[name] = self.base.t.get(name, 0) + 1
+            direction: Any = ((-self.base.lr) * X, Y)
+        else:
+            if isinstance(grad, tuple):
                 X, Y = grad
-                self.base.t[name] = self.base.t.get(name, 0) + 1
-                A, B = _sketch(((-self.base.lr) * X, Y), self.rank, method=self.sketch, rng=self.rng)
-                self._apply(U, A, B)
-                return
-            X, Y = grad
-            xp = array_namespace(X)
-            grad = X @ xp.conj(Y.T)
-        D = self.base.direction(name, grad).astype(U.dtype, copy=False)
-        A, B = _sketch(D, self.rank, method=self.sketch, rng=self.rng)
-        self._apply(U, A, B)
-
-    def _apply(self, U: Any, A: Any, B: Any) -> None:
-        (project if self.update == "project" else transport)(U, A, B, out=U)
-        self.steps += 1
-        if self.drift is not None:
-            self.drift.maybe_retract(U, step=self.steps)
+                grad = X @ hconj(Y)
+            direction = self.base.direction(name, grad).astype(U.dtype, copy=False)
+        t = self.steps + 1
+        _step(
+            U,
+            direction,
+            rank=self.rank,
+            update=self.update,
+            sketch=self.sketch,
+            rng=self.rng,
+            out=U,
+            drift=drift_at(self.drift, t),
+        )
+        self.steps = t
 
     def state_dict(self) -> dict[str, Any]:
         """The state of the optimizer, for a checkpoint.

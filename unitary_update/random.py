@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ._validation import FLOAT_DTYPES
+from ._validation import check_dtype, check_int
 
 __all__ = ["random_unitary"]
 
@@ -50,7 +50,8 @@ def random_unitary(
     Raises
     ------
     TypeError
-        If ``n`` is not an integer or ``dtype`` is not one of the four floating dtypes.
+        If ``n`` or an entry of ``batch_shape`` is not an integer, or ``dtype`` is not one of the
+        four floating dtypes.
     ValueError
         If ``n < 1`` or ``batch_shape`` has negative entries.
 
@@ -63,19 +64,9 @@ def random_unitary(
     >>> bool(np.allclose(Q @ Q.transpose(0, 2, 1), np.eye(3), atol=1e-6))
     True
     """
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
-        raise TypeError(f"n must be an integer; got {n!r}")
-    if n < 1:
-        raise ValueError(f"n must be >= 1; got {n}")
-    try:
-        dt = np.dtype(dtype)
-    except TypeError:
-        raise TypeError(f"dtype {dtype!r} is not a dtype; expected float32, float64, complex64 or complex128") from None
-    if dt not in FLOAT_DTYPES:
-        raise TypeError(f"dtype is {dt}; expected float32, float64, complex64 or complex128")
-    batch_shape = tuple(int(b) for b in batch_shape)
-    if any(b < 0 for b in batch_shape):
-        raise ValueError(f"batch_shape must have non-negative entries; got {batch_shape}")
+    n = check_int(n, "n", low=1)
+    dt = check_dtype(dtype)
+    batch_shape = tuple(check_int(b, "batch_shape entry", low=0) for b in batch_shape)
     gen = normalize_rng(rng)
     shape = (*batch_shape, n, n)
     Z = gen.standard_normal(shape)

@@ -15,13 +15,9 @@ from typing import Any
 import numpy as np
 
 from ._validation import check_finite
-from ._xp import array_namespace, from_compute, to_compute
+from ._xp import array_namespace, from_compute, hconj, to_compute
 
 __all__ = ["project_dense", "transport_dense"]
-
-
-def _ht(xp: Any, x: Any) -> Any:
-    return xp.conj(xp.swapaxes(x, -1, -2))
 
 
 def _inputs(U: Any, A: Any, B: Any) -> tuple[Any, Any, Any, Any, str]:
@@ -68,7 +64,7 @@ def project_dense(U: Any, A: Any, B: Any) -> Any:
     True
     """
     xp, U, A, B, library = _inputs(U, A, B)
-    M = U + A @ _ht(xp, B)
+    M = U + A @ hconj(B)
     if xp is np:
         import scipy.linalg
 
@@ -114,14 +110,14 @@ def transport_dense(U: Any, A: Any, B: Any) -> Any:
     True
     """
     xp, U, A, B, library = _inputs(U, A, B)
-    X = _ht(xp, U) @ A @ _ht(xp, B)
-    S = 0.5 * (X - _ht(xp, X))
+    X = hconj(U) @ A @ hconj(B)
+    S = 0.5 * (X - hconj(X))
     if xp is np:
         import scipy.linalg
 
         E = scipy.linalg.expm(S)
     else:
         theta, V = xp.linalg.eigh(-1j * S)
-        E = (V * xp.exp(1j * theta)[..., None, :]) @ _ht(xp, V)
+        E = (V * xp.exp(1j * theta)[..., None, :]) @ hconj(V)
         E = E.real if U.dtype.kind != "c" else E
     return from_compute((U @ E).astype(U.dtype, copy=False), library)

@@ -1,4 +1,4 @@
-"""Batched updates of the per-frequency stacks of an orthogonal convolution (issue 8, acceptance 2).
+"""Batched updates of the per-frequency stacks of an orthogonal convolution, beside their baselines.
 
 A convolution with C channels on an n x n image is F ~ n^2 / 2 independent C x C unitary
 matrices; one training step updates all of them.  Each figure has its baselines beside it as

@@ -1,4 +1,4 @@
-"""One copy-task training step of the unitary RNN (issue 4, acceptance 4), beside its baselines.
+"""One copy-task training step of the unitary RNN, beside its baselines.
 
 ``kind`` is the parameter that puts the baseline beside the figure (see
 :mod:`unitary_update.bench.rnn`): ``projunn`` (the library's step: forward, BPTT, RMSprop and the

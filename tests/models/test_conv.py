@@ -72,7 +72,7 @@ def test_complex_layout():
 
 
 # ---------------------------------------------------------------------------------------------
-# acceptance 1: isometry and adjoint, real and complex
+# isometry and adjoint, real and complex
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("dtype", ALL_DTYPES)
 @pytest.mark.parametrize("shape", SHAPES)
@@ -154,7 +154,7 @@ def test_identity_init_is_the_padding():
 
 
 # ---------------------------------------------------------------------------------------------
-# acceptance 1: finite-difference gradient checks
+# finite-difference gradient checks
 # ---------------------------------------------------------------------------------------------
 def loss_and_grad(y: np.ndarray, c: np.ndarray) -> tuple[float, np.ndarray]:
     """L = Re<c, y> + ||y||^4 / 4 (nonlinear in y, so the check exercises the chain rule)."""

@@ -41,26 +41,31 @@ factored sketch of :func:`unitary_update.sketch`.
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
 import numpy as np
 
+from .._step import drift_at
 from .._step import step as _step
-from .._validation import FLOAT_DTYPES, check_choice, check_drift, check_finite, check_float_dtype, check_rank
-from .._xp import array_namespace, from_compute, is_cupy, to_compute
+from .._validation import (
+    check_choice,
+    check_drift,
+    check_dtype,
+    check_finite,
+    check_float,
+    check_float_dtype,
+    check_int,
+    check_rank,
+)
+from .._xp import array_namespace, from_compute, hconj, is_cupy, to_compute
 from ..random import normalize_rng, random_unitary
 
 __all__ = ["CONV_UPDATES", "ConvGradient", "OrthogonalConv2d", "frequency_layout", "maxmin", "maxmin_backward"]
 
 CONV_UPDATES = ("transport", "project", "euclidean")
 _INITS = ("haar", "identity")
-
-
-def _ht(xp: ModuleType, x: Any) -> Any:
-    return xp.conj(xp.swapaxes(x, -1, -2))
 
 
 @dataclass(frozen=True)
@@ -129,8 +134,10 @@ def frequency_layout(image_shape: tuple[int, int], *, real: bool = True) -> dict
 
     Raises
     ------
+    TypeError
+        If a size is not an integer.
     ValueError
-        If the shape is not two positive integers.
+        If the shape is not a pair of sizes, or a size is below 1.
 
     Notes
     -----
@@ -156,22 +163,10 @@ def frequency_layout(image_shape: tuple[int, int], *, real: bool = True) -> dict
 
 def _check_image_shape(image_shape: Any) -> tuple[int, int]:
     try:
-        shape = tuple(image_shape)
-    except TypeError:
+        h_size, w_size = image_shape
+    except (TypeError, ValueError):
         raise ValueError(f"image_shape must be a pair (H, W) of positive integers; got {image_shape!r}") from None
-    if len(shape) != 2 or not all(
-        isinstance(s, numbers.Integral) and not isinstance(s, bool) and int(s) >= 1 for s in shape
-    ):
-        raise ValueError(f"image_shape must be a pair (H, W) of positive integers; got {image_shape!r}")
-    return int(shape[0]), int(shape[1])
-
-
-def _check_channels(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer; got {value!r} of type {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1; got {value}")
-    return int(value)
+    return check_int(h_size, "image_shape H", low=1), check_int(w_size, "image_shape W", low=1)
 
 
 @dataclass(frozen=True)
@@ -216,9 +211,8 @@ class ConvGradient:
         G_Q : array, shape (R, C, C), or None
             The same for ``Q``; None for complex layers.
         """
-        xp = array_namespace(*self.U)
-        G_U = self.U[0] @ _ht(xp, self.U[1])
-        G_Q = None if self.Q is None else self.Q[0] @ _ht(xp, self.Q[1])
+        G_U = self.U[0] @ hconj(self.U[1])
+        G_Q = None if self.Q is None else self.Q[0] @ hconj(self.Q[1])
         return G_U, G_Q
 
     def norm(self) -> float:
@@ -281,7 +275,8 @@ class OrthogonalConv2d:
     Raises
     ------
     TypeError
-        If a channel count is not an integer or ``dtype`` is not one of the four floating dtypes.
+        If a channel count or image size is not an integer or ``dtype`` is not one of the four
+        floating dtypes.
     ValueError
         If ``in_channels > out_channels``, a size is not positive, ``init`` is unknown, or ``xp``
         is neither NumPy nor CuPy.
@@ -322,21 +317,14 @@ class OrthogonalConv2d:
         rng: np.random.Generator | int | None = None,
         xp: ModuleType | None = None,
     ) -> None:
-        c_in = _check_channels(in_channels, "in_channels")
-        c = _check_channels(out_channels, "out_channels")
+        c_in = check_int(in_channels, "in_channels", low=1)
+        c = check_int(out_channels, "out_channels", low=1)
         if c_in > c:
             raise ValueError(
                 f"in_channels ({c_in}) must not exceed out_channels ({c}): an orthogonal layer cannot drop channels"
             )
         shape = _check_image_shape(image_shape)
-        try:
-            dt = np.dtype(dtype)
-        except TypeError:
-            raise TypeError(
-                f"dtype {dtype!r} is not a dtype; expected float32, float64, complex64 or complex128"
-            ) from None
-        if dt not in FLOAT_DTYPES:
-            raise TypeError(f"dtype is {dt}; expected float32, float64, complex64 or complex128")
+        dt = check_dtype(dtype)
         init = check_choice(init, _INITS, "init")
         xp = np if xp is None else xp
         if not (xp is np or (isinstance(xp, ModuleType) and is_cupy(xp))):
@@ -540,7 +528,7 @@ class OrthogonalConv2d:
 
     def _adjoint(self, y: Any) -> Any:
         batch = tuple(y.shape[:-3])
-        X = _ht(self._xp, self._stack()) @ self._fft(y)
+        X = hconj(self._stack()) @ self._fft(y)
         return self._ifft(X, batch)[..., : self.in_channels, :, :]
 
     def backward(self, x: Any, grad_y: Any) -> tuple[Any, ConvGradient]:
@@ -585,7 +573,7 @@ class OrthogonalConv2d:
         batch = tuple(x.shape[:-3])
         X = self._fft(self._pad(x))
         G = self._fft(gy)
-        grad_x = self._ifft(_ht(xp, self._stack()) @ G, batch)[..., : self.in_channels, :, :]
+        grad_x = self._ifft(hconj(self._stack()) @ G, batch)[..., : self.in_channels, :, :]
         if not self.real:
             return from_compute(grad_x, library), ConvGradient((G, X), None)
         paired = idx["paired"]
@@ -638,8 +626,8 @@ class OrthogonalConv2d:
         Raises
         ------
         TypeError
-            If ``grad`` is not a ConvGradient, ``rank`` is not an integer, or ``drift`` has no
-            ``maybe_retract`` method.
+            If ``grad`` is not a ConvGradient, ``lr`` is not a real number, ``rank`` is not an
+            integer, or ``drift`` has no ``maybe_retract`` method.
         ValueError
             If ``lr`` is not a positive finite number, ``rank`` is out of range, a name is
             unknown, or the gradient's shapes do not match the layer (nothing is written).
@@ -651,8 +639,7 @@ class OrthogonalConv2d:
         """
         if not isinstance(grad, ConvGradient):
             raise TypeError(f"grad must be a ConvGradient from OrthogonalConv2d.backward; got {type(grad).__name__}")
-        if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not (math.isfinite(lr) and lr > 0):
-            raise ValueError(f"lr must be a positive finite number; got {lr!r}")
+        lr = check_float(lr, "lr", low=0, open_low=True, expected="a positive finite number")
         update = check_choice(update, CONV_UPDATES, "update")
         rank = check_rank(rank, self.out_channels)
         check_drift(drift)
@@ -671,19 +658,17 @@ class OrthogonalConv2d:
             for part, which in ((P, "[0]"), (X, "[1]")):
                 check_finite(part, name + which)  # every check runs before the first stack is written
         gen = normalize_rng(rng)
-        lr = float(lr)
+        policy = drift_at(drift, self.steps + 1)  # the layer's clock: both stacks at the same step
         for stack, (P, X), _ in pairs:
             if stack.shape[0] == 0:
                 continue
-            if update == "euclidean":
-                stack -= lr * (P @ _ht(self._xp, X))
-            else:
-                _step(stack, (-lr * P, X), rank=rank, update=update, sketch=sketch, rng=gen, out=stack)
+            if update != "euclidean":
+                _step(stack, (-lr * P, X), rank=rank, update=update, sketch=sketch, rng=gen, out=stack, drift=policy)
+                continue
+            stack -= lr * (P @ hconj(X))
+            if policy is not None:
+                policy.maybe_retract(stack)
         self.steps += 1
-        if drift is not None:
-            for stack, _, _ in pairs:
-                if stack.shape[0]:
-                    drift.maybe_retract(stack, step=self.steps)
 
 
 # ---------------------------------------------------------------------------------------------

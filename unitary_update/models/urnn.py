@@ -36,7 +36,6 @@ On CuPy the same code runs with ``matmul`` in place of the direct BLAS calls.
 
 from __future__ import annotations
 
-import functools
 from types import ModuleType
 from typing import Any
 
@@ -44,9 +43,11 @@ import numpy as np
 
 # Imported here, not lazily: SciPy's BLAS is a separate library from NumPy's, and it must be loaded
 # before a caller limits BLAS threads (threadpoolctl only sees libraries already loaded).
-from scipy.linalg.blas import get_blas_funcs
+import scipy.linalg.blas  # noqa: F401
 
+from .._blas import gemm as _gemm
 from .._config import get_options
+from .._validation import check_choice, check_dtype, check_int
 from .._xp import array_namespace
 from ..random import normalize_rng
 from ._kernels import modrelu_, modrelu_backward_
@@ -113,6 +114,7 @@ def init_recurrent(n: int, method: str, *, complex: bool = False, rng: Any = Non
     """
     from ..random import random_unitary
 
+    check_choice(method, INITS, "init", phrasing="one of")
     gen = normalize_rng(rng)
     if method == "henaff":
         theta = gen.uniform(-np.pi, np.pi, n // 2)
@@ -128,30 +130,17 @@ def init_recurrent(n: int, method: str, *, complex: bool = False, rng: Any = Non
         W = np.linalg.solve(eye + S, eye - S)
     elif method == "haar":
         return random_unitary(n, dtype=np.complex128 if complex else np.float64, rng=gen)
-    elif method == "identity":
+    else:  # identity
         W = np.eye(n)
-    else:
-        raise ValueError(f"init must be one of {', '.join(map(repr, INITS))}; got {method!r}")
     return W.astype(np.complex128) if complex else W
 
 
 # --------------------------------------------------------------------------------------------
-# Direct BLAS calls for the NumPy path
+# Helpers
 # --------------------------------------------------------------------------------------------
-@functools.lru_cache(maxsize=8)
-def _gemm(dtype: np.dtype) -> Any:
-    return get_blas_funcs("gemm", dtype=dtype)
-
-
 def _scalar(xp: ModuleType, value: Any) -> Any:
     """A reduction's result as a Python float on NumPy; left on the device (0-d) elsewhere."""
     return float(value) if xp is np else value
-
-
-def _check_choice(value: Any, choices: tuple[str, ...], name: str) -> str:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
-    return str(value)
 
 
 class _Workspace:
@@ -200,6 +189,13 @@ class URNN:
         ``(output, 2N)`` for a complex model, ``"c" (output,)``.  Read as they are at each call, so
         they can be updated in place or replaced (e.g. by CuPy arrays to run on a GPU).
 
+    Raises
+    ------
+    TypeError
+        If a size is not an integer or ``dtype`` is not float32 or float64.
+    ValueError
+        If a size is below 1, or ``output``, ``loss`` or ``init`` is unknown.
+
     Notes
     -----
     One :meth:`loss_and_grads` costs O(T batch N (N + input + output)) time and keeps two
@@ -235,19 +231,18 @@ class URNN:
         dtype: Any = None,
         rng: np.random.Generator | int | None = None,
     ) -> None:
-        for value, name in ((input_size, "input_size"), (hidden_size, "hidden_size"), (output_size, "output_size")):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"{name} must be a positive integer; got {value!r}")
-        self.output = _check_choice(output, OUTPUTS, "output")
-        self.loss = _check_choice(loss, LOSSES, "loss")
-        _check_choice(init, INITS, "init")
-        real = np.dtype(np.float64 if dtype is None else dtype)
-        if real not in (np.float32, np.float64):
-            raise TypeError(f"dtype must be float32 or float64 (the real precision); got {real}")
+        input_size, hidden_size, output_size = (
+            check_int(value, name, low=1, expected="a positive integer")
+            for value, name in ((input_size, "input_size"), (hidden_size, "hidden_size"), (output_size, "output_size"))
+        )
+        self.output = check_choice(output, OUTPUTS, "output", phrasing="one of")
+        self.loss = check_choice(loss, LOSSES, "loss", phrasing="one of")
+        check_choice(init, INITS, "init", phrasing="one of")
+        real = check_dtype(np.float64 if dtype is None else dtype, allowed=(np.float32, np.float64))
         self.complex = bool(complex)
         self.real_dtype = real
         self.dtype = np.dtype(np.complex64 if real == np.float32 else np.complex128) if self.complex else real
-        self.input_size, self.hidden_size, self.output_size = int(input_size), int(hidden_size), int(output_size)
+        self.input_size, self.hidden_size, self.output_size = input_size, hidden_size, output_size
         gen = normalize_rng(rng)
         n = self.hidden_size
         W = init_recurrent(n, init, complex=self.complex, rng=gen)
