@@ -34,7 +34,9 @@ PACKAGE = "unitary_update"
 MAX_FILE_BYTES = 1 << 20
 WHEEL_PACKAGE_SUFFIXES = (".py", ".pyi")
 WHEEL_PACKAGE_NAMES = ("py.typed",)
-TEST_OR_BENCH_PARTS = {"tests", "test", "testing", "benchmarks", "asv_benches", "bench"}
+# Folder names that mark tests or benchmark suites.  Not "bench": unitary_update/bench is package code
+# (the bench commands), not a benchmark suite.
+TEST_OR_BENCH_PARTS = {"tests", "test", "testing", "benchmarks", "asv_benches"}
 SDIST_REQUIRED = (
     "pyproject.toml",
     "setup.cfg",

@@ -17,10 +17,18 @@ about 1 to about 0.03 in 300 steps while ``||W^T W - I||`` stays at float32 roun
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Iterable
 
 import numpy as np
-import torch
+
+try:
+    import torch
+except ModuleNotFoundError as err:
+    if err.name != "torch":
+        raise
+    print('this example needs torch: pip install "unitary_update[torch]"', file=sys.stderr)
+    raise SystemExit(2) from None
 
 import unitary_update as uu
 

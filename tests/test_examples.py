@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -46,3 +48,13 @@ def test_torch_orthogonal_rnn_learns_and_keeps_W_orthogonal(one_torch_thread):
     assert float((model.W.detach() - W0).norm()) > 1e-3
     W = model.W.detach().double().numpy()
     np.testing.assert_allclose(W.T @ W, np.eye(16), atol=1e-5)
+
+
+def test_torch_example_without_torch_names_the_extra():
+    code = (
+        "import runpy, sys; sys.modules['torch'] = None; "
+        f"runpy.run_path({str(EXAMPLES / 'torch_orthogonal_rnn.py')!r}, run_name='__main__')"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr == 'this example needs torch: pip install "unitary_update[torch]"\n'

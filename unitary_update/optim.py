@@ -30,7 +30,7 @@ from ._validation import check_choice, check_drift, check_float, check_int
 from ._xp import array_namespace, hconj
 from .random import normalize_rng
 
-__all__ = ["SGD", "Adam", "Optimizer", "RMSprop", "UnitaryOptimizer", "make_optimizer"]
+__all__ = ["OPTIMIZERS", "SGD", "Adam", "Optimizer", "RMSprop", "UnitaryOptimizer", "make_optimizer"]
 
 
 def _real_view(x: Any) -> Any:
@@ -285,6 +285,7 @@ class Adam(Optimizer):
 
 
 _OPTIMIZERS = {"sgd": SGD, "rmsprop": RMSprop, "adam": Adam}
+OPTIMIZERS = tuple(_OPTIMIZERS)  # the names make_optimizer accepts
 
 
 def make_optimizer(name: str, lr: float, **options: Any) -> Optimizer:
@@ -316,7 +317,7 @@ def make_optimizer(name: str, lr: float, **options: Any) -> Optimizer:
     >>> type(make_optimizer("rmsprop", 1e-3)).__name__
     'RMSprop'
     """
-    return _OPTIMIZERS[check_choice(name, tuple(_OPTIMIZERS), "optimizer", phrasing="one of")](lr, **options)
+    return _OPTIMIZERS[check_choice(name, OPTIMIZERS, "optimizer", phrasing="one of")](lr, **options)
 
 
 class UnitaryOptimizer:

@@ -102,7 +102,7 @@ class ModReLUKernels:
     param_names = ("kernel", "dtype")
 
     def setup(self, kernel, dtype):
-        from unitary_update import _kernels
+        from unitary_update.models import _kernels
 
         rng = np.random.default_rng(0)
         z = rng.standard_normal((128, 190))

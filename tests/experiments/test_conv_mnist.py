@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import importlib.util
 import json
 
@@ -12,7 +11,6 @@ import pytest
 from unitary_update.bench.conv import bench_table, update_methods
 from unitary_update.cli import main
 from unitary_update.experiments.conv_mnist import ConvNet
-from unitary_update.experiments.datasets import MNIST_FILES
 
 
 @pytest.mark.parametrize("update", ["transport", "project"])
@@ -45,26 +43,10 @@ def test_network_gradient_norm_is_preserved_through_orthogonal_layers():
     assert net.unitarity_error() < 1e-12
 
 
-def write_fake_mnist(directory, n_train=256, n_test=64):
-    rng = np.random.default_rng(0)
-    arrays = {
-        "train_images": rng.integers(0, 256, (n_train, 28, 28)),
-        "train_labels": rng.integers(0, 10, n_train),
-        "test_images": rng.integers(0, 256, (n_test, 28, 28)),
-        "test_labels": rng.integers(0, 10, n_test),
-    }
-    for key, stem in MNIST_FILES.items():
-        a = arrays[key]
-        header = bytes([0, 0, 0x08, a.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in a.shape)
-        with gzip.open(directory / (stem + ".gz"), "wb") as f:
-            f.write(header + a.astype(np.uint8).tobytes())
-
-
 @pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None, reason="matplotlib not installed")
-def test_conv_demo_cli_writes_log_and_plot(tmp_path, capsys):
-    write_fake_mnist(tmp_path)
+def test_conv_demo_cli_writes_log_and_plot(tmp_path, fake_mnist, capsys):
     out, png = tmp_path / "log.json", tmp_path / "plot.png"
-    argv = ["conv-demo", "--data", str(tmp_path), "--depth", "2", "--channels", "4", "--steps", "3"]
+    argv = ["conv-demo", "--data", str(fake_mnist), "--depth", "2", "--channels", "4", "--steps", "3"]
     argv += ["--batch", "16", "--baseline-lrs", "0.1", "0.01", "--out", str(out), "--plot", str(png)]
     assert main(argv) == 0
     result = json.loads(out.read_text())

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 from pathlib import Path
 
 import numpy as np
@@ -13,35 +12,17 @@ from unitary_update.experiments.datasets import MNIST_FILES, load_mnist, read_id
 MNIST_DIR = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "mnist"
 
 
-def write_idx(path: Path, array: np.ndarray, compress: bool) -> None:
-    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
-    payload = header + array.astype(np.uint8).tobytes()
-    if compress:
-        with gzip.open(path.with_name(path.name + ".gz"), "wb") as f:
-            f.write(payload)
-    else:
-        path.write_bytes(payload)
-
-
 @pytest.mark.parametrize("compress", [True, False])
-def test_round_trip_small_fake_mnist(tmp_path, compress):
-    rng = np.random.default_rng(0)
-    arrays = {
-        "train_images": rng.integers(0, 256, (5, 28, 28)),
-        "train_labels": rng.integers(0, 10, 5),
-        "test_images": rng.integers(0, 256, (3, 28, 28)),
-        "test_labels": rng.integers(0, 10, 3),
-    }
-    for key, stem in MNIST_FILES.items():
-        write_idx(tmp_path / stem, arrays[key], compress)
+def test_round_trip_small_fake_mnist(tmp_path, compress, write_fake_mnist):
+    arrays = write_fake_mnist(tmp_path, 5, 3, compress)
     data = load_mnist(tmp_path)
     for key, value in arrays.items():
         np.testing.assert_array_equal(data[key], value)
         assert data[key].dtype == np.uint8
 
 
-def test_missing_file_is_named(tmp_path):
-    write_idx(tmp_path / MNIST_FILES["train_images"], np.zeros((1, 2, 2)), True)
+def test_missing_file_is_named(tmp_path, write_idx):
+    write_idx(tmp_path / MNIST_FILES["train_images"], np.zeros((1, 2, 2)))
     with pytest.raises(FileNotFoundError, match="train-labels-idx1-ubyte"):
         load_mnist(tmp_path)
 

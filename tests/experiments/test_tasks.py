@@ -8,7 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from unitary_update.experiments.tasks import AddingTask, CopyTask, PermutedMNIST, make_task
+from unitary_update.experiments.tasks import (
+    TASK_CLASSES,
+    TASKS,
+    AddingTask,
+    CopyTask,
+    PermutedMNIST,
+    make_task,
+    task_class,
+)
 
 MNIST_DIR = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "mnist"
 
@@ -103,3 +111,33 @@ def test_permuted_mnist_from_the_shared_files():
     xt, yt = task.split("test", 10)
     assert xt.shape == (10, 784, 1)
     assert yt.shape == (10,)
+
+
+def test_training_draws_are_seeded_by_step_and_run():
+    task = AddingTask(6)
+    np.testing.assert_array_equal(task.train_batch(4, 7, seed=1)[0], task.batch(4, np.random.default_rng([1, 1, 7]))[0])
+    assert not np.array_equal(task.train_batch(4, 7, seed=1)[0], task.train_batch(4, 8, seed=1)[0])
+    np.testing.assert_array_equal(task.eval_set(5, seed=1)[1], task.batch(5, np.random.default_rng([1, 2]))[1])
+
+
+def test_permuted_mnist_training_draws_epochs_and_holds_out_the_test_set(fake_mnist):
+    task = make_task("pmnist", mnist_dir=fake_mnist)
+    x, y = task.train_batch(32, 9, seed=2)  # step 9 of 8 per epoch: epoch 1, batch 1
+    np.testing.assert_array_equal(y, task.epoch_batch(9, 32, seed=2)[1])
+    assert x.shape == (32, 784, 1)
+    xt, yt = task.eval_set(10, seed=5)
+    np.testing.assert_array_equal(xt, task.split("test", 10)[0])
+    assert yt.shape == (10,)
+
+
+def test_task_classes_describe_tasks_without_building_them():
+    assert tuple(TASK_CLASSES) == TASKS
+    assert task_class("pmnist") is PermutedMNIST
+    assert task_class("pmnist").classification
+    assert not task_class("copy").classification
+    assert [task_class(name).hidden_size for name in TASKS] == [190, 170, 170]
+    assert CopyTask.label(1000) == "copy delay 1000"
+    assert AddingTask.label() == "adding length 200"
+    assert PermutedMNIST.label(5) == "pmnist"
+    with pytest.raises(ValueError, match="task must be one of"):
+        task_class("parity")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
 import signal
+import sys
 
 import numpy as np
 import pytest
@@ -144,8 +146,8 @@ def test_command_line_train_resume_and_plot(tmp_path, capsys):
 
 
 def test_command_line_needs_a_task(capsys):
-    with pytest.raises(SystemExit, match="give a task"):
-        main(["train"])
+    assert main(["train"]) == 2
+    assert "give a task" in capsys.readouterr().err
 
 
 def test_learning_rate_milestones(tmp_path):
@@ -190,7 +192,50 @@ def test_command_line_milestones_and_gamma(tmp_path, capsys):
     assert main([*args, "--lr-milestones", "2", "--lr-gamma", "0.5", "--run-dir", run, "--no-progress"]) == 0
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert (config["lr_milestones"], config["lr_gamma"]) == ([2], 0.5)
-    with pytest.raises(SystemExit, match="cannot change on --resume"):
-        main(["train", "--resume", run, "--lr-gamma", "0.1"])
+    assert main(["train", "--resume", run, "--lr-gamma", "0.1"]) == 2
+    assert "--lr-gamma: part of the run's config, cannot change on --resume" in capsys.readouterr().err
     assert main(["train", "--resume", run, "--steps", "5", "--lr-milestones", "2", "4", "--no-progress"]) == 0
     assert json.loads((tmp_path / "run" / "config.json").read_text())["lr_milestones"] == [2, 4]
+
+
+def test_permuted_mnist_run_and_its_plot(tmp_path, fake_mnist):
+    config = TrainConfig(task="pmnist", mnist_dir=str(fake_mnist), steps=2, hidden_size=6, batch_size=4, eval_size=8)
+    result = train(config, tmp_path, progress=False)
+    assert result["status"] == "completed"
+    assert 0 <= result["eval"]["accuracy"] <= 1
+    assert plot_run(tmp_path).is_file()
+
+
+def test_a_rejected_setting_writes_nothing(tmp_path):
+    with pytest.raises(ValueError, match="delay must be an integer"):
+        train(TrainConfig(task="copy", length=0), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+@pytest.mark.parametrize(
+    ("stderr", "progress", "shown"), [(_Terminal, True, True), (_Terminal, False, False), (io.StringIO, True, False)]
+)
+def test_progress_bar_only_on_a_terminal_and_logs_unchanged(tmp_path, monkeypatch, stderr, progress, shown):
+    monkeypatch.setattr(sys, "stderr", stderr())
+    config = TrainConfig(task="copy", length=3, steps=6, **SMALL)
+    train(config, tmp_path / "run", progress=progress)
+    text = sys.stderr.getvalue()
+    assert ("6/6" in text and "loss" in text and "baseline 0.9041" in text) == shown
+    assert text == "" or shown
+    keys = {r["split"]: set(r) for r in read_metrics(tmp_path / "run")}
+    assert keys == {
+        "train": {"split", "step", "loss", "baseline", "elapsed_s", "steps_per_s"},
+        "eval": {"split", "step", "loss", "accuracy", "baseline", "unitarity_error"},
+    }
+
+
+def test_plot_without_matplotlib_names_the_extra(tmp_path, monkeypatch):
+    (tmp_path / "metrics.jsonl").write_text('{"split": "train", "step": 1, "loss": 0.5}\n')
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(ImportError, match=r'^plot needs matplotlib: pip install "unitary_update\[plot\]"$'):
+        plot_run(tmp_path)

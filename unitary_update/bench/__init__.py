@@ -8,7 +8,8 @@
 * :mod:`~unitary_update.bench.conv`: batched updates of stacks of small matrices (``conv-bench``).
 * :mod:`~unitary_update.bench.soak`: unitarity drift over many float32 steps (``soak``).
 
-Nothing here is imported by ``import unitary_update``; timings never appear in the tests.
+Nothing here is imported by ``import unitary_update``; timings never appear in the tests.  The
+names live in the submodules.
 """
 
 __all__: list[str] = []

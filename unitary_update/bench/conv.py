@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from .._xp import hconj
 from ._timing import best_time
 
 __all__ = ["bench_table", "update_methods"]
@@ -85,16 +86,13 @@ def update_methods(
     def loop() -> Any:
         return np.stack([fast(U[f], A[f], B[f]) for f in range(F)])
 
-    def ht(x: np.ndarray) -> np.ndarray:
-        return np.conj(np.swapaxes(x, -1, -2))
-
     def dense() -> Any:
         if update == "project":
-            L, _, Rh = np.linalg.svd(U + A @ ht(B))
+            L, _, Rh = np.linalg.svd(U + A @ hconj(B))
             return L @ Rh
-        X = ht(U) @ A @ ht(B)
-        theta, V = np.linalg.eigh(-0.5j * (X - ht(X)))  # skew(X) = V diag(i theta) V^H
-        E = (V * np.exp(1j * theta)[..., None, :]) @ ht(V)
+        X = hconj(U) @ A @ hconj(B)
+        theta, V = np.linalg.eigh(-0.5j * (X - hconj(X)))  # skew(X) = V diag(i theta) V^H
+        E = (V * np.exp(1j * theta)[..., None, :]) @ hconj(V)
         return U @ (E.real if dt.kind == "f" else E).astype(dt, copy=False)
 
     return {"batched": batched, "batched_numpy": batched_numpy, "loop": loop, "dense": dense}

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from ..experiments._extras import pyplot
 from ._timing import best_time
 
 __all__ = ["format_markdown", "plot", "run"]
@@ -94,6 +95,13 @@ def run(
         Keys: ``n, k, dtype, project_s, transport_s, gemm_s, copy_s, rank_update_s,
         dense_project_s, dense_transport_s`` and the memory figures ``*_peak_traced`` and
         ``*_peak_rss`` (bytes) with ``u_bytes``.
+
+    Examples
+    --------
+    >>> from unitary_update.bench.cpu import run
+    >>> rows = run([16], ranks=[1, 2], repeat=1, threads=1, log=lambda line: None)
+    >>> [(row["n"], row["k"]) for row in rows], rows[0]["project_s"] > 0
+    ([(16, 1), (16, 2)], True)
     """
     import numba
     import scipy.linalg  # noqa: F401  # load SciPy's own OpenBLAS now, so the thread limit below reaches it
@@ -138,7 +146,25 @@ def run(
 
 
 def format_markdown(rows: Sequence[dict[str, Any]]) -> str:
-    """Render the rows of :func:`run` as a markdown table of times and ratios."""
+    """Render the rows of :func:`run` as a markdown table of times and ratios.
+
+    Parameters
+    ----------
+    rows : sequence of dict
+        Rows of :func:`run`.
+
+    Returns
+    -------
+    str
+        A markdown table, two lines per row (project and transport).
+
+    Examples
+    --------
+    >>> from unitary_update.bench.cpu import format_markdown, run
+    >>> table = format_markdown(run([16], repeat=1, threads=1, log=lambda line: None))
+    >>> [line.split(" | ")[:4] for line in table.splitlines()[2:]]
+    [['| 16', '1', 'float32', 'project'], ['| 16', '1', 'float32', 'transport']]
+    """
     head = (
         "| N | k | dtype | update | time/step | / GEMM N x N @ N x 2 | / copy of U | / in-place rank-2 BLAS update "
         "| dense time | dense / projUNN | peak extra memory (% of U) |\n"
@@ -166,12 +192,33 @@ def scaling(rows: Sequence[dict[str, Any]], small: int, large: int) -> dict[str,
 
 
 def plot(rows: Sequence[dict[str, Any]], path: str, title: str = "") -> None:
-    """Draw time per step against N on log-log axes with O(N^2) and O(N^3) reference slopes."""
-    import matplotlib
+    """Draw time per step against N on log-log axes with O(N^2) and O(N^3) reference slopes.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Parameters
+    ----------
+    rows : sequence of dict
+        Rows of :func:`run`; those of the smallest rank are drawn.
+    path : str
+        The image file to write (its suffix picks the format, e.g. ``.png``).
+    title : str, optional
+        The figure's title (default: the update, dtype and rank).
 
+    Raises
+    ------
+    ImportError
+        If matplotlib is not installed (the ``plot`` extra).
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> from unitary_update.bench.cpu import plot, run
+    >>> rows = run([16, 32], repeat=1, threads=1, log=lambda line: None)
+    >>> path = os.path.join(tempfile.mkdtemp(), "time_vs_n.png")
+    >>> plot(rows, path)
+    >>> os.path.getsize(path) > 0
+    True
+    """
+    plt = pyplot("bench --plot")
     k = min(r["k"] for r in rows)
     sel = sorted((r for r in rows if r["k"] == k), key=lambda r: r["n"])
     n = np.array([r["n"] for r in sel], dtype=float)

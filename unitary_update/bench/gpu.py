@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from .._config import options
+from .._validation import FLOAT_DTYPES
 from .._xp import get_namespace, is_cupy
 from ..random import normalize_rng, standard_normal
 
@@ -44,9 +45,42 @@ TARGET_FLOOR_RATIO = 3.0
 TARGET_DENSE_SPEEDUP = 100.0
 
 
+def _ratio(numerator: str, denominator: str, doc: str) -> Any:
+    """A read-only property ``self.<numerator> / self.<denominator>`` with docstring ``doc``."""
+
+    def ratio(self: Any) -> float:
+        return float(getattr(self, numerator) / getattr(self, denominator))
+
+    ratio.__doc__ = doc
+    return property(ratio)
+
+
 @dataclasses.dataclass(frozen=True)
 class BenchRow:
-    """One (N, dtype, k) measurement; times in seconds."""
+    """One (N, dtype, k) measurement; times in seconds, and the ratios the table reports.
+
+    Parameters
+    ----------
+    n : int
+        Matrix size N.
+    dtype : str
+        The matrices' dtype name.
+    k : int
+        Rank of the update.
+    project_s, transport_s : float
+        Seconds per in-place projUNN-D and projUNN-T update.
+    dense_project_s, dense_transport_s : float
+        Seconds per dense polar factor (SVD) and dense exponential (``eigh``).
+    floor_s : float
+        The memory floor: seconds to stream over U's bytes ``passes`` times.
+
+    Examples
+    --------
+    >>> from unitary_update.bench.gpu import BenchRow
+    >>> row = BenchRow(4096, "float32", 1, 2e-3, 3e-3, 0.5, 0.6, 1e-3)
+    >>> row.project_floor_ratio, row.transport_speedup
+    (2.0, 200.0)
+    """
 
     n: int
     dtype: str
@@ -57,29 +91,35 @@ class BenchRow:
     dense_transport_s: float
     floor_s: float
 
-    @property
-    def project_floor_ratio(self) -> float:
-        """projUNN-D time over the memory floor (1 would be ideal)."""
-        return self.project_s / self.floor_s
-
-    @property
-    def transport_floor_ratio(self) -> float:
-        """projUNN-T time over the memory floor."""
-        return self.transport_s / self.floor_s
-
-    @property
-    def project_speedup(self) -> float:
-        """Dense polar factor time over projUNN-D time."""
-        return self.dense_project_s / self.project_s
-
-    @property
-    def transport_speedup(self) -> float:
-        """Dense exponential time over projUNN-T time."""
-        return self.dense_transport_s / self.transport_s
+    project_floor_ratio = _ratio("project_s", "floor_s", "projUNN-D time over the memory floor (1 would be ideal).")
+    transport_floor_ratio = _ratio("transport_s", "floor_s", "projUNN-T time over the memory floor.")
+    project_speedup = _ratio("dense_project_s", "project_s", "Dense polar factor time over projUNN-D time.")
+    transport_speedup = _ratio("dense_transport_s", "transport_s", "Dense exponential time over projUNN-T time.")
 
 
 def memory_floor_seconds(n: int, dtype: Any, bandwidth: float, passes: int = 3) -> float:
     """Seconds to stream ``passes`` times over an N x N matrix of ``dtype`` at ``bandwidth`` bytes/s.
+
+    Parameters
+    ----------
+    n : int
+        Matrix size N.
+    dtype : dtype-like
+        Element type of the matrix.
+    bandwidth : float
+        Bytes per second.
+    passes : int, default 3
+        Passes over the matrix (an in-place update reads U, writes U and reads it once more).
+
+    Returns
+    -------
+    float
+        ``passes * n * n * itemsize / bandwidth``.
+
+    Raises
+    ------
+    ValueError
+        If ``bandwidth`` is not positive.
 
     Examples
     --------
@@ -127,7 +167,31 @@ def make_timer(xp: ModuleType) -> Timer:
 
 
 def copy_bandwidth(xp: ModuleType, timer: Timer, nbytes: int = 1 << 30, repeat: int = 10) -> float:
-    """Device-to-device copy bandwidth in bytes/s: ``2 * nbytes / t`` for ``dst[...] = src``."""
+    """Device-to-device copy bandwidth in bytes/s: ``2 * nbytes / t`` for ``dst[...] = src``.
+
+    Parameters
+    ----------
+    xp : module
+        The array namespace (NumPy or CuPy) whose device is measured.
+    timer : callable
+        ``timer(fn, repeat, warmup)`` -> seconds per call (see :func:`make_timer`).
+    nbytes : int, default 1 GiB
+        Size of the copied buffer.
+    repeat : int, default 10
+        Timed copies (the median is taken).
+
+    Returns
+    -------
+    float
+        Bytes per second (a copy reads and writes each byte once).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from unitary_update.bench.gpu import copy_bandwidth, make_timer
+    >>> copy_bandwidth(np, make_timer(np), nbytes=1 << 16, repeat=3) > 0
+    True
+    """
     src = xp.ones(max(1, nbytes // 4), dtype=np.float32)
     dst = xp.empty_like(src)
 
@@ -171,7 +235,44 @@ def run(
     seed: int = 0,
     log: Callable[[str], None] | None = None,
 ) -> tuple[list[BenchRow], float]:
-    """Measure every (N, dtype, k); return the rows and the copy bandwidth used for the floor."""
+    """Measure every (N, dtype, k); return the rows and the copy bandwidth used for the floor.
+
+    Parameters
+    ----------
+    xp : module
+        The array namespace: CuPy (the benchmark) or NumPy (a dry run on the CPU).
+    sizes, dtypes, ranks : sequences
+        The grid of N, dtype names and k.
+    repeat : int, default 10
+        Timed calls per update (median, after 2 warm-up calls).
+    dense_repeat : int, default 1
+        Timed calls per dense method, measured once per (N, dtype) at the first rank.
+    passes : int, default 3
+        Passes over U in the memory floor.
+    bandwidth : float, optional
+        Copy bandwidth for the floor (bytes/s); measured with :func:`copy_bandwidth` when None.
+    timer : callable, optional
+        ``timer(fn, repeat, warmup)`` -> seconds (default :func:`make_timer` of ``xp``).
+    seed : int, default 0
+        Seed of the random matrices.
+    log : callable, optional
+        Receives each row as a markdown table line as soon as it is measured.
+
+    Returns
+    -------
+    rows : list of BenchRow
+        One row per (N, dtype, k), in grid order.
+    bandwidth : float
+        The copy bandwidth used for the floor.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from unitary_update.bench.gpu import run
+    >>> rows, bandwidth = run(np, [16], ["float64"], [1], repeat=1)
+    >>> [(r.n, r.dtype, r.k) for r in rows], bandwidth > 0
+    ([(16, 'float64', 1)], True)
+    """
     from .. import project, transport
     from ..reference import project_dense, transport_dense
 
@@ -226,7 +327,25 @@ def _format_row(row: BenchRow) -> str:
 
 
 def target_lines(rows: Sequence[BenchRow]) -> list[str]:
-    """The acceptance targets at the largest N with k = 1: within 3x of the floor, >= 100x the dense method."""
+    """The performance targets at the largest N with k = 1: within 3x of the floor, >= 100x the dense method.
+
+    Parameters
+    ----------
+    rows : sequence of BenchRow
+        Measured rows.
+
+    Returns
+    -------
+    list of str
+        One markdown bullet per update at the largest N with k = 1, saying whether it meets
+        both targets.
+
+    Examples
+    --------
+    >>> from unitary_update.bench.gpu import BenchRow, target_lines
+    >>> target_lines([BenchRow(8192, "float32", 1, 2e-3, 9e-3, 1.0, 1.0, 1e-3)])[0]  # doctest: +ELLIPSIS
+    '- N = 8192, float32, k = 1, project: 2.00x the floor, 500x faster than dense -> meets the target ...'
+    """
     lines = []
     largest = max((r.n for r in rows), default=0)
     for r in rows:
@@ -255,7 +374,36 @@ def to_markdown(
     dense_repeat: int = 1,
     date: str | None = None,
 ) -> str:
-    """The benchmark table as markdown, headed by the device, the command and the floor's bandwidth."""
+    """The benchmark table as markdown, headed by the device, the command and the floor's bandwidth.
+
+    Parameters
+    ----------
+    rows : sequence of BenchRow
+        Measured rows, one table line each.
+    device : str
+        The device's name (:func:`device_name`).
+    command : str
+        The command line that produced the rows.
+    bandwidth : float
+        The copy bandwidth of the floor (bytes/s).
+    passes, repeat, dense_repeat : int
+        The settings of the run, stated in the header.
+    date : str, optional
+        The date line (default: now, UTC).
+
+    Returns
+    -------
+    str
+        The markdown text: a header list, the table and the targets (:func:`target_lines`).
+
+    Examples
+    --------
+    >>> from unitary_update.bench.gpu import BenchRow, to_markdown
+    >>> rows = [BenchRow(1024, "float32", 1, 2e-3, 3e-3, 1.0, 1.0, 1e-3)]
+    >>> text = to_markdown(rows, device="CPU", command="bench-gpu --device cpu", bandwidth=1e9, date="today")
+    >>> [line for line in text.splitlines() if line.startswith("| 1024")]
+    ['| 1024 | float32 | 1 | 2 | 3 | 1000 | 1000 | 1 | 2.00 | 3.00 | 500 | 333 |']
+    """
     date = date or datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
         "## GPU benchmark: projUNN updates vs the dense method and the memory floor",
@@ -281,13 +429,28 @@ def to_markdown(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The ``bench-gpu`` subcommand's options."""
+    """Add the options of the ``bench-gpu`` command to ``parser``.
+
+    Parameters
+    ----------
+    parser : argparse.ArgumentParser
+        The command's parser.
+
+    Examples
+    --------
+    >>> import argparse
+    >>> from unitary_update.bench.gpu import add_arguments
+    >>> parser = argparse.ArgumentParser()
+    >>> add_arguments(parser)
+    >>> parser.parse_args(["--sizes", "64"]).sizes, parser.parse_args([]).device
+    ([64], 'gpu')
+    """
     parser.add_argument("--sizes", type=int, nargs="+", default=[1024, 4096, 8192], help="matrix sizes N")
     parser.add_argument(
         "--dtypes",
         nargs="+",
         default=["float32", "complex64"],
-        choices=["float32", "float64", "complex64", "complex128"],
+        choices=[np.dtype(t).name for t in FLOAT_DTYPES],
     )
     parser.add_argument("--ranks", type=int, nargs="+", default=[1, 16], help="update ranks k")
     parser.add_argument("--repeat", type=int, default=10, help="timed calls per update (median)")
@@ -299,7 +462,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace, command: str) -> str:
-    """Run the benchmark described by parsed ``args``; print the table, write it to ``--output``."""
+    """Run the benchmark described by parsed ``args``; print the table, write it to ``--output``.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        The options of :func:`add_arguments`, parsed.
+    command : str
+        The command line, stated in the table's header.
+
+    Returns
+    -------
+    str
+        The markdown table (:func:`to_markdown`).
+
+    Raises
+    ------
+    ValueError
+        If a size or rank is not positive, or a rank exceeds a size.
+
+    Examples
+    --------
+    >>> import argparse
+    >>> from unitary_update.bench.gpu import add_arguments, main
+    >>> parser = argparse.ArgumentParser()
+    >>> add_arguments(parser)
+    >>> args = parser.parse_args(["--device", "cpu", "--sizes", "16", "--ranks", "1", "--repeat", "1"])
+    >>> table = main(args, "bench-gpu --device cpu")  # doctest: +ELLIPSIS
+    bench-gpu on CPU ...
+    >>> table.count("| 16 |")
+    2
+    """
     for name in ("sizes", "ranks"):
         if any(v < 1 for v in getattr(args, name)):
             raise ValueError(f"--{name} must be positive integers; got {getattr(args, name)}")

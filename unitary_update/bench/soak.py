@@ -16,6 +16,7 @@ import numpy as np
 from .._retract import DriftControl
 from .._step import UPDATES
 from .._step import step as _step
+from .._validation import check_choice
 from ..metrics import unitarity_error
 from ..random import random_unitary
 
@@ -91,8 +92,7 @@ def soak(
     >>> result["max_error"] < 1e-5
     True
     """
-    if update not in UPDATES:
-        raise ValueError(f"unknown update {update!r}; valid: {', '.join(map(repr, UPDATES))}")
+    update = check_choice(update, UPDATES, "update")
     if steps < 1 or record_every < 1:
         raise ValueError(f"steps and record_every must be >= 1; got {steps} and {record_every}")
     rng = np.random.default_rng(seed)

@@ -15,7 +15,11 @@ from typing import Any
 
 import numpy as np
 
+from ._extras import pyplot, require
+
 __all__ = ["ConvNet", "downsample", "train_mnist"]
+
+_PLOT_FEATURE = "train_mnist(plot=...)"
 
 
 def downsample(images: np.ndarray, factor: int = 2) -> np.ndarray:
@@ -277,6 +281,13 @@ def train_mnist(
     dict
         The configuration, the per-step logs of each run and the final test accuracies.
 
+    Raises
+    ------
+    FileNotFoundError
+        If an MNIST file is missing from ``data_dir`` (checked before any training).
+    ImportError
+        If ``plot`` is given and matplotlib is not installed (the ``plot`` extra; checked first).
+
     Examples
     --------
     Needs the MNIST files (nothing is downloaded):
@@ -289,6 +300,8 @@ def train_mnist(
 
     from .datasets import load_mnist
 
+    if plot is not None:  # before training, not after it
+        require("matplotlib", _PLOT_FEATURE)
     mnist = load_mnist(data_dir)
     mean, std = 0.1307, 0.3081
     x_train = ((downsample(mnist["train_images"]) - mean) / std)[:, None].astype(np.float32)
@@ -370,11 +383,7 @@ def _smooth(values: list[float], window: int = 20) -> np.ndarray:
 
 
 def _plot(result: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot(_PLOT_FEATURE)
     fig, axes = plt.subplots(1, 4, figsize=(13, 3.2))
     for name, run in result["runs"].items():
         log, evals = run["log"], run["evals"]

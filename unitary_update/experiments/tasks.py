@@ -30,16 +30,20 @@ import numpy as np
 
 from ..random import normalize_rng
 
-__all__ = ["TASKS", "AddingTask", "CopyTask", "PermutedMNIST", "Task", "make_task"]
+__all__ = ["TASKS", "TASK_CLASSES", "AddingTask", "CopyTask", "PermutedMNIST", "Task", "make_task", "task_class"]
 
 
 class Task:
     """What the training loop needs to know about a task (see the module documentation).
 
-    The base class of :class:`CopyTask`, :class:`AddingTask` and :class:`PermutedMNIST`: class
-    attributes ``name``, ``input_size``, ``output_size``, ``output`` (``"last"`` or
+    The base class of :class:`CopyTask`, :class:`AddingTask` and :class:`PermutedMNIST`.  Class
+    attributes: ``name``, ``input_size``, ``output_size``, ``output`` (``"last"`` or
     ``"sequence"``), ``loss`` (``"cross_entropy"`` or ``"mse"``), ``baseline`` (the loss of a
-    model without memory) and ``length`` (T), and a :meth:`batch` method.
+    model without memory), ``length`` (T), ``hidden_size`` (the paper's hidden size for the task,
+    the default of a run), ``classification`` (True when the held-out accuracy is the result) and,
+    for tasks with a length setting, ``length_name`` and ``default_length``.  Methods:
+    :meth:`batch` (a seeded batch) and the two a training run draws from, :meth:`train_batch`
+    and :meth:`eval_set`.
 
     Examples
     --------
@@ -50,6 +54,8 @@ class Task:
     >>> x, y = task.batch(4, rng=0)
     >>> x.shape, y.shape
     ((4, 8, 2), (4, 1))
+    >>> task.label(task.length), task.label()
+    ('adding length 8', 'adding length 200')
     """
 
     name = "task"
@@ -59,6 +65,10 @@ class Task:
     loss = "cross_entropy"
     baseline = math.nan
     length = 1
+    hidden_size = 128
+    classification = False
+    length_name: str | None = None
+    default_length: int | None = None
 
     def batch(self, batch_size: int, rng: np.random.Generator | int | None = None) -> tuple[Any, Any]:
         """One batch ``(x, y)``; ``rng`` makes it reproducible.
@@ -72,12 +82,82 @@ class Task:
 
         Returns
         -------
-        x : numpy.ndarray, shape (batch_size, T, input_size)
+        x : numpy.ndarray, shape (batch_size, T, input_size), float32
             The input sequences.
         y : numpy.ndarray
             The targets, in the form the subclass documents.
+
+        Raises
+        ------
+        ValueError
+            If ``batch_size`` is not an integer >= 1.
         """
+        gen = normalize_rng(rng)
+        return self._draw(_check_size(batch_size, "batch_size"), gen)
+
+    def _draw(self, batch_size: int, gen: np.random.Generator) -> tuple[Any, Any]:
+        """The batch of :meth:`batch`, from a checked size and a generator."""
         raise NotImplementedError  # pragma: no cover
+
+    def train_batch(self, batch_size: int, step: int, seed: int) -> tuple[Any, Any]:
+        """The training batch of step ``step`` (0-based) of a run seeded by ``seed``.
+
+        Reproducible from the step number alone, so a resumed run sees the batches of an
+        uninterrupted one: here ``batch(batch_size, default_rng([seed, 1, step]))``.
+
+        Parameters
+        ----------
+        batch_size : int
+            Number of sequences.
+        step : int
+            The number of completed training steps.
+        seed : int
+            The run's seed.
+
+        Returns
+        -------
+        x, y : numpy.ndarray
+            As :meth:`batch` returns them.
+        """
+        return self.batch(batch_size, np.random.default_rng([seed, 1, step]))
+
+    def eval_set(self, size: int, seed: int) -> tuple[Any, Any]:
+        """The held-out data of a run seeded by ``seed``: here ``batch(size, default_rng([seed, 2]))``.
+
+        Parameters
+        ----------
+        size : int
+            Number of sequences.
+        seed : int
+            The run's seed.
+
+        Returns
+        -------
+        x, y : numpy.ndarray
+            As :meth:`batch` returns them.
+        """
+        return self.batch(size, np.random.default_rng([seed, 2]))
+
+    @classmethod
+    def label(cls, length: int | None = None) -> str:
+        """The task's name with a length setting, as plot titles show it (``copy delay 100``).
+
+        A class method: it needs no data (a plot of a permuted-MNIST run does not load MNIST).
+
+        Parameters
+        ----------
+        length : int, optional
+            The length setting (copy: the delay; adding: T; None: ``default_length``); ignored
+            by tasks without one.
+
+        Returns
+        -------
+        str
+            ``name``, followed by ``length_name`` and the length for tasks with a length setting.
+        """
+        if cls.length_name is None:
+            return cls.name
+        return f"{cls.name} {cls.length_name} {cls.default_length if length is None else length}"
 
 
 def _check_size(value: int, name: str, minimum: int = 1) -> int:
@@ -88,6 +168,9 @@ def _check_size(value: int, name: str, minimum: int = 1) -> int:
 
 class CopyTask(Task):
     """Copy memory: reproduce 10 symbols after a delay of ``delay`` steps.
+
+    A batch is ``x`` of shape ``(batch_size, T, 10)``, float32 (one-hot input symbols) and ``y``
+    of shape ``(batch_size, T)``, int64 (the target symbol, a class label, at every step).
 
     Parameters
     ----------
@@ -114,36 +197,16 @@ class CopyTask(Task):
     input_size = output_size = 10
     output = "sequence"
     loss = "cross_entropy"
+    hidden_size = 190
+    length_name = "delay"
+    default_length = 100
 
     def __init__(self, delay: int) -> None:
         self.delay = _check_size(delay, "delay")
         self.length = self.delay + 20
         self.baseline = 10 * math.log(8) / self.length
 
-    def batch(self, batch_size: int, rng: np.random.Generator | int | None = None) -> tuple[Any, Any]:
-        """A batch of copy sequences.
-
-        Parameters
-        ----------
-        batch_size : int
-            Number of sequences (>= 1).
-        rng : numpy.random.Generator, int or None, optional
-            Generator or seed; the same seed gives the same batch.
-
-        Returns
-        -------
-        x : numpy.ndarray, shape (batch_size, T, 10), float32
-            One-hot input symbols.
-        y : numpy.ndarray, shape (batch_size, T), int64
-            Target symbols (class labels) at every step.
-
-        Raises
-        ------
-        ValueError
-            If ``batch_size`` is not an integer >= 1.
-        """
-        gen = normalize_rng(rng)
-        batch_size = _check_size(batch_size, "batch_size")
+    def _draw(self, batch_size: int, gen: np.random.Generator) -> tuple[Any, Any]:
         T = self.length
         data = gen.integers(1, 9, (batch_size, 10))
         symbols = np.zeros((batch_size, T), dtype=np.int64)
@@ -158,6 +221,9 @@ class CopyTask(Task):
 
 class AddingTask(Task):
     """Adding problem: the sum of two marked values in a sequence of length ``length``.
+
+    A batch is ``x`` of shape ``(batch_size, T, 2)``, float32 (values in channel 0, markers in
+    channel 1) and ``y`` of shape ``(batch_size, 1)``, float32 (the sum of the two marked values).
 
     Parameters
     ----------
@@ -181,34 +247,14 @@ class AddingTask(Task):
     output = "last"
     loss = "mse"
     baseline = 1 / 6
+    hidden_size = 170
+    length_name = "length"
+    default_length = 200
 
     def __init__(self, length: int) -> None:
         self.length = _check_size(length, "length", 2)
 
-    def batch(self, batch_size: int, rng: np.random.Generator | int | None = None) -> tuple[Any, Any]:
-        """A batch of adding sequences.
-
-        Parameters
-        ----------
-        batch_size : int
-            Number of sequences (>= 1).
-        rng : numpy.random.Generator, int or None, optional
-            Generator or seed; the same seed gives the same batch.
-
-        Returns
-        -------
-        x : numpy.ndarray, shape (batch_size, T, 2), float32
-            Values (channel 0) and markers (channel 1).
-        y : numpy.ndarray, shape (batch_size, 1), float32
-            The sum of the two marked values.
-
-        Raises
-        ------
-        ValueError
-            If ``batch_size`` is not an integer >= 1.
-        """
-        gen = normalize_rng(rng)
-        batch_size = _check_size(batch_size, "batch_size")
+    def _draw(self, batch_size: int, gen: np.random.Generator) -> tuple[Any, Any]:
         T = self.length
         half = T // 2
         values = gen.random((batch_size, T)).astype(np.float32)
@@ -224,6 +270,9 @@ class AddingTask(Task):
 
 class PermutedMNIST(Task):
     """Permuted pixel-by-pixel MNIST from the IDX files in ``directory``.
+
+    A batch is ``x`` of shape ``(batch_size, 784, 1)``, float32 (normalised pixels in permuted
+    order) and ``y`` of shape ``(batch_size,)``, int64 (digit labels).
 
     Parameters
     ----------
@@ -247,8 +296,10 @@ class PermutedMNIST(Task):
     -----
     Batches are drawn by :meth:`batch` (random with replacement) or :meth:`epoch_batch`
     (step ``i`` of a seeded per-epoch shuffle: without replacement, reproducible from the step
-    number alone).  With the files in ``../shared/data/mnist`` the training images are a
-    reconstruction of the original file (within one grey level; see that folder's README).
+    number alone), which is what a training run draws (:meth:`train_batch`); its held-out data
+    is the start of the test set (:meth:`eval_set`).  With the files in ``../shared/data/mnist``
+    the training images are a reconstruction of the original file (within one grey level; see
+    that folder's README).
 
     Examples
     --------
@@ -266,6 +317,8 @@ class PermutedMNIST(Task):
     loss = "cross_entropy"
     baseline = math.log(10)
     length = 784
+    hidden_size = 170
+    classification = True
 
     def __init__(self, directory: str | os.PathLike[str], *, permutation_seed: int = 0) -> None:
         from .datasets import load_mnist
@@ -282,30 +335,8 @@ class PermutedMNIST(Task):
         self.train = (prepare(data["train_images"]), data["train_labels"].astype(np.int64))
         self.test = (prepare(data["test_images"]), data["test_labels"].astype(np.int64))
 
-    def batch(self, batch_size: int, rng: np.random.Generator | int | None = None) -> tuple[Any, Any]:
-        """Random training images (with replacement).
-
-        Parameters
-        ----------
-        batch_size : int
-            Number of sequences (>= 1).
-        rng : numpy.random.Generator, int or None, optional
-            Generator or seed; the same seed gives the same batch.
-
-        Returns
-        -------
-        x : numpy.ndarray, shape (batch_size, 784, 1), float32
-            Normalised pixels in permuted order.
-        y : numpy.ndarray, shape (batch_size,), int64
-            Digit labels.
-
-        Raises
-        ------
-        ValueError
-            If ``batch_size`` is not an integer >= 1.
-        """
-        gen = normalize_rng(rng)
-        idx = gen.integers(0, len(self.train[1]), _check_size(batch_size, "batch_size"))
+    def _draw(self, batch_size: int, gen: np.random.Generator) -> tuple[Any, Any]:
+        idx = gen.integers(0, len(self.train[1]), batch_size)
         return self.train[0][idx, :, None], self.train[1][idx]
 
     def epoch_batch(self, step: int, batch_size: int, seed: int) -> tuple[Any, Any]:
@@ -353,8 +384,47 @@ class PermutedMNIST(Task):
         images, labels = self.train if which == "train" else self.test
         return images[:limit, :, None], labels[:limit]
 
+    def train_batch(self, batch_size: int, step: int, seed: int) -> tuple[Any, Any]:
+        """The training batch of step ``step``: :meth:`epoch_batch` (per-epoch shuffles).
 
-TASKS = ("copy", "adding", "pmnist")
+        Parameters
+        ----------
+        batch_size : int
+            Number of images.
+        step : int
+            The number of completed training steps.
+        seed : int
+            The run's seed.
+
+        Returns
+        -------
+        x, y : numpy.ndarray
+            As :meth:`epoch_batch` returns them.
+        """
+        return self.epoch_batch(step, batch_size, seed)
+
+    def eval_set(self, size: int, seed: int) -> tuple[Any, Any]:
+        """The held-out data of a run: the first ``size`` test images (the same for every seed).
+
+        Parameters
+        ----------
+        size : int
+            Number of images.
+        seed : int
+            The run's seed (unused: the test set is fixed).
+
+        Returns
+        -------
+        x, y : numpy.ndarray
+            As :meth:`split` returns them.
+        """
+        return self.split("test", size)
+
+
+TASK_CLASSES: dict[str, type[Task]] = {"copy": CopyTask, "adding": AddingTask, "pmnist": PermutedMNIST}
+"""The task classes by name (class attributes only: building :class:`PermutedMNIST` loads MNIST)."""
+
+TASKS = tuple(TASK_CLASSES)
 
 
 def make_task(name: str, *, length: int | None = None, mnist_dir: Any = None, permutation_seed: int = 0) -> Task:
@@ -391,10 +461,40 @@ def make_task(name: str, *, length: int | None = None, mnist_dir: Any = None, pe
     0.0204
     """
     if name == "copy":
-        return CopyTask(100 if length is None else length)
+        return CopyTask(CopyTask.default_length if length is None else length)
     if name == "adding":
-        return AddingTask(200 if length is None else length)
+        return AddingTask(AddingTask.default_length if length is None else length)
     if name == "pmnist":
         directory = mnist_dir if mnist_dir is not None else "../shared/data/mnist"
         return PermutedMNIST(directory, permutation_seed=permutation_seed)
     raise ValueError(f"task must be one of {', '.join(map(repr, TASKS))}; got {name!r}")
+
+
+def task_class(name: str) -> type[Task]:
+    """The class of the task called ``name``, without building it (no data is loaded).
+
+    Parameters
+    ----------
+    name : {"copy", "adding", "pmnist"}
+        The task.
+
+    Returns
+    -------
+    type
+        A subclass of :class:`Task`; its class attributes (``hidden_size``, ``classification``,
+        :meth:`~Task.label`, ...) describe the task.
+
+    Raises
+    ------
+    ValueError
+        For an unknown task name.
+
+    Examples
+    --------
+    >>> from unitary_update.experiments.tasks import task_class
+    >>> task_class("pmnist").hidden_size, task_class("copy").label(1000)
+    (170, 'copy delay 1000')
+    """
+    if name not in TASK_CLASSES:
+        raise ValueError(f"task must be one of {', '.join(map(repr, TASKS))}; got {name!r}")
+    return TASK_CLASSES[name]

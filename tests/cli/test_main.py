@@ -1,0 +1,192 @@
+"""The command line: the table of commands, plain help, choices from the library, one-line user errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import sys
+
+import pytest
+
+import unitary_update.cli as cli
+from unitary_update._sketch import SKETCH_METHODS
+from unitary_update._step import UPDATES
+from unitary_update.cli import COMMANDS, main
+from unitary_update.cli.train import _flag
+from unitary_update.experiments.config import TrainConfig
+from unitary_update.experiments.tasks import TASKS
+from unitary_update.models.urnn import INITS
+from unitary_update.optim import _OPTIMIZERS
+
+RST_MARKUP = re.compile(r"``|:(mod|func|class|meth|data|attr):`")
+
+
+def _subparsers():
+    parser = cli._parser()
+    (action,) = [a for a in parser._actions if a.dest == "command"]
+    return parser, action.choices
+
+
+def test_every_command_module_has_the_protocol():
+    assert cli.DEFAULT_COMMAND in COMMANDS
+    for name, module in COMMANDS.items():
+        assert module.__doc__.split("\n", 1)[1].startswith("\n"), name  # a one-line summary, then the text
+        assert callable(module.add_arguments), name
+        assert callable(module.run), name
+
+
+@pytest.mark.parametrize("words", [["--help"], *([name, "--help"] for name in COMMANDS)], ids=lambda w: w[0])
+def test_help_is_plain_text(words, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(words)
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert text.startswith("usage: python -m unitary_update")
+    assert not RST_MARKUP.search(text), RST_MARKUP.search(text)
+    assert not re.search(r"\b(issue|acceptance)\b", text, re.IGNORECASE)
+
+
+def test_top_level_help_lists_every_command(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    for name, module in COMMANDS.items():
+        assert name in text
+        assert module.__doc__.split()[0] in text
+
+
+def test_no_command_runs_the_demo_with_its_defaults(monkeypatch):
+    seen = []
+    monkeypatch.setattr(COMMANDS["demo"], "run", lambda args: seen.append(args) or 0)
+    assert main([]) == 0
+    (args,) = seen
+    assert (args.command, args.n, args.rank, args.dtype) == ("demo", 1024, 1, "float64")
+
+
+def test_choices_come_from_the_library():
+    _, commands = _subparsers()
+    options = {a.dest: a for a in commands["train"]._actions}
+    assert tuple(options["task"].choices) == TASKS
+    assert tuple(options["update"].choices) == UPDATES
+    assert tuple(options["sketch"].choices) == SKETCH_METHODS
+    assert tuple(options["optimizer"].choices) == tuple(_OPTIMIZERS)
+    assert tuple(options["init"].choices) == INITS
+    rnn = {a.dest: a for a in commands["bench-rnn"]._actions}
+    assert tuple(rnn["update"].choices) == UPDATES
+
+
+def test_train_has_an_option_for_every_setting():
+    _, commands = _subparsers()
+    options = {a.dest: a.option_strings for a in commands["train"]._actions}
+    for field in dataclasses.fields(TrainConfig):
+        if field.name != "task":
+            assert options[field.name] == [_flag(field.name)], field.name
+
+
+def _one_error_line(capsys) -> str:
+    captured = capsys.readouterr()
+    lines = captured.err.splitlines()
+    assert len(lines) == 1, captured.err
+    assert "Traceback" not in captured.err
+    assert lines[0].startswith("python -m unitary_update")
+    return lines[0]
+
+
+TRAIN = ["train", "copy", "--length", "3", "--steps", "2", "--hidden", "8", "--batch-size", "4", "--no-progress"]
+
+
+@pytest.mark.parametrize(
+    ("words", "message"),
+    [
+        (["bogus"], "invalid choice: 'bogus'"),
+        (["demo", "--n", "thirty"], "argument --n: invalid int value: 'thirty'"),
+        (["train", "copy", "--update", "sideways"], "argument --update: invalid choice"),
+        (["demo", "--n", "8", "--rank", "20"], "rank must satisfy 1 <= rank <= 8"),
+        (["soak", "--update", "x"], "unrecognized arguments"),
+        (["soak", "--n", "4", "--steps", "0"], "steps and record_every"),
+        ([*TRAIN, "--length", "0"], "delay must be an integer >= 1"),
+        ([*TRAIN, "--lr-gamma", "2"], "lr_gamma must be in (0, 1]"),
+        ([*TRAIN, "--device", "tpu"], "device must be 'cpu', 'gpu'"),
+        (["train"], "give a task (copy, adding, pmnist) or --resume RUN_DIR"),
+        (["train", "pmnist", "--mnist-dir", "{tmp}/nowhere"], "MNIST file train-images-idx3-ubyte(.gz) not found"),
+        (["train", "--resume", "{tmp}/nowhere"], "cannot resume: no checkpoint at"),
+        (["plot", "{tmp}/nowhere"], "is not a run directory (no metrics.jsonl)"),
+        (["conv-demo", "--data", "{tmp}/nowhere"], "MNIST file train-images-idx3-ubyte(.gz) not found"),
+        (["bench-gpu", "--device", "cpu", "--sizes", "0"], "--sizes must be positive integers"),
+    ],
+)
+def test_a_users_mistake_is_one_line_and_exit_2(tmp_path, capsys, words, message):
+    assert main([w.format(tmp=tmp_path) for w in words]) == 2
+    assert message in _one_error_line(capsys)
+    assert not (tmp_path / "nowhere").exists()
+
+
+@pytest.mark.parametrize(
+    "error",
+    [ValueError("bad\nvalue"), TypeError("wrong type"), FileNotFoundError(2, "No such file or directory", "x.npz")],
+)
+def test_library_errors_of_a_setting_become_one_line(monkeypatch, capsys, error):
+    def fail(args):
+        raise error
+
+    monkeypatch.setattr(COMMANDS["demo"], "run", fail)
+    assert main(["demo"]) == 2
+    line = _one_error_line(capsys)
+    assert line.startswith("python -m unitary_update demo: error: ")
+    assert line.endswith(("bad value", "wrong type", "No such file or directory: x.npz"))
+
+
+def test_a_bug_still_shows_its_traceback(monkeypatch):
+    monkeypatch.setattr(COMMANDS["demo"], "run", lambda args: {}["missing"])
+    with pytest.raises(KeyError):
+        main(["demo"])
+
+
+def test_resume_refuses_settings_of_the_run(tmp_path, capsys):
+    run = str(tmp_path / "run")
+    assert main([*TRAIN, "--run-dir", run]) == 0
+    capsys.readouterr()
+    assert main(["train", "--resume", run, "--hidden", "16", "--rank", "2"]) == 2
+    assert "--hidden, --rank: part of the run's config, cannot change on --resume" in _one_error_line(capsys)
+    assert main(["train", "copy", "--resume", run]) == 2
+    assert "not both" in _one_error_line(capsys)
+    assert main(["train", "--resume", run, "--steps", "3", "--no-progress"]) == 0
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["steps"] == 3
+
+
+@pytest.fixture
+def no_execv(monkeypatch):
+    def execv(*args):  # the bench command re-runs itself; a test must never replace pytest
+        raise AssertionError(f"os.execv{args}")
+
+    monkeypatch.setattr(os, "execv", execv)
+
+
+@pytest.mark.parametrize(
+    ("library", "words", "line"),
+    [
+        ("matplotlib", ["plot", "{run}"], 'plot needs matplotlib: pip install "unitary_update[plot]"'),
+        (
+            "matplotlib",
+            ["bench", "--plot", "x.png"],
+            'bench --plot needs matplotlib: pip install "unitary_update[plot]"',
+        ),
+        (
+            "matplotlib",
+            ["conv-demo", "--data", "{tmp}/nowhere", "--plot", "x.png"],
+            'conv-demo --plot needs matplotlib: pip install "unitary_update[plot]"',
+        ),
+        ("cupy", ["bench-gpu"], 'bench-gpu needs cupy: pip install "unitary_update[gpu]"'),
+        ("cupy", [*TRAIN, "--device", "gpu"], 'train --device gpu needs cupy: pip install "unitary_update[gpu]"'),
+    ],
+)
+def test_a_missing_extra_is_named_in_one_line(tmp_path, monkeypatch, capsys, no_execv, library, words, line):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"split": "train", "step": 1, "loss": 0.5}\n')
+    monkeypatch.setitem(sys.modules, library, None)  # as if it were not installed
+    assert main([w.format(run=run, tmp=tmp_path) for w in words]) == 2
+    assert _one_error_line(capsys).endswith(": error: " + line)
+    assert not (run / "loss.png").exists()

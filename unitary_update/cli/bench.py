@@ -1,0 +1,87 @@
+"""Time projUNN steps against GEMM, copy, rank update and dense baselines.
+
+Time per step of project and transport (out=U) for a grid of N and k, as ratios to baselines
+measured in the same run: one GEMM, a copy of U, the in-place BLAS rank update
+and the dense O(N^3) methods; the table also gives the peak extra memory of the updates.
+--plot FILE.png draws time against N on log-log axes (needs matplotlib, the plot extra);
+--stack times a stack of 4096 16 x 16 complex64 matrices instead.  The command runs itself once
+more with OPENBLAS_THREAD_TIMEOUT=1 set (NumPy's and SciPy's idle BLAS pools would otherwise
+slow each other down on a small machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from ._common import DTYPES, require
+
+__all__ = ["add_arguments", "run"]
+
+
+# numpydoc ignore: every command's parameters and return value are documented in unitary_update.cli
+def add_arguments(parser: argparse.ArgumentParser) -> None:  # numpydoc ignore=PR01,EX01
+    """Add the grid (``--n``, ``--rank``, ``--dtype``), the timing settings and the outputs."""
+    parser.add_argument("--n", type=int, nargs="+", default=[256, 1024, 2048, 4096], help="matrix sizes N")
+    parser.add_argument("--rank", type=int, nargs="+", default=[1], help="ranks k")
+    parser.add_argument("--dtype", default="float32", choices=DTYPES)
+    parser.add_argument("--threads", type=int, default=2, help="BLAS and Numba threads (default 2)")
+    parser.add_argument("--repeat", type=int, default=7, help="repetitions per figure; the best is kept")
+    parser.add_argument("--dense-max", type=int, default=4096, help="largest N at which dense baselines run")
+    parser.add_argument("--plot", metavar="FILE.png", help="draw time vs N (log-log) with O(N^2), O(N^3) slopes")
+    parser.add_argument("--markdown", metavar="FILE.md", help="also write the table (and machine line) here")
+    parser.add_argument(
+        "--stack",
+        action="store_true",
+        help="time a stack of 4096 16 x 16 complex64 matrices instead (Numba/NumPy/loop)",
+    )
+
+
+# numpydoc ignore: every command's parameters and return value are documented in unitary_update.cli
+def run(args: argparse.Namespace) -> int:  # numpydoc ignore=PR01,RT01
+    """Measure the grid and print the table (after re-running itself with ``OPENBLAS_THREAD_TIMEOUT=1``).
+
+    Raises
+    ------
+    ImportError
+        With ``--plot``, if matplotlib is not installed (checked before anything is measured).
+
+    Examples
+    --------
+    A run takes minutes and replaces the current process once, so it is shown, not run here:
+
+    >>> from unitary_update.cli import main
+    >>> main(["bench", "--n", "256", "1024", "--repeat", "3"])  # doctest: +SKIP
+    """
+    if args.plot:
+        require("matplotlib", "bench --plot")
+    if "OPENBLAS_THREAD_TIMEOUT" not in os.environ:
+        # must be set before NumPy's and SciPy's OpenBLAS load: run again with it
+        os.environ["OPENBLAS_THREAD_TIMEOUT"] = "1"
+        os.execv(sys.executable, [sys.executable, "-m", "unitary_update", *args.argv])
+    from ..bench import cpu
+
+    machine = cpu.machine_description(args.threads)
+    print(f"# projUNN bench: {machine}")
+    if args.stack:
+        table = cpu.format_stack_markdown(cpu.run_stack(threads=args.threads, repeat=args.repeat))
+        print(table)
+    else:
+        rows = cpu.run(args.n, args.rank, args.dtype, args.threads, args.repeat, args.dense_max)
+        table = cpu.format_markdown(rows)
+        print(table)
+        ns = sorted({r["n"] for r in rows})
+        if len(ns) >= 2:
+            small = 1024 if 1024 in ns else ns[0]
+            ratios = cpu.scaling(rows, small, ns[-1])
+            print(
+                f"scaling time(N={ns[-1]}) / time(N={small}): " + ", ".join(f"{k} {v:.1f}" for k, v in ratios.items())
+            )
+        if args.plot:
+            cpu.plot(rows, args.plot)
+            print(f"plot written to {args.plot}")
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(f"Command: `python -m unitary_update {' '.join(args.argv)}`\n\nMachine: {machine}\n\n{table}")
+    return 0

@@ -1,0 +1,163 @@
+"""Train a unitary RNN with projUNN on copy, adding or permuted MNIST.
+
+The run directory (--run-dir, default runs/TASK) receives config.json, metrics.jsonl (training
+loss every --log-every steps, held-out loss every --eval-every steps) and checkpoint.npz (every
+--checkpoint-every steps, at the end and on Ctrl-C).  --resume RUN_DIR continues a run exactly
+where its checkpoint left it, with the run's own settings; only --steps, --time-limit, --device
+and --lr-milestones may be given again.  A progress bar is shown on a terminal (--no-progress:
+never).  Permuted MNIST reads the IDX files from --mnist-dir; nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+from ..experiments.config import TrainConfig
+from ._common import (
+    INITS,
+    OPTIMIZERS,
+    REAL_DTYPES,
+    SKETCH_METHODS,
+    TASKS,
+    UPDATES,
+    UsageError,
+    blas_threads,
+    check_device,
+)
+
+__all__ = ["add_arguments", "run"]
+
+_RESUME_SETTINGS = ("steps", "time_limit_s", "device", "lr_milestones")  # the rest is the run's config.json
+_FLAGS = {"hidden_size": "--hidden", "time_limit_s": "--time-limit"}  # the others: --name-with-dashes
+
+
+def _flag(setting: str) -> str:
+    """The option that sets the :class:`TrainConfig` field ``setting`` (``hidden_size``: ``--hidden``)."""
+    return _FLAGS.get(setting, "--" + setting.replace("_", "-"))
+
+
+# numpydoc ignore: every command's parameters and return value are documented in unitary_update.cli
+def add_arguments(parser: argparse.ArgumentParser) -> None:  # numpydoc ignore=PR01,EX01
+    """Add the options of the ``train`` command to ``parser``.
+
+    Every option that sets a field of :class:`~unitary_update.experiments.config.TrainConfig`
+    is left out of the parsed namespace when it is not given (so a resumed run can tell what was
+    asked for); its default is the field's.
+    """
+    d = TrainConfig()
+
+    def setting(name: str, help: str | None = None, **kwargs: Any) -> None:
+        default = getattr(d, name)
+        shown = default is not None and default != () and not isinstance(default, bool)
+        parser.add_argument(
+            _flag(name),
+            dest=name,
+            default=argparse.SUPPRESS,
+            help=f"{help} (default {default})" if shown else help,
+            **kwargs,
+        )
+
+    parser.add_argument("task", nargs="?", choices=TASKS, help="omit with --resume")
+    parser.add_argument("--run-dir", default=None, help="output directory (default runs/TASK)")
+    parser.add_argument("--resume", metavar="RUN_DIR", default=None, help="continue the run in RUN_DIR exactly")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="BLAS threads (default 1: the per-time-step products are too small to share)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (it shows only on a terminal)")
+    setting("length", "copy: the delay T (default 100); adding: the sequence length (default 200)", type=int)
+    setting("steps", "total training steps", type=int)
+    setting("batch_size", "sequences per step", type=int)
+    setting("hidden_size", "hidden size N (default: copy 190, adding and pmnist 170)", type=int)
+    setting("complex", "complex unitary W (default: real orthogonal)", action="store_true")
+    setting("init", "initialiser of W", choices=INITS)
+    setting("dtype", "real precision of the model", choices=REAL_DTYPES)
+    setting("optimizer", "optimizer of V, b, O, c and of W's direction", choices=OPTIMIZERS)
+    setting("lr", "learning rate of V, b, O, c", type=float)
+    setting("w_lr_divisor", "W's learning rate is lr / this", type=float)
+    setting(
+        "lr_milestones",
+        "steps at which both learning rates are multiplied by --lr-gamma",
+        type=int,
+        nargs="*",
+        metavar="STEP",
+    )
+    setting("lr_gamma", "learning-rate factor at each milestone", type=float)
+    setting("momentum", "SGD momentum", type=float)
+    setting("rank", "rank k of the W update", type=int)
+    setting("update", "projUNN-D (project) or projUNN-T (transport)", choices=UPDATES)
+    setting("sketch", "sketch method of the W update", choices=SKETCH_METHODS)
+    setting("retract_every", "re-unitarise W every this many steps (0: never)", type=int)
+    setting("seed", "seeds the model, the data and the sketches", type=int)
+    setting("eval_every", "held-out evaluation period in steps", type=int)
+    setting("eval_size", "held-out sequences (pmnist: test images)", type=int)
+    setting("checkpoint_every", "checkpoint period in steps", type=int)
+    setting("log_every", "training-loss log period in steps", type=int)
+    setting("time_limit_s", "stop (with a checkpoint) after this many seconds", type=float, metavar="SECONDS")
+    setting("mnist_dir", "folder of the MNIST IDX files", metavar="DIR")
+    setting("device", "cpu (NumPy) or gpu / cuda:<i> (CuPy, the gpu extra)")
+
+
+# numpydoc ignore: every command's parameters and return value are documented in unitary_update.cli
+def run(args: argparse.Namespace) -> int:  # numpydoc ignore=PR01,RT01
+    """Train (or resume) the run described by the parsed options; print how it ended.
+
+    Raises
+    ------
+    UsageError
+        Without a task and without ``--resume``, or with ``--resume`` and a setting that is part
+        of the run's configuration.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from unitary_update.cli import main
+    >>> run_dir = tempfile.mkdtemp()
+    >>> main(["train", "adding", "--length", "6", "--steps", "3", "--hidden", "8", "--run-dir", run_dir])
+    ... # doctest: +ELLIPSIS
+    completed at step 3: held-out loss ...
+    0
+    >>> main(["train", "--resume", run_dir, "--steps", "5"])  # doctest: +ELLIPSIS
+    completed at step 5: held-out loss ...
+    0
+    """
+    from ..experiments.train import train
+
+    settings = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
+    settings.pop("task", None)
+    if "lr_milestones" in settings:
+        settings["lr_milestones"] = tuple(settings["lr_milestones"])
+    progress = not args.no_progress
+    with blas_threads(args.threads):
+        if args.resume is not None:
+            fixed = [_flag(name) for name in settings if name not in _RESUME_SETTINGS]
+            if args.task is not None or args.run_dir is not None:
+                raise UsageError("give a task (and --run-dir) or --resume RUN_DIR, not both")
+            if fixed:
+                raise UsageError(f"{', '.join(fixed)}: part of the run's config, cannot change on --resume")
+            device = settings.get("device") or _saved_device(args.resume)
+            check_device(device, f"train --device {device}")
+            resumed = {name: settings.get(name) for name in _RESUME_SETTINGS}
+            result = train(None, args.resume, resume=True, progress=progress, **resumed)
+        else:
+            if args.task is None:
+                raise UsageError(f"give a task ({', '.join(TASKS)}) or --resume RUN_DIR")
+            check_device(settings.get("device"), f"train --device {settings.get('device')}")
+            config = TrainConfig(task=args.task, **settings)
+            result = train(config, args.run_dir or f"runs/{args.task}", progress=progress)
+    ev = result["eval"]
+    extra = f", held-out accuracy {ev['accuracy']:.4f}" if "accuracy" in ev else ""
+    print(f"{result['status']} at step {result['step']}: held-out loss {ev.get('loss', float('nan')):.4f}{extra}")
+    return 130 if result["status"] == "interrupted" else 0
+
+
+def _saved_device(run_dir: str) -> str | None:
+    """The device in a run directory's ``config.json`` (None when there is none to read)."""
+    path = Path(run_dir) / "config.json"
+    return json.loads(path.read_text()).get("device") if path.is_file() else None
