@@ -13,7 +13,7 @@ The wheel is what users install: the package and its metadata, nothing else.
 The sdist is what a packager rebuilds and tests from.
     * it has pyproject.toml, setup.cfg, README.md, LICENSE, CHANGELOG.md, CONTRIBUTING.md,
       MANIFEST.in and PKG-INFO;
-    * every file tracked by git under ``unitary_update/``, ``tests/`` and ``docs/`` is there (so
+    * every file tracked by git under ``unitary_update/``, ``tests/``, ``docs/`` and ``examples/`` is there (so
       modules, tests and pages added later are covered without editing this script);
     * no build or cache debris (``__pycache__``, ``*.pyc``, ``.venv``, ``docs/_build``, ...).
 
@@ -49,7 +49,7 @@ SDIST_REQUIRED = (
     f"{PACKAGE}/__init__.py",
     f"{PACKAGE}/py.typed",
 )
-SDIST_TRACKED_DIRS = (f"{PACKAGE}/", "tests/", "docs/")
+SDIST_TRACKED_DIRS = (f"{PACKAGE}/", "tests/", "docs/", "examples/")
 SDIST_TRACKED_EXCLUDE = ("docs/_build/", "docs/api/generated/")
 DEBRIS_PARTS = {
     "__pycache__",
