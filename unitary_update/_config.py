@@ -82,9 +82,10 @@ def set_options(*, backend: str | None = None, check_finite: bool | None = None)
     >>> uu.set_options(check_finite=True)
     """
     if backend is not None:
-        from ._validation import check_choice  # here: _validation reads the options of this module
-
-        _OPTIONS.backend = check_choice(backend, _BACKENDS, "backend", phrasing="one of")
+        # checked here, not by _validation.check_choice: _validation reads these options (no cycle)
+        if backend not in _BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(map(repr, _BACKENDS))}; got {backend!r}")
+        _OPTIONS.backend = backend
     if check_finite is not None:
         _OPTIONS.check_finite = bool(check_finite)
 
