@@ -9,7 +9,7 @@ import pytest
 
 from unitary_update.experiments.datasets import MNIST_FILES, load_mnist, read_idx
 
-MNIST_DIR = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "mnist"
+MNIST_DIR = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "mnist"
 
 
 @pytest.mark.parametrize("compress", [True, False])

@@ -18,7 +18,7 @@ from unitary_update.experiments.tasks import (
     task_class,
 )
 
-MNIST_DIR = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "mnist"
+MNIST_DIR = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "mnist"
 
 
 def test_copy_task_layout():

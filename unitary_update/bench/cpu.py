@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from ..experiments._extras import pyplot
+from .._extras import pyplot
 from ._timing import best_time
 
 __all__ = ["format_markdown", "plot", "run"]

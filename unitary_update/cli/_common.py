@@ -14,11 +14,11 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from .._extras import MissingExtraError, require
 from .._sketch import SKETCH_METHODS
 from .._step import UPDATES
 from .._validation import FLOAT_DTYPES
 from .._xp import get_namespace
-from ..experiments._extras import MissingExtraError, require
 from ..experiments.tasks import TASKS
 from ..models.urnn import INITS
 from ..optim import OPTIMIZERS

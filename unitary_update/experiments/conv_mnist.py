@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ._extras import pyplot, require
+from .._extras import pyplot, require
 
 __all__ = ["ConvNet", "downsample", "train_mnist"]
 

@@ -6,7 +6,7 @@ import json
 import os
 from pathlib import Path
 
-from ._extras import pyplot
+from .._extras import pyplot
 from .checkpoints import read_metrics
 from .config import TrainConfig
 from .tasks import task_class
