@@ -2,9 +2,11 @@
 
 The method is a parameter, so every figure has its baselines beside it in the same table:
 ``project``/``transport`` (in place, ``out=U``; ``*_numpy`` with the Numba kernels switched off,
-which shows what they win), ``dense`` (SVD polar factor / ``expm``),
+which shows what they win), ``dense`` (SVD polar factor / ``expm``), ``gemm_2k`` (one
+N x N @ N x 2k product: U times the update's thin basis, the work an update cannot avoid),
 ``gemm`` (one N x N @ N x 2 product: one read of U), ``copy`` (one read and one write of U) and
-``rank_update`` (the in-place BLAS rank-2 update).
+``rank_update`` (the in-place BLAS rank-2 update).  ``UpdateAfterTorch`` times the updates after
+PyTorch has run work in the same process (its thread pool then competes for the cores).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ class Update(Threaded):
             "transport_numpy",
             "dense_project",
             "dense_transport",
+            "gemm_2k",
             "gemm",
             "copy",
             "rank_update",
@@ -57,6 +60,7 @@ class Update(Threaded):
         self.setup_threads()
         self.U, self.A, self.B = _problem(n, k, dtype)
         self.X2 = np.ascontiguousarray(self.U[:, :2])
+        self.X2k = np.ascontiguousarray(self.U[:, : min(n, 2 * k)])
         self.target = np.empty_like(self.U)
         self.fn = {
             "project": lambda: uu.project(self.U, self.A, self.B, out=self.U),
@@ -65,6 +69,7 @@ class Update(Threaded):
             "transport_numpy": lambda: self._numpy_backend(uu.transport),
             "dense_project": lambda: project_dense(self.U, self.A, self.B),
             "dense_transport": lambda: transport_dense(self.U, self.A, self.B),
+            "gemm_2k": lambda: self.U @ self.X2k,
             "gemm": lambda: self.U @ self.X2,
             "copy": lambda: np.copyto(self.target, self.U),
             "rank_update": lambda: add_lowrank_(self.U, 1e-8 * self.X2, self.X2),
@@ -77,6 +82,28 @@ class Update(Threaded):
 
     def time_step(self, n: int, k: int, dtype: str, method: str) -> None:
         self.fn()
+
+
+class UpdateAfterTorch(Threaded):
+    """project/transport after PyTorch work in the same process; compare with ``Update`` in one run."""
+
+    params = ([256] if QUICK else [190, 1024], [4] if QUICK else [1, 16], ["project", "transport"])
+    param_names = ["N", "k", "method"]
+
+    def setup(self, n: int, k: int, method: str) -> None:
+        try:
+            from unitary_update.bench.cpu import torch_work
+
+            torch_work(0.2)
+        except ImportError as err:  # MissingExtraError is an ImportError
+            raise SkipNotImplemented("needs torch") from err
+        self.setup_threads()
+        self.U, self.A, self.B = _problem(n, k, "float32")
+        self.fn = getattr(uu, method)
+        self.fn(self.U, self.A, self.B, out=self.U)
+
+    def time_step(self, n: int, k: int, method: str) -> None:
+        self.fn(self.U, self.A, self.B, out=self.U)
 
 
 class InPlaceMemory(Threaded):

@@ -16,8 +16,10 @@ from threadpoolctl import threadpool_limits
 QUICK = os.environ.get("UU_ASV_QUICK", "") not in ("", "0")
 THREADS = 2
 
-SIZES = [256] if QUICK else [256, 1024, 2048, 4096]
-RANKS = [1] if QUICK else [1, 4, 16]
+# The grid where the library is used: recurrent layers (128-512, 190 in the copy task) up to large
+# dense layers, ranks 1 (the paper's) to 64.
+SIZES = [256] if QUICK else [128, 190, 512, 1024, 2048, 4096]
+RANKS = [1] if QUICK else [1, 4, 16, 64]
 DTYPES = ["float32"] if QUICK else ["float32", "complex64", "float64"]
 DENSE_MAX = 256 if QUICK else 2048  # the dense O(N^3) baselines take minutes beyond this
 

@@ -3,11 +3,16 @@
 For every N and k of the grid it times, in the same process and with the same thread settings:
 
 * ``project`` and ``transport`` with ``out=U`` (the in-place, O(kN) memory path);
-* the baselines: one ``N x N @ N x 2`` GEMM (a single read of U: the memory floor of one pass),
-  a copy of U (one read + one write), the in-place BLAS rank-2 update ``U += P Q^T`` (what the
-  final step of an update costs), and the dense O(N^3) methods (SVD polar factor, ``expm``);
+* the baselines: one ``N x N @ N x 2k`` GEMM (the product of U with the update's thin basis, the
+  work an update cannot avoid), one ``N x N @ N x 2`` GEMM (a single read of U: the floor of one
+  pass), a copy of U (one read + one write), the in-place BLAS rank-2 update ``U += P Q^T`` (what
+  the final step of an update costs), and the dense O(N^3) methods (SVD polar factor, ``expm``);
 * the peak extra memory of the in-place updates (tracemalloc for NumPy allocations plus the growth
-  of the process's peak resident set, which also sees Numba's allocations).
+  of the process's peak resident set, which also sees Numba's allocations), against the memory
+  floor: the one ``N x 2k`` block ``U W`` an update has to hold;
+* optionally (``compare_threads``) each update again at one thread, and (``after_torch``) each
+  update again after PyTorch has run work in the same process (its OpenMP pool then competes with
+  the BLAS threads for the cores).
 
 Each figure is the best of several repetitions (the dense methods: fewer).  Ratios are what the
 table reports; absolute times depend on the machine.
@@ -25,10 +30,10 @@ from typing import Any
 
 import numpy as np
 
-from .._extras import pyplot
+from .._extras import pyplot, require
 from ._timing import best_time
 
-__all__ = ["format_markdown", "plot", "run"]
+__all__ = ["DEFAULT_RANKS", "DEFAULT_SIZES", "format_markdown", "plot", "run", "torch_work"]
 
 
 def _peak_extra_bytes(fn: Callable[[], Any]) -> tuple[int, int]:
@@ -60,15 +65,62 @@ def machine_description(threads: int) -> str:
     )
 
 
+DEFAULT_SIZES = (128, 190, 512, 1024, 2048, 4096)
+DEFAULT_RANKS = (1, 4, 16, 64)
+UPDATE_NAMES = ("project", "transport")
+
+
+def torch_work(seconds: float = 0.5) -> None:
+    """Run PyTorch work in this process for about ``seconds``: matmuls and an autograd RNN step.
+
+    What a training loop does between two updates: PyTorch's own thread pool (OpenMP) wakes up
+    and stays warm, competing for the cores with the BLAS threads of the update that follows.
+
+    Raises
+    ------
+    MissingExtraError
+        If torch is not installed (the ``torch`` extra).
+    """
+    torch = require("torch", "bench --after-torch")
+    import time
+
+    g = torch.Generator().manual_seed(0)
+    W = torch.randn(190, 190, generator=g, requires_grad=True)
+    x = torch.randn(50, 128, 190, generator=g)
+    big = torch.randn(512, 512, generator=g)
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        h = torch.zeros(128, 190)
+        for t in range(x.shape[0]):
+            h = torch.tanh(x[t] + h @ W)
+        h.square().mean().backward()
+        big @ big
+
+
+def _time_updates(U: np.ndarray, A: np.ndarray, B: np.ndarray, repeat: int) -> dict[str, float]:
+    """Best time of project and transport with ``out=U`` (U is overwritten)."""
+    import unitary_update as uu
+
+    times = {}
+    for name in UPDATE_NAMES:
+        step = functools.partial(getattr(uu, name), U, A, B, out=U)
+        step()  # warm up (Numba compilation, caches)
+        times[name] = best_time(step, repeat)
+    return times
+
+
 def run(
-    sizes: Sequence[int] = (256, 1024, 2048, 4096),
-    ranks: Sequence[int] = (1,),
+    sizes: Sequence[int] = DEFAULT_SIZES,
+    ranks: Sequence[int] = DEFAULT_RANKS,
     dtype: str = "float32",
     threads: int = 2,
     repeat: int = 7,
     dense_max: int = 4096,
     seed: int = 0,
     log: Callable[[str], None] = print,
+    *,
+    compare_threads: bool = False,
+    after_torch: bool = False,
 ) -> list[dict[str, Any]]:
     """Measure the grid; return one row (a dict of times, ratios and memory) per (N, k).
 
@@ -88,13 +140,24 @@ def run(
         Seed of the random inputs.
     log : callable
         Receives one progress line per measured row.
+    compare_threads : bool
+        Also time each update at one BLAS/Numba thread (keys ``*_1thread_s``).
+    after_torch : bool
+        After the grid, run PyTorch work in this process (:func:`torch_work`) and time each update
+        of the grid again (keys ``*_after_torch_s``).  Needs torch.
 
     Returns
     -------
     list of dict
-        Keys: ``n, k, dtype, project_s, transport_s, gemm_s, copy_s, rank_update_s,
-        dense_project_s, dense_transport_s`` and the memory figures ``*_peak_traced`` and
-        ``*_peak_rss`` (bytes) with ``u_bytes``.
+        Keys: ``n, k, dtype, project_s, transport_s, gemm2k_s, gemm_s, copy_s, rank_update_s,
+        dense_project_s, dense_transport_s``, the memory figures ``*_peak_traced`` and
+        ``*_peak_rss`` (bytes) with ``u_bytes`` and ``floor_bytes`` (the ``N x 2k`` block), and
+        the optional ``*_1thread_s`` and ``*_after_torch_s``.
+
+    Raises
+    ------
+    MissingExtraError
+        With ``after_torch``, if torch is not installed (checked before anything is measured).
 
     Examples
     --------
@@ -103,6 +166,8 @@ def run(
     >>> [(row["n"], row["k"]) for row in rows], rows[0]["project_s"] > 0
     ([(16, 1), (16, 2)], True)
     """
+    if after_torch:
+        require("torch", "bench --after-torch")
     import numba
     import scipy.linalg  # noqa: F401  # load SciPy's own OpenBLAS now, so the thread limit below reaches it
     from threadpoolctl import threadpool_limits
@@ -111,10 +176,14 @@ def run(
     from unitary_update._blas import add_lowrank_
     from unitary_update.reference import project_dense, transport_dense
 
-    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    def set_threads(count: int) -> Any:
+        numba.set_num_threads(min(count, numba.config.NUMBA_NUM_THREADS))
+        return threadpool_limits(count)
+
     rows = []
+    problems = []
     rng = np.random.default_rng(seed)
-    with threadpool_limits(threads):
+    with set_threads(threads):
         for n in sizes:
             U = uu.random_unitary(n, dtype=dtype, rng=rng)
             U_copy_target = np.empty_like(U)
@@ -122,12 +191,21 @@ def run(
             for k in ranks:
                 A = (1e-2 * rng.standard_normal((n, k)) / np.sqrt(n)).astype(U.dtype)
                 B = rng.standard_normal((n, k)).astype(U.dtype)
-                row: dict[str, Any] = {"n": n, "k": k, "dtype": dtype, "u_bytes": U.nbytes}
-                for name, fn in (("project", uu.project), ("transport", uu.transport)):
-                    step = functools.partial(fn, U, A, B, out=U)
-                    step()  # warm up (Numba compilation, caches)
-                    row[f"{name}_s"] = best_time(step, repeat)
+                X2k = rng.standard_normal((n, min(n, 2 * k))).astype(U.dtype)
+                problems.append((U, A, B))
+                row: dict[str, Any] = {
+                    "n": n,
+                    "k": k,
+                    "dtype": dtype,
+                    "threads": threads,
+                    "u_bytes": U.nbytes,
+                    "floor_bytes": X2k.nbytes,
+                }
+                for name, t in _time_updates(U, A, B, repeat).items():
+                    row[f"{name}_s"] = t
+                    step = functools.partial(getattr(uu, name), U, A, B, out=U)
                     row[f"{name}_peak_traced"], row[f"{name}_peak_rss"] = _peak_extra_bytes(step)
+                row["gemm2k_s"] = best_time(functools.partial(np.matmul, U, X2k), repeat)
                 row["gemm_s"] = best_time(functools.partial(np.matmul, U, X2), repeat)
                 row["copy_s"] = best_time(functools.partial(np.copyto, U_copy_target, U), repeat)
                 row["rank_update_s"] = best_time(functools.partial(add_lowrank_, U, 1e-8 * X2, X2.copy()), repeat)
@@ -137,11 +215,21 @@ def run(
                     row["dense_transport_s"] = best_time(functools.partial(transport_dense, U, A, B), slow)
                 else:
                     row["dense_project_s"] = row["dense_transport_s"] = float("nan")
+                if compare_threads:
+                    with set_threads(1):
+                        for name, t in _time_updates(U, A, B, repeat).items():
+                            row[f"{name}_1thread_s"] = t
                 rows.append(row)
                 log(
                     f"N={n} k={k}: project {row['project_s'] * 1e3:.3f} ms, transport "
-                    f"{row['transport_s'] * 1e3:.3f} ms, GEMM {row['gemm_s'] * 1e3:.3f} ms"
+                    f"{row['transport_s'] * 1e3:.3f} ms, GEMM N x 2k {row['gemm2k_s'] * 1e3:.3f} ms"
                 )
+        if after_torch:
+            torch_work()
+            for row, (U, A, B) in zip(rows, problems, strict=True):
+                for name, t in _time_updates(U, A, B, repeat).items():
+                    row[f"{name}_after_torch_s"] = t
+                log(f"N={row['n']} k={row['k']} after torch: project {row['project_after_torch_s'] * 1e3:.3f} ms")
     return rows
 
 
@@ -156,32 +244,65 @@ def format_markdown(rows: Sequence[dict[str, Any]]) -> str:
     Returns
     -------
     str
-        A markdown table, two lines per row (project and transport).
+        A markdown table, two lines per row (project and transport); the columns of the
+        optional measurements appear when the rows have them.
 
     Examples
     --------
     >>> from unitary_update.bench.cpu import format_markdown, run
-    >>> table = format_markdown(run([16], repeat=1, threads=1, log=lambda line: None))
+    >>> table = format_markdown(run([16], ranks=[1], repeat=1, threads=1, log=lambda line: None))
     >>> [line.split(" | ")[:4] for line in table.splitlines()[2:]]
     [['| 16', '1', 'float32', 'project'], ['| 16', '1', 'float32', 'transport']]
     """
-    head = (
-        "| N | k | dtype | update | time/step | / GEMM N x N @ N x 2 | / copy of U | / in-place rank-2 BLAS update "
-        "| dense time | dense / projUNN | peak extra memory (% of U) |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|\n"
-    )
-    lines = []
+    threads = rows[0]["threads"] if rows else 2
+    extra_heads = []
+    if rows and "project_1thread_s" in rows[0]:
+        extra_heads.append(f"{threads} threads / 1 thread")
+    if rows and "project_after_torch_s" in rows[0]:
+        extra_heads.append("after torch / before")
+    head_cells = [
+        "N",
+        "k",
+        "dtype",
+        "update",
+        "time/step",
+        "/ GEMM N x N @ N x 2k",
+        "/ GEMM N x N @ N x 2",
+        "/ copy of U",
+        "/ in-place rank-2 BLAS update",
+        "dense time",
+        "dense / projUNN",
+        "peak extra memory (% of U)",
+        "peak extra / floor (N x 2k block)",
+        *extra_heads,
+    ]
+    lines = ["| " + " | ".join(head_cells) + " |", "|" + "---|" * len(head_cells)]
     for row in rows:
-        for name in ("project", "transport"):
+        for name in UPDATE_NAMES:
             t = row[f"{name}_s"]
             dense = row[f"dense_{name}_s"]
-            extra = max(row[f"{name}_peak_traced"], row[f"{name}_peak_rss"]) / row["u_bytes"] * 100
+            extra = max(row[f"{name}_peak_traced"], row[f"{name}_peak_rss"])
             dense_cells = "n/a | n/a" if np.isnan(dense) else f"{dense * 1e3:.1f} ms | {dense / t:.0f}x"
-            lines.append(
-                f"| {row['n']} | {row['k']} | {row['dtype']} | {name} | {t * 1e3:.3f} ms | {t / row['gemm_s']:.2f} "
-                f"| {t / row['copy_s']:.2f} | {t / row['rank_update_s']:.2f} | {dense_cells} | {extra:.1f}% |"
-            )
-    return head + "\n".join(lines) + "\n"
+            cells = [
+                f"{row['n']}",
+                f"{row['k']}",
+                row["dtype"],
+                name,
+                f"{t * 1e3:.3f} ms",
+                f"{t / row['gemm2k_s']:.2f}",
+                f"{t / row['gemm_s']:.2f}",
+                f"{t / row['copy_s']:.2f}",
+                f"{t / row['rank_update_s']:.2f}",
+                dense_cells,
+                f"{extra / row['u_bytes'] * 100:.1f}%",
+                f"{extra / row['floor_bytes']:.1f}",
+            ]
+            if f"{name}_1thread_s" in row:
+                cells.append(f"{t / row[f'{name}_1thread_s']:.2f}")
+            if f"{name}_after_torch_s" in row:
+                cells.append(f"{row[f'{name}_after_torch_s'] / t:.2f}")
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def scaling(rows: Sequence[dict[str, Any]], small: int, large: int) -> dict[str, float]:
@@ -212,7 +333,7 @@ def plot(rows: Sequence[dict[str, Any]], path: str, title: str = "") -> None:
     --------
     >>> import os, tempfile
     >>> from unitary_update.bench.cpu import plot, run
-    >>> rows = run([16, 32], repeat=1, threads=1, log=lambda line: None)
+    >>> rows = run([16, 32], ranks=[1], repeat=1, threads=1, log=lambda line: None)
     >>> path = os.path.join(tempfile.mkdtemp(), "time_vs_n.png")
     >>> plot(rows, path)
     >>> os.path.getsize(path) > 0

@@ -13,6 +13,15 @@ Three steps of the same shape (copy task, float32, ``T = delay + 20``) are timed
     A straightforward NumPy RNN step of the same shape with no projUNN and no fused kernels:
     ``h_t = modrelu(W h_{t-1} + V x_t)`` with ``@`` and NumPy ufuncs per step, the textbook BPTT,
     and an SGD update of every parameter.
+``torch_autograd``
+    The same model written in PyTorch (same parameters, modReLU, sequence cross-entropy), its
+    gradient by autograd and a ``torch.optim.RMSprop`` step of every parameter: what a PyTorch
+    user would run, with the same thread count (``torch.set_num_threads``), in the same process.
+    Skipped, with a note, without torch.
+
+:func:`breakdown` splits the ``projunn`` step into its parts: the forward pass (with the loss),
+the backward pass (BPTT and every gradient), the RMSprop direction of W, its sketch and the
+projUNN update.
 
 Run it with ``python -m unitary_update bench-rnn`` (``--threads`` sets the BLAS threads through
 threadpoolctl; default 1).  The figures are the best of ``repeat`` timed steps after one warm-up.
@@ -28,12 +37,15 @@ from typing import Any
 
 import numpy as np
 
+from .._extras import require
 from ..experiments.tasks import CopyTask
 from ..models.urnn import URNN
 from ..optim import RMSprop, UnitaryOptimizer
 from ._timing import best_time
 
-__all__ = ["PlainRNN", "make_step", "run_benchmark"]
+__all__ = ["KINDS", "PlainRNN", "breakdown", "make_step", "run_benchmark", "torch_step"]
+
+KINDS = ("projunn", "euclidean", "plain_numpy", "torch_autograd")
 
 
 class PlainRNN:
@@ -113,15 +125,132 @@ class PlainRNN:
         return loss
 
 
+def torch_step(model: URNN, lr: float = 1e-3) -> Callable[[Any, Any], float]:
+    """One autograd PyTorch training step of the same real model: forward, ``backward``, RMSprop.
+
+    Parameters
+    ----------
+    model : URNN
+        A real model with a sequence readout and cross-entropy; its parameters are copied into
+        PyTorch tensors (the model itself is not changed).
+    lr : float, default 1e-3
+        Learning rate of the ``torch.optim.RMSprop`` that updates every parameter.
+
+    Returns
+    -------
+    callable
+        ``step(x, y) -> float``: one training step on NumPy ``(x, y)`` (labels ``< 0`` are
+        ignored, as in :class:`~unitary_update.models.urnn.URNN`), returning the loss.
+
+    Raises
+    ------
+    MissingExtraError
+        If torch is not installed (the ``torch`` extra).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from unitary_update.bench.rnn import torch_step
+    >>> from unitary_update.experiments.tasks import CopyTask
+    >>> from unitary_update.models.urnn import URNN
+    >>> model = URNN(10, 8, 10, rng=0)
+    >>> x, y = CopyTask(3).batch(4, rng=1)
+    >>> loss = torch_step(model, lr=0.0)(x, y)  # doctest: +SKIP
+    >>> bool(np.isclose(loss, model.evaluate(x, y)["loss"], rtol=1e-4))  # doctest: +SKIP
+    True
+    """
+    torch = require("torch", "bench-rnn's torch_autograd step")
+    if model.params["W"].dtype.kind == "c" or model.output != "sequence" or model.loss != "cross_entropy":
+        raise ValueError("torch_step: needs a real model with output='sequence' and loss='cross_entropy'")
+    params = {k: torch.tensor(np.array(v), requires_grad=True) for k, v in model.params.items()}
+    opt = torch.optim.RMSprop(list(params.values()), lr=lr)
+    W, V, b, out_w, c = (params[k] for k in ("W", "V", "b", "O", "c"))
+
+    def step(x: Any, y: Any) -> float:
+        xs = torch.from_numpy(np.ascontiguousarray(np.swapaxes(x, 0, 1)))  # (T, batch, input)
+        labels = torch.from_numpy(np.where(y < 0, -100, y).astype(np.int64))
+        h = torch.zeros(x.shape[0], W.shape[0], dtype=W.dtype)
+        states = []
+        for t in range(xs.shape[0]):
+            z = h @ W.T + xs[t] @ V.T
+            h = torch.sign(z) * torch.relu(z.abs() + b)
+            states.append(h)
+        logits = torch.stack(states, dim=1) @ out_w.T + c  # (batch, T, output)
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return float(loss.detach())
+
+    return step
+
+
+def breakdown(
+    model: URNN, x: Any, y: Any, *, rank: int = 1, update: str = "project", repeat: int = 3
+) -> dict[str, float]:
+    """Seconds of each part of a ``projunn`` training step (best of ``repeat``; the model is not changed).
+
+    Parameters
+    ----------
+    model : URNN
+        The model (its W is copied for the update).
+    x, y : array
+        One batch.
+    rank : int, default 1
+        Rank of the sketch.
+    update : {"project", "transport"}
+        The projUNN update.
+    repeat : int, default 3
+        Timed calls per part.
+
+    Returns
+    -------
+    dict
+        ``forward`` (forward pass and loss), ``backward`` (BPTT and every gradient: the time of
+        ``loss_and_grads`` less the forward pass), ``direction`` (RMSprop's step for W),
+        ``sketch`` (rank-k factors of it) and ``update`` (``project``/``transport`` in place).
+
+    Examples
+    --------
+    >>> from unitary_update.bench.rnn import breakdown
+    >>> from unitary_update.experiments.tasks import CopyTask
+    >>> from unitary_update.models.urnn import URNN
+    >>> x, y = CopyTask(3).batch(4, rng=1)
+    >>> sorted(breakdown(URNN(10, 8, 10, rng=0), x, y, repeat=1))
+    ['backward', 'direction', 'forward', 'sketch', 'update']
+    """
+    import unitary_update as uu
+
+    forward = best_time(functools.partial(model.evaluate, x, y), repeat, warmup=True)
+    both = best_time(functools.partial(model.loss_and_grads, x, y), repeat, warmup=True)
+    _, grads = model.loss_and_grads(x, y)
+    rms = RMSprop(1e-3 / 32)
+    W = np.array(model.params["W"])
+    direction = best_time(lambda: rms.direction("W", grads["W"]), repeat, warmup=True)
+    D = rms.direction("W", grads["W"])
+    sketch = best_time(lambda: uu.sketch(D, rank, rng=0), repeat, warmup=True)
+    A, B = uu.sketch(D, rank, rng=0)
+    fn = getattr(uu, update)
+    step = best_time(lambda: fn(W, A, B, out=W), repeat, warmup=True)
+    return {
+        "forward": forward,
+        "backward": max(both - forward, 0.0),
+        "direction": direction,
+        "sketch": sketch,
+        "update": step,
+    }
+
+
 def make_step(kind: str, model: URNN, rank: int = 1, update: str = "project") -> Callable[[Any, Any], float]:
     """A closure running one training step of ``kind`` (``projunn``, ``euclidean``, ``plain_numpy``).
 
     Parameters
     ----------
-    kind : {"projunn", "euclidean", "plain_numpy"}
+    kind : {"projunn", "euclidean", "plain_numpy", "torch_autograd"}
         ``projunn``: RMSprop on V, b, O, c and projUNN (:class:`~unitary_update.optim.UnitaryOptimizer`)
         on W.  ``euclidean``: RMSprop on every parameter (W leaves the unitary group).
         ``plain_numpy``: :meth:`PlainRNN.train_step` on a copy of the parameters.
+        ``torch_autograd``: :func:`torch_step` (needs torch).
     model : URNN
         The model, updated in place by each call (a copy for ``plain_numpy``).
     rank : int, default 1
@@ -149,6 +278,8 @@ def make_step(kind: str, model: URNN, rank: int = 1, update: str = "project") ->
     if kind == "plain_numpy":
         plain = PlainRNN(model)
         return lambda x, y: plain.train_step(x, y)
+    if kind == "torch_autograd":
+        return torch_step(model)
     opt = RMSprop(1e-3)
     w_opt = UnitaryOptimizer(RMSprop(1e-3 / 32), rank=rank, update=update, rng=0)
     w_plain = RMSprop(1e-3 / 32)
@@ -175,7 +306,8 @@ def run_benchmark(
     repeat: int = 3,
     threads: int | None = None,
     json_path: str | None = None,
-    kinds: tuple[str, ...] = ("projunn", "euclidean", "plain_numpy"),
+    kinds: tuple[str, ...] = KINDS,
+    parts: bool = True,
 ) -> dict[str, Any]:
     """Time the steps of :mod:`this module <unitary_update.bench.rnn>`; print and return the results.
 
@@ -192,35 +324,60 @@ def run_benchmark(
     json_path : str, optional
         Also write the results there.
     kinds : tuple of str
-        Which steps to time.
+        Which steps to time (``torch_autograd`` is left out, with a note, when torch is missing).
+    parts : bool, default True
+        Also time the parts of the ``projunn`` step (:func:`breakdown`).
 
     Returns
     -------
     dict
-        ``seconds`` and ``steps_per_s`` per kind, ``ratio_to_plain_numpy``, the settings and the machine.
+        ``seconds`` and ``steps_per_s`` per kind, ``ratio_to_plain_numpy``,
+        ``torch_autograd_over_projunn`` (the speed-up over the PyTorch step, when both ran),
+        ``breakdown`` (seconds per part), ``notes``, the settings and the machine.
 
     Examples
     --------
     >>> from unitary_update.bench.rnn import run_benchmark
     >>> r = run_benchmark(delay=2, hidden=8, batch=4, repeat=1)  # doctest: +ELLIPSIS
     copy step ...
-    >>> sorted(r["seconds"])
-    ['euclidean', 'plain_numpy', 'projunn']
+    >>> sorted(r["seconds"])  # doctest: +SKIP
+    ['euclidean', 'plain_numpy', 'projunn', 'torch_autograd']
+    >>> sorted(r["breakdown"])
+    ['backward', 'direction', 'forward', 'sketch', 'update']
     """
     task = CopyTask(delay)
     x, y = task.batch(batch, rng=0)
     results: dict[str, float] = {}
-    for kind in kinds:
+    notes: list[str] = []
+
+    def fresh_model() -> URNN:
         model = URNN(10, hidden, 10, dtype=np.float32, rng=0)
         model.params["O"][...] = np.random.default_rng(1).standard_normal(model.params["O"].shape) * 0.1
-        step = make_step(kind, model, rank=rank, update=update)
+        return model
+
+    for kind in kinds:
+        if kind == "torch_autograd":
+            try:
+                torch = require("torch", "bench-rnn's torch_autograd step")
+            except ImportError as err:
+                notes.append(f"torch_autograd skipped: {err}")
+                continue
+            if threads is not None:
+                torch.set_num_threads(threads)
+        step = make_step(kind, fresh_model(), rank=rank, update=update)
         results[kind] = best_time(functools.partial(step, x, y), repeat, warmup=True)
+    parts_s = breakdown(fresh_model(), x, y, rank=rank, update=update, repeat=repeat) if parts else {}
     base = results.get("plain_numpy")
     out = {
         "task": f"copy T={task.length} (delay {delay}), hidden {hidden}, batch {batch}, rank {rank}, {update}, float32",
         "seconds": results,
         "steps_per_s": {k: 1 / v for k, v in results.items()},
         "ratio_to_plain_numpy": {k: v / base for k, v in results.items()} if base else {},
+        "torch_autograd_over_projunn": (
+            results["torch_autograd"] / results["projunn"] if {"torch_autograd", "projunn"} <= results.keys() else None
+        ),
+        "breakdown": parts_s,
+        "notes": notes,
         "repeat": repeat,
         "blas_threads": threads,
         "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, python {platform.python_version()}",
@@ -228,7 +385,13 @@ def run_benchmark(
     print(f"copy step ({out['task']}), best of {repeat}, BLAS threads {threads}")
     for kind, seconds in results.items():
         ratio = f"  {seconds / base:5.2f}x plain NumPy" if base else ""
-        print(f"  {kind:<12} {seconds * 1e3:9.1f} ms  {1 / seconds:7.2f} steps/s{ratio}")
+        print(f"  {kind:<14} {seconds * 1e3:9.1f} ms  {1 / seconds:7.2f} steps/s{ratio}")
+    if out["torch_autograd_over_projunn"] is not None:
+        print(f"  torch_autograd / projunn: {out['torch_autograd_over_projunn']:.2f} (above 1: projunn is faster)")
+    if parts_s:
+        print("  projunn step, by part: " + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in parts_s.items()))
+    for note in notes:
+        print(f"  note: {note}")
     if json_path:
         with open(json_path, "w") as f:
             json.dump(out, f, indent=1)

@@ -1,8 +1,10 @@
 """Time projUNN steps against GEMM, copy, rank update and dense baselines.
 
 Time per step of project and transport (out=U) for a grid of N and k, as ratios to baselines
-measured in the same run: one GEMM, a copy of U, the in-place BLAS rank update
-and the dense O(N^3) methods; the table also gives the peak extra memory of the updates.
+measured in the same run: one N x N @ N x 2k GEMM, one N x N @ N x 2 GEMM, a copy of U, the
+in-place BLAS rank update and the dense O(N^3) methods; the table also gives the peak extra memory
+of the updates against the memory floor (the N x 2k block U W).  --compare-threads adds each
+update at one thread, --after-torch each update again after PyTorch work in the same process.
 --plot FILE.png draws time against N on log-log axes (needs matplotlib, the plot extra);
 --stack times a stack of 4096 16 x 16 complex64 matrices instead.  The command runs itself once
 more with OPENBLAS_THREAD_TIMEOUT=1 set (NumPy's and SciPy's idle BLAS pools would otherwise
@@ -15,6 +17,7 @@ import argparse
 import os
 import sys
 
+from ..bench.cpu import DEFAULT_RANKS, DEFAULT_SIZES
 from ._common import DTYPES, require
 
 __all__ = ["add_arguments", "run"]
@@ -23,14 +26,22 @@ __all__ = ["add_arguments", "run"]
 # numpydoc ignore: every command's parameters and return value are documented in unitary_update.cli
 def add_arguments(parser: argparse.ArgumentParser) -> None:  # numpydoc ignore=PR01,EX01
     """Add the grid (``--n``, ``--rank``, ``--dtype``), the timing settings and the outputs."""
-    parser.add_argument("--n", type=int, nargs="+", default=[256, 1024, 2048, 4096], help="matrix sizes N")
-    parser.add_argument("--rank", type=int, nargs="+", default=[1], help="ranks k")
+    parser.add_argument("--n", type=int, nargs="+", default=list(DEFAULT_SIZES), help="matrix sizes N")
+    parser.add_argument("--rank", type=int, nargs="+", default=list(DEFAULT_RANKS), help="ranks k")
     parser.add_argument("--dtype", default="float32", choices=DTYPES)
     parser.add_argument("--threads", type=int, default=2, help="BLAS and Numba threads (default 2)")
     parser.add_argument("--repeat", type=int, default=7, help="repetitions per figure; the best is kept")
     parser.add_argument("--dense-max", type=int, default=4096, help="largest N at which dense baselines run")
     parser.add_argument("--plot", metavar="FILE.png", help="draw time vs N (log-log) with O(N^2), O(N^3) slopes")
     parser.add_argument("--markdown", metavar="FILE.md", help="also write the table (and machine line) here")
+    parser.add_argument(
+        "--compare-threads", action="store_true", help="also time each update at 1 thread (ratio column)"
+    )
+    parser.add_argument(
+        "--after-torch",
+        action="store_true",
+        help="then run PyTorch work in this process and time each update again (needs torch)",
+    )
     parser.add_argument(
         "--stack",
         action="store_true",
@@ -45,7 +56,8 @@ def run(args: argparse.Namespace) -> int:  # numpydoc ignore=PR01,RT01
     Raises
     ------
     ImportError
-        With ``--plot``, if matplotlib is not installed (checked before anything is measured).
+        With ``--plot``, if matplotlib is not installed, with ``--after-torch`` if torch is not
+        (checked before anything is measured).
 
     Examples
     --------
@@ -56,6 +68,8 @@ def run(args: argparse.Namespace) -> int:  # numpydoc ignore=PR01,RT01
     """
     if args.plot:
         require("matplotlib", "bench --plot")
+    if args.after_torch:
+        require("torch", "bench --after-torch")
     if "OPENBLAS_THREAD_TIMEOUT" not in os.environ:
         # must be set before NumPy's and SciPy's OpenBLAS load: run again with it
         os.environ["OPENBLAS_THREAD_TIMEOUT"] = "1"
@@ -68,7 +82,16 @@ def run(args: argparse.Namespace) -> int:  # numpydoc ignore=PR01,RT01
         table = cpu.format_stack_markdown(cpu.run_stack(threads=args.threads, repeat=args.repeat))
         print(table)
     else:
-        rows = cpu.run(args.n, args.rank, args.dtype, args.threads, args.repeat, args.dense_max)
+        rows = cpu.run(
+            args.n,
+            args.rank,
+            args.dtype,
+            args.threads,
+            args.repeat,
+            args.dense_max,
+            compare_threads=args.compare_threads,
+            after_torch=args.after_torch,
+        )
         table = cpu.format_markdown(rows)
         print(table)
         ns = sorted({r["n"] for r in rows})
