@@ -106,7 +106,7 @@ TRAIN = ["train", "copy", "--length", "3", "--steps", "2", "--hidden", "8", "--b
         (["demo", "--n", "8", "--rank", "20"], "rank must satisfy 1 <= rank <= 8"),
         (["soak", "--update", "x"], "unrecognized arguments"),
         (["soak", "--n", "4", "--steps", "0"], "steps and record_every"),
-        ([*TRAIN, "--length", "0"], "delay must be an integer >= 1"),
+        ([*TRAIN, "--length", "0"], "length must be an integer >= 1 (the copy task's delay); got 0"),
         ([*TRAIN, "--lr-gamma", "2"], "lr_gamma must be in (0, 1]"),
         ([*TRAIN, "--device", "tpu"], "device must be 'cpu', 'gpu'"),
         (["train"], "give a task (copy, adding, pmnist) or --resume RUN_DIR"),
@@ -148,12 +148,27 @@ def test_resume_refuses_settings_of_the_run(tmp_path, capsys):
     run = str(tmp_path / "run")
     assert main([*TRAIN, "--run-dir", run]) == 0
     capsys.readouterr()
-    assert main(["train", "--resume", run, "--hidden", "16", "--rank", "2"]) == 2
-    assert "--hidden, --rank: part of the run's config, cannot change on --resume" in _one_error_line(capsys)
-    assert main(["train", "copy", "--resume", run]) == 2
-    assert "not both" in _one_error_line(capsys)
-    assert main(["train", "--resume", run, "--steps", "3", "--no-progress"]) == 0
-    assert json.loads((tmp_path / "run" / "config.json").read_text())["steps"] == 3
+    stored = (tmp_path / "run" / "config.json").read_text()
+    assert main(["train", "--resume", run, "--hidden", "16", "--rank", "2", "--optimizer", "adam"]) == 2
+    line = _one_error_line(capsys)
+    assert (
+        "--hidden 16 (the run has 8), --optimizer adam (the run has rmsprop), --rank 2 (the run has 1): "
+        "part of the run's config, cannot change on --resume; may change on resume: --steps, --time-limit, "
+        "--device, --lr-milestones, --log-every, --eval-every, --checkpoint-every, --mnist-dir, --threads, "
+        "--no-progress"
+    ) in line
+    assert main(["train", "adding", "--resume", run]) == 2
+    assert "TASK adding (the run has copy)" in _one_error_line(capsys)
+    assert main(["train", "--resume", run, "--run-dir", str(tmp_path / "other")]) == 2
+    assert "give one run directory" in _one_error_line(capsys)
+    assert main(["train", "--resume", run, "--rank", "9"]) == 2  # out of range and a conflict: both said
+    assert "--rank 9 (the run has 1)" in _one_error_line(capsys)
+    assert (tmp_path / "run" / "config.json").read_text() == stored  # refused: nothing written
+    # the run's own values, the task included, and the resumable settings are accepted
+    again = ["train", "copy", "--resume", run, "--hidden", "8", "--steps", "3", "--log-every", "1", "--no-progress"]
+    assert main(again) == 0
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert (config["steps"], config["log_every"], config["hidden_size"]) == (3, 1, 8)
 
 
 @pytest.fixture

@@ -193,7 +193,9 @@ def test_command_line_milestones_and_gamma(tmp_path, capsys):
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert (config["lr_milestones"], config["lr_gamma"]) == ([2], 0.5)
     assert main(["train", "--resume", run, "--lr-gamma", "0.1"]) == 2
-    assert "--lr-gamma: part of the run's config, cannot change on --resume" in capsys.readouterr().err
+    assert "--lr-gamma 0.1 (the run has 0.5): part of the run's config, cannot change on --resume" in (
+        capsys.readouterr().err
+    )
     assert main(["train", "--resume", run, "--steps", "5", "--lr-milestones", "2", "4", "--no-progress"]) == 0
     assert json.loads((tmp_path / "run" / "config.json").read_text())["lr_milestones"] == [2, 4]
 
@@ -207,8 +209,12 @@ def test_permuted_mnist_run_and_its_plot(tmp_path, fake_mnist):
 
 
 def test_a_rejected_setting_writes_nothing(tmp_path):
-    with pytest.raises(ValueError, match="delay must be an integer"):
-        train(TrainConfig(task="copy", length=0), tmp_path / "run", progress=False)
+    with pytest.raises(ValueError, match=r"length must be an integer >= 1 \(the copy task's delay\); got 0"):
+        TrainConfig(task="copy", length=0)
+    config = TrainConfig(task="copy", length=3)
+    config.log_every = 0  # changed after construction: train() checks the settings again
+    with pytest.raises(ValueError, match="log_every must be >= 1; got 0"):
+        train(config, tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
 
 

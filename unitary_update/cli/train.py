@@ -3,8 +3,10 @@
 The run directory (--run-dir, default runs/TASK) receives config.json, metrics.jsonl (training
 loss every --log-every steps, held-out loss every --eval-every steps) and checkpoint.npz (every
 --checkpoint-every steps, at the end and on Ctrl-C).  --resume RUN_DIR continues a run exactly
-where its checkpoint left it, with the run's own settings; only --steps, --time-limit, --device
-and --lr-milestones may be given again.  A progress bar is shown on a terminal (--no-progress:
+where its checkpoint left it, with the run's own settings: a setting given again with another
+value than the run's is refused, except --steps, --time-limit, --device, --lr-milestones,
+--log-every, --eval-every, --checkpoint-every and --mnist-dir (and --threads,
+--no-progress).  A progress bar is shown on a terminal (--no-progress:
 never).  Permuted MNIST reads the IDX files from --mnist-dir; nothing is downloaded.
 """
 
@@ -12,11 +14,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any
 
-from ..experiments.config import TrainConfig
+from ..experiments.config import RESUMABLE, TrainConfig, load_config, resume_conflicts
 from ._common import (
     INITS,
     OPTIMIZERS,
@@ -29,15 +30,19 @@ from ._common import (
     check_device,
 )
 
-__all__ = ["add_arguments", "run"]
+__all__ = ["RESUME_FLAGS", "add_arguments", "run"]
 
-_RESUME_SETTINGS = ("steps", "time_limit_s", "device", "lr_milestones")  # the rest is the run's config.json
 _FLAGS = {"hidden_size": "--hidden", "time_limit_s": "--time-limit"}  # the others: --name-with-dashes
 
 
 def _flag(setting: str) -> str:
     """The option that sets the :class:`TrainConfig` field ``setting`` (``hidden_size``: ``--hidden``)."""
     return _FLAGS.get(setting, "--" + setting.replace("_", "-"))
+
+
+RESUME_FLAGS = (*(_flag(name) for name in RESUMABLE), "--threads", "--no-progress")
+"""The options that may differ from the stored run on ``--resume``: the settings of
+:data:`~unitary_update.experiments.config.RESUMABLE` and the options that are no settings."""
 
 
 # numpydoc ignore: every command's parameters and return value are documented in unitary_update.cli
@@ -111,8 +116,10 @@ def run(args: argparse.Namespace) -> int:  # numpydoc ignore=PR01,RT01
     Raises
     ------
     UsageError
-        Without a task and without ``--resume``, or with ``--resume`` and a setting that is part
-        of the run's configuration.
+        Without a task and without ``--resume``, or with ``--resume`` and a setting whose value
+        differs from the stored run's outside :data:`RESUME_FLAGS` (every such flag is listed,
+        with the run's value and the flags that may change), or a ``--run-dir`` other than
+        the resumed one.
 
     Examples
     --------
@@ -136,15 +143,9 @@ def run(args: argparse.Namespace) -> int:  # numpydoc ignore=PR01,RT01
     progress = not args.no_progress
     with blas_threads(args.threads):
         if args.resume is not None:
-            fixed = [_flag(name) for name in settings if name not in _RESUME_SETTINGS]
-            if args.task is not None or args.run_dir is not None:
-                raise UsageError("give a task (and --run-dir) or --resume RUN_DIR, not both")
-            if fixed:
-                raise UsageError(f"{', '.join(fixed)}: part of the run's config, cannot change on --resume")
-            device = settings.get("device") or _saved_device(args.resume)
-            check_device(device, f"train --device {device}")
-            resumed = {name: settings.get(name) for name in _RESUME_SETTINGS}
-            result = train(None, args.resume, resume=True, progress=progress, **resumed)
+            config = _resumed_config(args, settings)
+            check_device(config.device, f"train --device {config.device}")
+            result = train(config, args.resume, resume=True, progress=progress)
         else:
             if args.task is None:
                 raise UsageError(f"give a task ({', '.join(TASKS)}) or --resume RUN_DIR")
@@ -157,7 +158,51 @@ def run(args: argparse.Namespace) -> int:  # numpydoc ignore=PR01,RT01
     return 130 if result["status"] == "interrupted" else 0
 
 
-def _saved_device(run_dir: str) -> str | None:
-    """The device in a run directory's ``config.json`` (None when there is none to read)."""
-    path = Path(run_dir) / "config.json"
-    return json.loads(path.read_text()).get("device") if path.is_file() else None
+def _resumed_config(args: argparse.Namespace, settings: dict[str, Any]) -> TrainConfig:
+    """The stored run's config with the settings given again; a setting that conflicts is a UsageError.
+
+    A setting given with the stored run's value is accepted; one outside
+    :data:`~unitary_update.experiments.config.RESUMABLE` with another value is refused, with
+    every conflicting flag and the flags that may change listed in one line.
+    """
+    run = Path(args.resume)
+    if args.run_dir is not None and Path(args.run_dir).resolve() != run.resolve():
+        raise UsageError(f"--run-dir {args.run_dir} differs from --resume {args.resume}: give one run directory")
+    if not (run / "checkpoint.npz").is_file():
+        raise FileNotFoundError(f"cannot resume: no checkpoint at {run / 'checkpoint.npz'}")
+    stored = load_config(run / "config.json")
+    given = dict(settings)
+    if args.task is not None:
+        given["task"] = args.task
+    try:
+        requested = dataclasses.replace(stored, **given)
+    except (TypeError, ValueError) as err:
+        conflicts = [name for name in given if name not in RESUMABLE and given[name] != getattr(stored, name)]
+        if not conflicts:
+            raise
+        raise _conflict(conflicts, given, stored, f" ({err})") from None
+    conflicts = list(resume_conflicts(stored, requested))
+    if conflicts:
+        raise _conflict(conflicts, given, stored, "")
+    return requested
+
+
+def _conflict(names: list[str], given: dict[str, Any], stored: TrainConfig, why: str) -> UsageError:
+    """The one-line refusal of settings that differ from the stored run's."""
+    order = [f.name for f in dataclasses.fields(TrainConfig)]
+    listed = ", ".join(
+        f"{'TASK' if name == 'task' else _flag(name)} {_shown(given[name])} "
+        f"(the run has {_shown(getattr(stored, name))})"
+        for name in sorted(names, key=order.index)
+    )
+    return UsageError(
+        f"{listed}: part of the run's config, cannot change on --resume{why}; "
+        f"may change on resume: {', '.join(RESUME_FLAGS)}"
+    )
+
+
+def _shown(value: Any) -> str:
+    """A setting's value as it would be typed on the command line."""
+    if isinstance(value, (tuple, list)):
+        return " ".join(map(str, value)) or "(none)"
+    return str(value)

@@ -9,7 +9,11 @@
 * :mod:`~unitary_update.experiments.conv_mnist`: a deep orthogonal convolutional network on MNIST
   (``python -m unitary_update conv-demo``).
 
-Nothing here is imported by ``import unitary_update``; the names live in the submodules.
+Nothing here is imported by ``import unitary_update``; the names live in the submodules, except
+:class:`CheckpointError` (the one error type of :func:`~unitary_update.experiments.checkpoints.load_checkpoint`),
+which is also importable from here.
 """
 
-__all__: list[str] = []
+from ._errors import CheckpointError
+
+__all__ = ["CheckpointError"]

@@ -6,22 +6,60 @@
     resumes on the CPU and the other way round (:func:`to_device` moves the state).
 ``metrics.jsonl``
     One JSON record per line (:func:`read_metrics`).
+
+The checkpoint format (version :data:`FORMAT_VERSION`)
+------------------------------------------------------
+An uncompressed ``.npz`` (a zip of ``.npy`` members, read with ``allow_pickle=False``; nothing
+is pickled) holding:
+
+==========================  ===================================================================
+entry                       content
+==========================  ===================================================================
+``format_version``          0-d int64, :data:`FORMAT_VERSION`
+``meta``                    0-d string, JSON ``{"step", "seed", "elapsed_s", ...}``
+``param/<name>``            every parameter of the model (W, V, b, O, c), its dtype and shape
+``opt/meta``, ``opt/...``   the Euclidean optimizer's :meth:`~unitary_update.optim.Optimizer.state_dict`
+``wopt/...``                the W optimizer's :meth:`~unitary_update.optim.UnitaryOptimizer.state_dict`
+==========================  ===================================================================
+
+Migration: a file without ``format_version`` was written before the format was versioned
+(version 1); its layout is the same, so it is read as version 1 and checked like a current
+file.  A file of a newer version than this library's is refused.
+
+:func:`load_checkpoint` checks everything before it writes anything: every entry is expected
+(no unknown or missing key), every array has the shape and dtype of what it restores (a complex
+W is never cast into a real model), is finite, W is unitary to ``4 sqrt(N eps)`` (``eps`` of the
+model's precision), and the optimizers' states fit their parameters.  Every failure is a
+:class:`~unitary_update.experiments.CheckpointError` (a ValueError) naming the file and the key,
+and leaves the model and the optimizers as they were.  :func:`save_checkpoint` is atomic: an
+interrupted write (even ``kill -9``) leaves the previous checkpoint in place.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import json
+import math
 import os
+import tempfile
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .._xp import array_namespace, to_namespace
+from ..metrics import unitarity_error
 from ..models.urnn import URNN
 from ..optim import Optimizer, UnitaryOptimizer
+from ._errors import CheckpointError
 
-__all__ = ["load_checkpoint", "read_metrics", "save_checkpoint", "to_device"]
+__all__ = ["FORMAT_VERSION", "CheckpointError", "load_checkpoint", "read_metrics", "save_checkpoint", "to_device"]
+
+FORMAT_VERSION = 2
+"""The version of the checkpoint format written by :func:`save_checkpoint` (1: before versioning)."""
 
 
 def save_checkpoint(path: Path, model: URNN, opt: Optimizer, w_opt: UnitaryOptimizer, meta: dict[str, Any]) -> None:
@@ -30,7 +68,7 @@ def save_checkpoint(path: Path, model: URNN, opt: Optimizer, w_opt: UnitaryOptim
     Parameters
     ----------
     path : pathlib.Path
-        The ``.npz`` file to write (written to a temporary file next to it, then renamed).
+        The ``.npz`` file to write.
     model : URNN
         The model whose parameters are saved.
     opt : Optimizer
@@ -43,9 +81,17 @@ def save_checkpoint(path: Path, model: URNN, opt: Optimizer, w_opt: UnitaryOptim
     Raises
     ------
     OSError
-        If the file cannot be written.
-    TypeError
-        If ``meta`` is not JSON-serialisable.
+        If the file cannot be written (the previous checkpoint, if any, is kept).
+    TypeError, ValueError
+        If ``meta`` is not JSON-serialisable (NaN and Inf are not).
+
+    Notes
+    -----
+    Atomic: the file is written to a temporary file in the same folder, flushed and
+    ``fsync``-ed, renamed over ``path`` with :func:`os.replace`, and the folder is ``fsync``-ed, so
+    ``path`` always holds a complete checkpoint, the old one or the new one, even when the
+    process is killed mid-write.  Temporary files left by a killed writer
+    (``.checkpoint.npz.*.tmp``) are removed by the next successful save.
 
     Examples
     --------
@@ -58,24 +104,64 @@ def save_checkpoint(path: Path, model: URNN, opt: Optimizer, w_opt: UnitaryOptim
     >>> sorted(key for key in np.load(path).files if key.startswith("param/"))
     ['param/O', 'param/V', 'param/W', 'param/b', 'param/c']
     """
+    path = Path(path)
     arrays: dict[str, Any] = {f"param/{k}": _to_host(v) for k, v in model.params.items()}
     arrays.update({f"opt/{k}": _to_host(v) for k, v in opt.state_dict().items()})
     arrays.update({f"wopt/{k}": _to_host(v) for k, v in w_opt.state_dict().items()})
-    arrays["meta"] = np.asarray(json.dumps(meta))
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    arrays["meta"] = np.asarray(json.dumps(meta, allow_nan=False))
+    arrays["format_version"] = np.asarray(FORMAT_VERSION, dtype=np.int64)
+    _write_atomic(path, arrays)
+
+
+def _write_atomic(path: Path, arrays: dict[str, Any]) -> None:
+    """``np.savez(path, **arrays)`` through a temporary file, fsync and rename (see :func:`save_checkpoint`)."""
+    folder = path.parent
+    prefix = f".{path.name}."
+    fd, tmp_name = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=folder)
+    tmp = Path(tmp_name)
+    try:
+        if hasattr(os, "fchmod"):
+            os.fchmod(fd, 0o644)  # mkstemp makes 0600; a checkpoint is as readable as the other files
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    _fsync_folder(folder)
+    for stale in folder.glob(f"{prefix}*.tmp"):  # left by a writer killed mid-write
+        with contextlib.suppress(OSError):
+            stale.unlink()
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (POSIX; a no-op where folders cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # pragma: no cover - Windows
+        return
+    try:
+        with contextlib.suppress(OSError):
+            os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def load_checkpoint(path: Path, model: URNN, opt: Optimizer, w_opt: UnitaryOptimizer) -> dict[str, Any]:
     """Restore a checkpoint written by :func:`save_checkpoint` in place; return its ``meta``.
+
+    Everything is checked before anything is written: the model and both optimizers are
+    changed only when the whole file is valid for them.
 
     Parameters
     ----------
     path : pathlib.Path
         The ``.npz`` file written by :func:`save_checkpoint`.
     model : URNN
-        Receives the parameters (copied into its arrays, which must have the saved shapes).
+        Receives the parameters (copied into its arrays).
     opt : Optimizer
         Receives the Euclidean optimizer's state (same type as when saved).
     w_opt : UnitaryOptimizer
@@ -90,8 +176,12 @@ def load_checkpoint(path: Path, model: URNN, opt: Optimizer, w_opt: UnitaryOptim
     ------
     FileNotFoundError
         If ``path`` does not exist.
-    ValueError
-        If an optimizer is of another type than the saved one, or a parameter's shape differs.
+    CheckpointError
+        (a ValueError) If the file is truncated or corrupt, of a newer format, has an unknown
+        or a missing entry, an array of another shape or dtype than the model's (a complex W
+        into a real model, float64 into float32, ...), NaN or Inf, a W that is not unitary to
+        ``4 sqrt(N eps)``, or an optimizer state of another type or that does not fit its
+        parameters.  The message names the file and the entry.
 
     Examples
     --------
@@ -111,21 +201,249 @@ def load_checkpoint(path: Path, model: URNN, opt: Optimizer, w_opt: UnitaryOptim
     >>> bool(np.array_equal(fresh.params["W"], model.params["W"])), fresh_w_opt.steps
     (True, 1)
     """
-    with np.load(path) as data:
-        groups: dict[str, dict[str, Any]] = {"param": {}, "opt": {}, "wopt": {}}
-        for key in data.files:
-            if key == "meta":
-                continue
-            group, name = key.split("/", 1)
-            value = data[key]
-            groups[group][name] = value.item() if value.dtype.kind == "U" else value
-        meta = json.loads(str(data["meta"]))
-    for name, value in groups["param"].items():
+    path = Path(path)
+    arrays = _read_npz(path)
+    version = _format_version(path, arrays)
+    arrays = _MIGRATIONS.get(version, _same_layout)(arrays)
+
+    def fail(key: str | None, reason: str) -> CheckpointError:
+        return CheckpointError(path, key, reason)
+
+    groups: dict[str, dict[str, Any]] = {"param": {}, "opt": {}, "wopt": {}}
+    for key, value in arrays.items():
+        if key == "meta":
+            continue
+        group, _, name = key.partition("/")
+        if group not in groups or not name:
+            raise fail(
+                key, f"unknown entry; a checkpoint holds meta, format_version, {', '.join(g + '/...' for g in groups)}"
+            )
+        groups[group][name] = value
+    if "meta" not in arrays:
+        raise fail("meta", "missing")
+    meta = _json_object(path, "meta", arrays["meta"])
+    step = meta.get("step")
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise fail("meta", f"'step' must be an integer >= 0; got {step!r}")
+    elapsed = meta.get("elapsed_s", 0.0)
+    if isinstance(elapsed, bool) or not isinstance(elapsed, (int, float)) or not (0 <= elapsed < math.inf):
+        raise fail("meta", f"'elapsed_s' must be a finite number >= 0; got {elapsed!r}")
+
+    params = _checked_params(path, model, groups["param"])
+    euclidean = {name: value for name, value in model.params.items() if name != "W"}
+    opt_state = _checked_optimizer(path, "opt", opt, groups["opt"], euclidean)
+    wopt_state = _checked_unitary_optimizer(path, w_opt, groups["wopt"], model.params["W"])
+
+    # everything is valid: commit (each of these is a copy into arrays of the right shape and dtype)
+    for name, value in params.items():
         model.params[name][...] = to_namespace(value, array_namespace(model.params[name]))
-    opt.load_state_dict(groups["opt"])
-    w_opt.load_state_dict(groups["wopt"])
+    opt.load_state_dict(opt_state)
+    w_opt.load_state_dict(wopt_state)
     _move_moments(opt, w_opt, array_namespace(model.params["W"]))
     return meta
+
+
+def _same_layout(arrays: dict[str, Any]) -> dict[str, Any]:
+    """The migration of a format whose layout is the current one: nothing to change."""
+    return arrays
+
+
+_MIGRATIONS = {1: _same_layout}
+"""How a file of an older format version becomes the current layout (version 1: unchanged)."""
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    """Every member of the ``.npz`` at ``path``, read without pickle; corruption is a CheckpointError."""
+    try:
+        archive = zipfile.ZipFile(path)
+    except FileNotFoundError:
+        raise
+    except (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError) as err:
+        raise CheckpointError(path, None, f"not a readable checkpoint (truncated or corrupt: {err})") from None
+    arrays: dict[str, np.ndarray] = {}
+    with archive:
+        for info in archive.infolist():
+            member = info.filename
+            key = member[:-4] if member.endswith(".npy") else member
+            if not member.endswith(".npy"):
+                raise CheckpointError(path, key, "unknown entry (not an array)")
+            if key in arrays:
+                raise CheckpointError(path, key, "appears twice")
+            try:
+                with archive.open(info) as f:
+                    _check_header(path, key, f, info.file_size)
+                with archive.open(info) as f:
+                    arrays[key] = np.lib.format.read_array(f, allow_pickle=False)
+            except CheckpointError:
+                raise
+            except (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError, TypeError, MemoryError) as err:
+                raise CheckpointError(path, key, f"unreadable (truncated or corrupt: {err})") from None
+    return arrays
+
+
+def _check_header(path: Path, key: str, f: Any, size: int) -> None:
+    """Refuse an ``.npy`` header whose dtype holds objects or whose data would exceed the member."""
+    version = np.lib.format.read_magic(f)
+    if version == (1, 0):
+        shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+    elif version == (2, 0):
+        shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+    else:
+        return  # read_array checks what it reads
+    if dtype.hasobject:
+        raise CheckpointError(path, key, f"holds Python objects (dtype {dtype}); a checkpoint holds plain arrays")
+    if math.prod(shape) * dtype.itemsize > size:
+        raise CheckpointError(path, key, f"declares shape {shape} of {dtype}, more data than the file holds")
+
+
+def _format_version(path: Path, arrays: dict[str, np.ndarray]) -> int:
+    """The file's format version (1 when it has none: written before versioning)."""
+    value = arrays.pop("format_version", None)
+    if value is None:
+        return 1
+    if value.shape != () or value.dtype.kind not in "iu":
+        raise CheckpointError(path, "format_version", f"must be a 0-d integer; got {value.dtype} {value.shape}")
+    version = int(value)
+    if version > FORMAT_VERSION:
+        raise CheckpointError(
+            path, "format_version", f"{version} is newer than this library's {FORMAT_VERSION}; upgrade unitary_update"
+        )
+    if version < 1:
+        raise CheckpointError(path, "format_version", f"must be between 1 and {FORMAT_VERSION}; got {version}")
+    return version
+
+
+def _json_object(path: Path, key: str, value: Any) -> dict[str, Any]:
+    """A JSON object stored as a 0-d string array."""
+    if not isinstance(value, np.ndarray) or value.shape != () or value.dtype.kind != "U":
+        raise CheckpointError(path, key, f"must be a 0-d string of JSON; got {getattr(value, 'dtype', type(value))}")
+    try:
+        parsed = json.loads(str(value))
+    except json.JSONDecodeError as err:
+        raise CheckpointError(path, key, f"not valid JSON ({err})") from None
+    if not isinstance(parsed, dict):
+        raise CheckpointError(path, key, f"must be a JSON object; got {type(parsed).__name__}")
+    return parsed
+
+
+def _unitarity_tolerance(n: int, dtype: np.dtype) -> float:
+    """How far from unitary a stored W may be: ``4 sqrt(N eps)``, eps of W's real precision."""
+    return 4.0 * math.sqrt(n * float(np.finfo(dtype).eps))
+
+
+def _checked_array(path: Path, key: str, value: Any, like: Any, what: str) -> np.ndarray:
+    """``value`` with the shape and dtype of ``like`` (never cast), finite."""
+    if not isinstance(value, np.ndarray) or value.dtype.kind not in "fc":
+        raise CheckpointError(path, key, f"must be a floating array; got {getattr(value, 'dtype', type(value))}")
+    if value.dtype != like.dtype:
+        raise CheckpointError(path, key, f"has dtype {value.dtype}; {what} has dtype {like.dtype} (nothing is cast)")
+    if tuple(value.shape) != tuple(like.shape):
+        raise CheckpointError(path, key, f"has shape {tuple(value.shape)}; {what} has shape {tuple(like.shape)}")
+    if not bool(np.isfinite(value).all()):
+        raise CheckpointError(path, key, "contains NaN or Inf")
+    return value
+
+
+def _checked_params(path: Path, model: URNN, stored: dict[str, Any]) -> dict[str, np.ndarray]:
+    """The stored parameters, each checked against the model's; W checked for unitarity."""
+    _check_keys(path, "param", stored, model.params)
+    params = {
+        name: _checked_array(path, f"param/{name}", stored[name], target, f"the model's {name}")
+        for name, target in model.params.items()
+    }
+    W = params["W"]
+    tol = _unitarity_tolerance(W.shape[-1], np.finfo(W.dtype).dtype)
+    error = unitarity_error(W)
+    if not error <= tol:
+        raise CheckpointError(
+            path, "param/W", f"is not unitary: ||W^H W - I||_F = {error:.3g} > {tol:.3g} (4 sqrt(N eps) for {W.dtype})"
+        )
+    return params
+
+
+def _check_keys(path: Path, group: str, stored: dict[str, Any], expected: Any) -> None:
+    unknown = sorted(set(stored) - set(expected))
+    missing = sorted(set(expected) - set(stored))
+    if unknown:
+        raise CheckpointError(path, f"{group}/{unknown[0]}", f"unknown entry; expected {sorted(expected)}")
+    if missing:
+        raise CheckpointError(path, f"{group}/{missing[0]}", "missing")
+
+
+def _reference_state(opt: Optimizer, params: dict[str, Any]) -> dict[str, np.ndarray]:
+    """The buffers (names, shapes, dtypes) a copy of ``opt`` keeps after one step on every parameter."""
+    probe = copy.copy(opt)
+    probe.state, probe.t = {}, {}
+    for name, value in params.items():
+        probe.direction(name, np.zeros(value.shape, dtype=value.dtype))
+    return {key: value for key, value in probe.state_dict().items() if key != "meta"}
+
+
+def _checked_optimizer(
+    path: Path, group: str, opt: Optimizer, stored: dict[str, Any], params: dict[str, Any]
+) -> dict[str, Any]:
+    """The stored state of ``opt`` (its ``state_dict``), checked against the parameters it updates."""
+    if "meta" not in stored:
+        raise CheckpointError(path, f"{group}/meta", "missing")
+    meta_key = f"{group}/meta"
+    meta = _json_object(path, meta_key, stored["meta"])
+    if meta.get("type") != type(opt).__name__:
+        raise CheckpointError(
+            path, meta_key, f"is the state of a {meta.get('type')!r} optimizer, not {type(opt).__name__}"
+        )
+    counts = meta.get("t")
+    if not isinstance(counts, dict) or any(
+        name not in params or isinstance(t, bool) or not isinstance(t, int) or t < 0 for name, t in counts.items()
+    ):
+        raise CheckpointError(
+            path, meta_key, f"'t' must map parameter names {sorted(params)} to step counts >= 0; got {counts!r}"
+        )
+    lr = meta.get("lr")
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (0 <= lr < math.inf):
+        raise CheckpointError(path, meta_key, f"'lr' must be a finite number >= 0; got {lr!r}")
+    host = {name: np.empty(value.shape, dtype=value.dtype) for name, value in params.items()}
+    reference = _reference_state(opt, host)
+    buffers = {key: value for key, value in stored.items() if key != "meta"}
+    for key, value in buffers.items():
+        if key not in reference:
+            raise CheckpointError(
+                path, f"{group}/{key}", f"unknown entry; {type(opt).__name__} keeps {sorted(reference)}"
+            )
+        parameter = key.rsplit("/", 1)[0]
+        if not counts.get(parameter, 0):
+            raise CheckpointError(path, f"{group}/{key}", f"a buffer of {parameter!r}, whose step count is 0")
+        _checked_array(path, f"{group}/{key}", value, reference[key], f"{type(opt).__name__}'s buffer")
+        if key.rsplit("/", 1)[1] == "v" and bool((value < 0).any()):
+            raise CheckpointError(path, f"{group}/{key}", "a second moment with negative entries")
+    for key in reference:
+        if counts.get(key.rsplit("/", 1)[0], 0) and key not in buffers:
+            raise CheckpointError(path, f"{group}/{key}", "missing")
+    return stored
+
+
+def _checked_unitary_optimizer(path: Path, w_opt: UnitaryOptimizer, stored: dict[str, Any], W: Any) -> dict[str, Any]:
+    """The stored state of ``w_opt``: its base optimizer's, its step count and its generator's state."""
+    stored = dict(stored)
+    if "unitary_meta" not in stored:
+        raise CheckpointError(path, "wopt/unitary_meta", "missing")
+    meta = _json_object(path, "wopt/unitary_meta", stored.pop("unitary_meta"))
+    steps = meta.get("steps")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise CheckpointError(path, "wopt/unitary_meta", f"'steps' must be an integer >= 0; got {steps!r}")
+    rng_state = meta.get("rng")
+    if not isinstance(rng_state, dict):
+        raise CheckpointError(
+            path, "wopt/unitary_meta", f"'rng' must be a generator state (an object); got {rng_state!r}"
+        )
+    probe = copy.deepcopy(w_opt.rng)
+    try:
+        probe.bit_generator.state = rng_state
+    except (TypeError, ValueError, KeyError, OverflowError) as err:
+        raise CheckpointError(
+            path, "wopt/unitary_meta", f"'rng' is not a state of {type(probe.bit_generator).__name__} ({err})"
+        ) from None
+    _checked_optimizer(path, "wopt", w_opt.base, stored, {"W": W})
+    return {**stored, "unitary_meta": json.dumps(meta)}
 
 
 def _to_host(value: Any) -> Any:
@@ -192,6 +510,9 @@ def read_metrics(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
     ------
     FileNotFoundError
         If the run has no ``metrics.jsonl``.
+    ValueError
+        If a line is not a JSON object with an integer ``step`` (the message names the file
+        and the line).
 
     Examples
     --------
@@ -203,5 +524,17 @@ def read_metrics(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
     0.5
     """
     path = Path(run_dir) / "metrics.jsonl"
+    records = []
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}, line {number}: not a JSON record ({err})") from None
+            step = record.get("step") if isinstance(record, dict) else None
+            if isinstance(step, bool) or not isinstance(step, int):
+                raise ValueError(f"{path}, line {number}: expected a JSON object with an integer 'step'")
+            records.append(record)
+    return records

@@ -1,14 +1,47 @@
-"""The settings of a training run (:class:`TrainConfig`), stored as ``config.json`` in its directory."""
+"""The settings of a training run (:class:`TrainConfig`), stored as ``config.json`` in its directory.
+
+Every setting is checked when a :class:`TrainConfig` is made (also by :func:`dataclasses.replace`
+and when ``config.json`` is read back by :func:`load_config`), so an invalid run fails before
+its directory or any file exists.  :data:`RESUMABLE` lists the settings a resumed run may
+change; :func:`resume_conflicts` finds the others that differ from a stored run.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from .tasks import TASK_CLASSES, Task
+from .._sketch import SKETCH_METHODS
+from .._step import UPDATES
+from .._validation import check_choice, check_float, check_int
+from ..models.urnn import INITS
+from ..optim import OPTIMIZERS
+from .tasks import TASK_CLASSES, TASKS, Task
 
-__all__ = ["TrainConfig"]
+__all__ = ["REAL_DTYPES", "RESUMABLE", "TrainConfig", "load_config", "resume_conflicts"]
+
+REAL_DTYPES = ("float32", "float64")
+"""The values of :attr:`TrainConfig.dtype`."""
+
+RESUMABLE = (
+    "steps",
+    "time_limit_s",
+    "device",
+    "lr_milestones",
+    "log_every",
+    "eval_every",
+    "checkpoint_every",
+    "mnist_dir",
+)
+"""The settings a resumed run may change: how long it runs, where, the learning-rate milestones,
+how often it logs, evaluates and checkpoints, and where the MNIST files are.  Every other setting
+defines the model, the optimizers or the data and must equal the stored run's."""
 
 
 @dataclasses.dataclass
@@ -25,9 +58,9 @@ class TrainConfig:
         Copy: the delay T (sequence length T + 20; default 100).  Adding: the sequence length
         (default 200).  Ignored for pmnist (784).
     steps : int
-        Total number of training steps (a resumed run continues up to it).
+        Total number of training steps, >= 1 (a resumed run continues up to it).
     batch_size, hidden_size : int
-        ``hidden_size`` None picks the paper's size (copy 190, adding and pmnist 170).
+        Both >= 1; ``hidden_size`` None picks the paper's size (copy 190, adding and pmnist 170).
     complex : bool
         Complex (unitary) instead of real (orthogonal) recurrent matrix.
     init : str
@@ -73,6 +106,21 @@ class TrainConfig:
         starts from the same state on either device, and checkpoints hold host arrays, so a run
         can be resumed on the other device.
 
+    Raises
+    ------
+    TypeError
+        If a setting has the wrong type (an integer setting given as a float or a bool,
+        ``complex`` not a bool, ``lr_milestones`` not a sequence, ...).
+    ValueError
+        If a setting is out of its range, each message naming the setting and the range:
+        ``steps``, ``batch_size``, ``hidden_size``, ``eval_size``, ``log_every`` >= 1;
+        ``length`` >= 1 (adding: >= 2); ``retract_every``, ``seed``, ``eval_every``,
+        ``checkpoint_every`` >= 0 (0: never); ``rank`` in [1, hidden size]; ``lr``,
+        ``w_lr_divisor`` finite and > 0 (and ``lr / w_lr_divisor`` > 0); ``lr_gamma`` in
+        (0, 1]; ``momentum`` in [0, 1); ``time_limit_s`` None or finite >= 0; ``task``,
+        ``init``, ``dtype``, ``optimizer``, ``update``, ``sketch`` and ``device`` one of their
+        choices.
+
     Examples
     --------
     >>> import dataclasses
@@ -112,14 +160,54 @@ class TrainConfig:
     device: str = "cpu"
 
     def __post_init__(self) -> None:
-        milestones = tuple(self.lr_milestones)  # a list when read back from config.json
+        self.task = check_choice(self.task, TASKS, "task", phrasing="one of")
+        minimum = 2 if self.task == "adding" else 1
+        if self.length is not None:
+            meaning = TASK_CLASSES[self.task].length_name or "length"
+            expected = f"an integer >= {minimum} (the {self.task} task's {meaning})"
+            self.length = check_int(self.length, "length", low=minimum, expected=expected)
+        self.steps = check_int(self.steps, "steps", low=1)
+        self.batch_size = check_int(self.batch_size, "batch_size", low=1)
+        self.hidden_size = None if self.hidden_size is None else check_int(self.hidden_size, "hidden_size", low=1)
+        self.complex = _check_bool(self.complex, "complex")
+        self.init = check_choice(self.init, INITS, "init", phrasing="one of")
+        self.dtype = check_choice(_dtype_name(self.dtype), REAL_DTYPES, "dtype", phrasing="one of")
+        self.optimizer = check_choice(self.optimizer, OPTIMIZERS, "optimizer", phrasing="one of")
+        self.lr = check_float(self.lr, "lr", low=0, open_low=True)
+        self.w_lr_divisor = check_float(self.w_lr_divisor, "w_lr_divisor", low=0, open_low=True)
+        w_lr = self.lr / self.w_lr_divisor
+        if not (0 < w_lr < math.inf):
+            raise ValueError(
+                f"w_lr_divisor must leave W a positive finite learning rate lr / w_lr_divisor; "
+                f"got {self.lr!r} / {self.w_lr_divisor!r} = {w_lr!r}"
+            )
+        milestones = self.lr_milestones
+        if isinstance(milestones, (str, bytes)) or not hasattr(milestones, "__iter__"):
+            raise TypeError(f"lr_milestones must be a sequence of step numbers; got {milestones!r}")
+        milestones = tuple(milestones)  # a list when read back from config.json
         if any(isinstance(m, bool) or not isinstance(m, (int, np.integer)) or m < 1 for m in milestones) or list(
             milestones
         ) != sorted(set(milestones)):
             raise ValueError(f"lr_milestones must be increasing positive step numbers; got {self.lr_milestones!r}")
         self.lr_milestones = tuple(int(m) for m in milestones)
-        if not (0 < self.lr_gamma <= 1):
-            raise ValueError(f"lr_gamma must be in (0, 1]; got {self.lr_gamma!r}")
+        self.lr_gamma = check_float(self.lr_gamma, "lr_gamma", low=0, high=1, open_low=True, expected="in (0, 1]")
+        self.momentum = check_float(self.momentum, "momentum", low=0, high=1, open_high=True, expected="in [0, 1)")
+        hidden = self.resolved_hidden()
+        self.rank = check_int(self.rank, "rank", low=1, high=hidden, expected=f"in [1, hidden size = {hidden}]")
+        self.update = check_choice(self.update, UPDATES, "update", phrasing="one of")
+        self.sketch = check_choice(self.sketch, SKETCH_METHODS, "sketch", phrasing="one of")
+        self.retract_every = check_int(self.retract_every, "retract_every", low=0)
+        self.seed = check_int(self.seed, "seed", low=0)
+        self.eval_every = check_int(self.eval_every, "eval_every", low=0)
+        self.eval_size = check_int(self.eval_size, "eval_size", low=1)
+        self.checkpoint_every = check_int(self.checkpoint_every, "checkpoint_every", low=0)
+        self.log_every = check_int(self.log_every, "log_every", low=1)
+        if self.time_limit_s is not None:
+            self.time_limit_s = check_float(self.time_limit_s, "time_limit_s", low=0)
+        if not isinstance(self.mnist_dir, (str, os.PathLike)):
+            raise TypeError(f"mnist_dir must be a path; got {self.mnist_dir!r} of type {type(self.mnist_dir).__name__}")
+        self.mnist_dir = os.fspath(self.mnist_dir)
+        self.device = _check_device_name(self.device)
 
     def lr_factor(self, step: int) -> float:
         """The learning-rate multiplier of training step ``step + 1`` (after ``step`` completed steps).
@@ -152,4 +240,126 @@ class TrainConfig:
             ``hidden_size`` if set, else the task's ``hidden_size``: 190 (copy), 170 (adding,
             pmnist).
         """
-        return int(self.hidden_size or TASK_CLASSES.get(self.task, Task).hidden_size)
+        if self.hidden_size is not None:
+            return int(self.hidden_size)
+        return int(TASK_CLASSES.get(self.task, Task).hidden_size)
+
+
+def _check_bool(value: Any, name: str) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool (True or False); got {value!r} of type {type(value).__name__}")
+    return bool(value)
+
+
+def _dtype_name(value: Any) -> Any:
+    """``np.float32`` or ``np.dtype("float32")`` as ``"float32"``; anything else as it is (to be refused)."""
+    if isinstance(value, str):
+        return value
+    try:
+        return np.dtype(value).name
+    except TypeError:
+        return value
+
+
+def _check_device_name(device: Any) -> str:
+    """``"cpu"``, ``"gpu"``, ``"cuda"`` or ``"cuda:<i>"`` (whether the GPU exists is checked when the run starts)."""
+    if not isinstance(device, str):
+        raise TypeError(f"device must be a string ('cpu', 'gpu' or 'cuda:<i>'); got {device!r}")
+    base, _, index = device.lower().partition(":")
+    if (base == "cpu" and ":" not in device) or (base in ("gpu", "cuda") and (not index or index.isdigit())):
+        return device
+    raise ValueError(f"device must be 'cpu', 'gpu', 'cuda' or 'cuda:<i>'; got {device!r}")
+
+
+def resume_conflicts(stored: TrainConfig, requested: TrainConfig) -> dict[str, tuple[Any, Any]]:
+    """The settings outside :data:`RESUMABLE` in which ``requested`` differs from the ``stored`` run.
+
+    Parameters
+    ----------
+    stored : TrainConfig
+        The run's configuration (its ``config.json``).
+    requested : TrainConfig
+        The configuration asked for on resume.
+
+    Returns
+    -------
+    dict
+        ``{field: (stored value, requested value)}``, in field order; empty when the run can
+        resume with ``requested``.
+
+    Examples
+    --------
+    >>> import dataclasses
+    >>> from unitary_update.experiments.config import TrainConfig, resume_conflicts
+    >>> run = TrainConfig(task="adding", hidden_size=16)
+    >>> resume_conflicts(run, dataclasses.replace(run, steps=5000, hidden_size=64, optimizer="adam"))
+    {'hidden_size': (16, 64), 'optimizer': ('rmsprop', 'adam')}
+    """
+    conflicts = {}
+    for field in dataclasses.fields(TrainConfig):
+        if field.name in RESUMABLE:
+            continue
+        old, new = getattr(stored, field.name), getattr(requested, field.name)
+        if old != new and _resolved(stored, field.name) != _resolved(requested, field.name):
+            conflicts[field.name] = (old, new)
+    return conflicts
+
+
+def _resolved(config: TrainConfig, name: str) -> Any:
+    """The value a setting takes in the run (None for ``hidden_size`` or ``length``: the task's default)."""
+    if name == "hidden_size":
+        return config.resolved_hidden()
+    if name == "length" and config.length is None:
+        return TASK_CLASSES[config.task].default_length
+    return getattr(config, name)
+
+
+def load_config(path: str | os.PathLike[str]) -> TrainConfig:
+    """Read a run's ``config.json`` back, checking every setting.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The ``config.json`` file (or a run directory holding one).
+
+    Returns
+    -------
+    TrainConfig
+        The stored settings (missing ones take their defaults).
+
+    Raises
+    ------
+    FileNotFoundError
+        If there is no such file.
+    ValueError
+        If the file is not a JSON object of settings, holds an unknown setting, or a setting is
+        invalid; the message names the file and the setting.
+
+    Examples
+    --------
+    >>> import dataclasses, json, pathlib, tempfile
+    >>> from unitary_update.experiments.config import TrainConfig, load_config
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "config.json"
+    >>> _ = path.write_text(json.dumps(dataclasses.asdict(TrainConfig(task="adding", steps=7))))
+    >>> load_config(path).steps
+    7
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / "config.json"
+    try:
+        stored = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not a readable JSON file of settings ({err})") from None
+    if not isinstance(stored, dict):
+        raise ValueError(f"{path}: expected a JSON object of settings; got {type(stored).__name__}")
+    known = {field.name for field in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(stored) - known)
+    if unknown:
+        raise ValueError(f"{path}: unknown setting {', '.join(map(repr, unknown))}")
+    try:
+        return TrainConfig(**stored)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{path}: {err}") from None

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from .._extras import pyplot, require
+from .._validation import check_float, check_int
 
 __all__ = ["ConvNet", "downsample", "train_mnist"]
 
@@ -78,6 +79,12 @@ class ConvNet:
     dtype : dtype, default float32
         Dtype of all parameters.
 
+    Raises
+    ------
+    TypeError, ValueError
+        If ``depth`` is not an integer >= 1, ``channels`` not an even integer >= 2, ``seed`` not
+        an integer >= 0, or the layers refuse ``image_shape`` or ``dtype``.
+
     Examples
     --------
     >>> import numpy as np
@@ -102,6 +109,11 @@ class ConvNet:
     ) -> None:
         from ..models.conv import OrthogonalConv2d
 
+        depth = check_int(depth, "depth", low=1)
+        channels = check_int(channels, "channels", low=2)
+        if channels % 2:
+            raise ValueError(f"channels must be even (MaxMin pairs channels); got {channels}")
+        seed = check_int(seed, "seed", low=0)
         rng = np.random.default_rng(seed)
         self.layers = [
             OrthogonalConv2d(1 if i == 0 else channels, channels, image_shape, dtype=dtype, rng=rng)
@@ -164,9 +176,21 @@ class ConvNet:
         dict of str to float
             ``loss``, ``accuracy``, and the gradient norms ``grad_first_layer``,
             ``grad_first_activation`` and ``grad_last_activation``.
+
+        Raises
+        ------
+        TypeError, ValueError
+            For labels that are not integer classes in [0, 9] (one per image), a bad image
+            batch, or a bad learning rate or rank.  All or nothing: when a layer's step raises,
+            every layer, the classifier and ``rng`` are left as they were.
         """
         from ..models.conv import maxmin_backward
 
+        labels = np.asarray(labels)
+        if labels.dtype.kind not in "iu" or labels.shape != (len(x),):
+            raise ValueError(f"labels must be {len(x)} integer classes; got {labels.dtype} of shape {labels.shape}")
+        if labels.size and (labels.min() < 0 or labels.max() > 9):
+            raise ValueError(f"labels must be classes in [0, 9]; got values in [{labels.min()}, {labels.max()}]")
         logits, cache = self.forward(x)
         loss, g_logits = _softmax_xent(logits, labels)
         h_last = cache[-1]
@@ -185,11 +209,21 @@ class ConvNet:
             grads.append(grad)
         grads.reverse()
         first_param = grads[0].norm()
-        for layer, grad in zip(self.layers, grads, strict=True):
-            if self.constrained:
-                layer.step(grad, lr=lr, rank=rank, update="transport", rng=rng)
-            else:
-                layer.step(grad, lr=lr, update="euclidean")
+        lr_classifier = check_float(lr_classifier, "lr_classifier", low=0, open_low=True)
+        # all or nothing: a layer whose step raises puts every layer, the classifier and rng back
+        saved = [(layer.U.copy(), layer.Q.copy(), layer.steps) for layer in self.layers]
+        rng_state = rng.bit_generator.state
+        try:
+            for layer, grad in zip(self.layers, grads, strict=True):
+                if self.constrained:
+                    layer.step(grad, lr=lr, rank=rank, update="transport", rng=rng)
+                else:
+                    layer.step(grad, lr=lr, update="euclidean")
+        except BaseException:
+            for layer, (U, Q, steps) in zip(self.layers, saved, strict=True):
+                layer.U[...], layer.Q[...], layer.steps = U, Q, steps
+            rng.bit_generator.state = rng_state
+            raise
         self.W -= lr_classifier * g_W
         self.b -= lr_classifier * g_b
         return {
@@ -285,6 +319,10 @@ def train_mnist(
     ------
     FileNotFoundError
         If an MNIST file is missing from ``data_dir`` (checked before any training).
+    TypeError, ValueError
+        For a setting out of range, named (``depth``, ``steps``, ``batch``, ``eval_every``,
+        ``eval_size`` >= 1; ``channels`` even, >= 2; ``rank`` in [1, channels]; learning rates
+        finite and > 0; ``seed`` >= 0), checked before the data is read.
     ImportError
         If ``plot`` is given and matplotlib is not installed (the ``plot`` extra; checked first).
 
@@ -295,6 +333,17 @@ def train_mnist(
     >>> from unitary_update.experiments.conv_mnist import train_mnist
     >>> result = train_mnist("data/mnist", depth=4, steps=10)  # doctest: +SKIP
     """
+    depth, channels = check_int(depth, "depth", low=1), check_int(channels, "channels", low=2)
+    if channels % 2:
+        raise ValueError(f"channels must be even (MaxMin pairs channels); got {channels}")
+    steps, batch = check_int(steps, "steps", low=1), check_int(batch, "batch", low=1)
+    lr = check_float(lr, "lr", low=0, open_low=True)
+    lr_classifier = check_float(lr_classifier, "lr_classifier", low=0, open_low=True)
+    rank = check_int(rank, "rank", low=1, high=channels)
+    if baseline_lrs is not None:
+        baseline_lrs = tuple(check_float(b, "baseline_lrs", low=0, open_low=True) for b in baseline_lrs)
+    eval_every, eval_size = check_int(eval_every, "eval_every", low=1), check_int(eval_size, "eval_size", low=1)
+    seed = check_int(seed, "seed", low=0)
     import scipy.linalg  # noqa: F401  (load scipy's OpenBLAS before limiting threads, see bench_table)
     from threadpoolctl import threadpool_limits
 
@@ -303,6 +352,8 @@ def train_mnist(
     if plot is not None:  # before training, not after it
         require("matplotlib", _PLOT_FEATURE)
     mnist = load_mnist(data_dir)
+    if batch > len(mnist["train_labels"]):
+        raise ValueError(f"batch must be <= {len(mnist['train_labels'])}, the number of training images; got {batch}")
     mean, std = 0.1307, 0.3081
     x_train = ((downsample(mnist["train_images"]) - mean) / std)[:, None].astype(np.float32)
     x_test = ((downsample(mnist["test_images"]) - mean) / std)[:, None].astype(np.float32)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +45,8 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     FileNotFoundError
         If the file does not exist.
     ValueError
-        If the header is malformed or the file is shorter than the header says.
+        If the header is malformed, the file is shorter than the header says, or a gzip
+        stream is corrupt (named by its path).
 
     Examples
     --------
@@ -60,8 +62,13 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     """
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        raw = f.read()
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        raise
+    except (OSError, EOFError, zlib.error) as err:  # a corrupt or truncated gzip stream
+        raise ValueError(f"{path} cannot be read as an IDX file ({err})") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_TYPES:
         raise ValueError(f"{path} is not an IDX file (bad magic number)")
     ndim = raw[3]
@@ -102,7 +109,8 @@ def load_mnist(directory: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     FileNotFoundError
         Naming the first missing file.
     ValueError
-        If images and labels disagree in number.
+        If a file is corrupt, images are not (n, 28, 28) uint8, labels not uint8 digits 0-9,
+        a set is empty, or images and labels disagree in number.
 
     Examples
     --------
@@ -115,6 +123,15 @@ def load_mnist(directory: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     directory = Path(directory)
     data = {key: read_idx(_find(directory, stem)) for key, stem in MNIST_FILES.items()}
     for split in ("train", "test"):
-        if len(data[f"{split}_images"]) != len(data[f"{split}_labels"]):
+        images, labels = data[f"{split}_images"], data[f"{split}_labels"]
+        if images.ndim != 3 or images.shape[1:] != (28, 28) or images.dtype != np.uint8:
+            raise ValueError(
+                f"{split} images in {directory} must be (n, 28, 28) uint8; got {images.dtype} {images.shape}"
+            )
+        if labels.ndim != 1 or labels.dtype != np.uint8 or (labels.size and int(labels.max()) > 9):
+            raise ValueError(f"{split} labels in {directory} must be (n,) uint8 digits 0-9")
+        if len(images) != len(labels):
             raise ValueError(f"{split} images and labels differ in number in {directory}")
+        if len(images) == 0:
+            raise ValueError(f"{split} set in {directory} is empty")
     return data

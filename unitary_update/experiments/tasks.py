@@ -138,6 +138,27 @@ class Task:
         """
         return self.batch(size, np.random.default_rng([seed, 2]))
 
+    def check_sizes(self, batch_size: int, eval_size: int) -> None:
+        """Check that the task can give training batches and a held-out set of these sizes.
+
+        A run calls it before it writes anything.  Generated tasks accept any size >= 1; a task
+        over a finite data set refuses more than it holds.
+
+        Parameters
+        ----------
+        batch_size : int
+            Sequences per training batch.
+        eval_size : int
+            Held-out sequences.
+
+        Raises
+        ------
+        ValueError
+            Naming ``batch_size`` or ``eval_size`` and the largest size the task can give.
+        """
+        _check_size(batch_size, "batch_size")
+        _check_size(eval_size, "eval_size")
+
     @classmethod
     def label(cls, length: int | None = None) -> str:
         """The task's name with a length setting, as plot titles show it (``copy delay 100``).
@@ -335,6 +356,28 @@ class PermutedMNIST(Task):
         self.train = (prepare(data["train_images"]), data["train_labels"].astype(np.int64))
         self.test = (prepare(data["test_images"]), data["test_labels"].astype(np.int64))
 
+    def check_sizes(self, batch_size: int, eval_size: int) -> None:
+        """Check that an epoch holds at least one batch and the test set ``eval_size`` images.
+
+        Parameters
+        ----------
+        batch_size : int
+            Images per training batch, at most the number of training images.
+        eval_size : int
+            Held-out images, at most the number of test images.
+
+        Raises
+        ------
+        ValueError
+            Naming ``batch_size`` or ``eval_size`` and the number of images there are.
+        """
+        super().check_sizes(batch_size, eval_size)
+        n_train, n_test = len(self.train[1]), len(self.test[1])
+        if batch_size > n_train:
+            raise ValueError(f"batch_size must be <= {n_train}, the number of training images; got {batch_size}")
+        if eval_size > n_test:
+            raise ValueError(f"eval_size must be <= {n_test}, the number of test images; got {eval_size}")
+
     def _draw(self, batch_size: int, gen: np.random.Generator) -> tuple[Any, Any]:
         idx = gen.integers(0, len(self.train[1]), batch_size)
         return self.train[0][idx, :, None], self.train[1][idx]
@@ -357,8 +400,18 @@ class PermutedMNIST(Task):
             Normalised pixels in permuted order.
         y : numpy.ndarray, shape (batch_size,), int64
             Digit labels.
+
+        Raises
+        ------
+        ValueError
+            If ``batch_size`` is not an integer in [1, number of training images].
         """
+        batch_size = _check_size(batch_size, "batch_size")
         per_epoch = len(self.train[1]) // batch_size
+        if per_epoch < 1:
+            raise ValueError(
+                f"batch_size must be <= {len(self.train[1])}, the number of training images; got {batch_size}"
+            )
         epoch, i = divmod(int(step), per_epoch)
         order = np.random.default_rng([seed, epoch]).permutation(len(self.train[1]))
         idx = order[i * batch_size : (i + 1) * batch_size]

@@ -30,9 +30,11 @@ losses of an uninterrupted run (same machine and BLAS threads).
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import json
 import math
+import numbers
 import os
 import signal
 import sys
@@ -50,12 +52,15 @@ from .._xp import get_namespace
 from ..metrics import unitarity_error
 from ..models.urnn import URNN
 from ..optim import Optimizer, UnitaryOptimizer, make_optimizer
+from ._errors import CheckpointError
 from .checkpoints import load_checkpoint, read_metrics, save_checkpoint, to_device
-from .config import TrainConfig
+from .config import RESUMABLE, TrainConfig, load_config, resume_conflicts
 from .plots import plot_run
 from .tasks import Task, make_task
 
 __all__ = [
+    "RESUMABLE",
+    "CheckpointError",
     "TrainConfig",
     "build",
     "evaluate",
@@ -65,6 +70,7 @@ __all__ = [
     "save_checkpoint",
     "to_device",
     "train",
+    "training_step",
 ]
 
 
@@ -154,7 +160,8 @@ def evaluate(model: URNN, x: Any, y: Any, chunk: int = 512) -> dict[str, float]:
     ------
     TypeError, ValueError
         For a non-real ``x`` or a shape that does not fit the model (from
-        :meth:`~unitary_update.models.urnn.URNN.evaluate`).
+        :meth:`~unitary_update.models.urnn.URNN.evaluate`), an empty ``x``, ``x`` and ``y`` of
+        different lengths, or ``chunk`` not an integer >= 1.
 
     Examples
     --------
@@ -163,6 +170,12 @@ def evaluate(model: URNN, x: Any, y: Any, chunk: int = 512) -> dict[str, float]:
     >>> sorted(evaluate(model, *task.batch(10, rng=0), chunk=4))
     ['accuracy', 'loss']
     """
+    if isinstance(chunk, bool) or not isinstance(chunk, numbers.Integral) or chunk < 1:
+        raise ValueError(f"chunk must be an integer >= 1; got {chunk!r}")
+    if len(x) < 1:
+        raise ValueError(f"x must hold at least one sequence; got shape {tuple(getattr(x, 'shape', (len(x),)))}")
+    if len(y) != len(x):
+        raise ValueError(f"x and y must hold the same number of sequences; got {len(x)} and {len(y)}")
     totals: dict[str, float] = {}
     for start in range(0, len(x), chunk):
         part = model.evaluate(x[start : start + chunk], y[start : start + chunk])
@@ -189,7 +202,10 @@ def train(
     Parameters
     ----------
     config : TrainConfig or None
-        The run's settings; None with ``resume=True`` reads ``run_dir/config.json``.
+        The run's settings; None with ``resume=True`` reads ``run_dir/config.json``.  On resume
+        a given config must equal the stored one except in the settings of :data:`RESUMABLE`
+        (steps, time limit, device, milestones, logging, evaluation and checkpoint periods,
+        MNIST folder), which then apply.
     run_dir : str or path-like
         Output directory (created).
     resume : bool, default False
@@ -221,11 +237,19 @@ def train(
     ------
     FileNotFoundError
         On ``resume`` without a checkpoint, or for missing MNIST files.
+    CheckpointError
+        (a ValueError) On ``resume``, if the checkpoint is corrupt, tampered or of another run
+        (see :func:`load_checkpoint`); nothing in ``run_dir`` is changed.
+    TypeError, ValueError
+        For an invalid setting (checked before ``run_dir`` is created), on ``resume`` a
+        ``config`` that differs from the stored run outside :data:`RESUMABLE` (every such
+        setting is listed) or ``steps`` below the checkpoint's step, or a ``config.json`` that
+        cannot be read back.
     FloatingPointError
         If the loss becomes NaN or infinite (the last checkpoint is kept).  On the CPU every
         step's loss is checked; on a GPU the mean loss is checked every ``log_every`` steps.
-    ValueError, RuntimeError
-        For an unknown device, or a GPU device without CuPy and a GPU.
+    RuntimeError
+        For a GPU device without CuPy and a GPU.
 
     Notes
     -----
@@ -235,6 +259,9 @@ def train(
     ``check_finite`` option off, and the only reads of device values are the logged mean loss
     (every ``log_every`` steps, also shown by the progress bar), evaluations and checkpoints, so
     the GPU is not made to wait on every step.
+
+    Each step is :func:`training_step`: all or nothing, so a step that raises leaves the
+    model and the optimizers as they were after the step before.
 
     The W update uses the factored gradient ``(X, Y)`` (no N x N gradient) when the optimizer is
     plain SGD, and the dense gradient otherwise (RMSprop and Adam act on its entries).
@@ -251,6 +278,7 @@ def train(
     config = _run_config(config, run, resume, steps, time_limit_s, device, lr_milestones)
     xp = get_namespace(config.device)  # before anything is written: a bad device or setting fails here
     task, model, opt, w_opt = build(config)
+    task.check_sizes(config.batch_size, config.eval_size)
     run.mkdir(parents=True, exist_ok=True)
     state = _Run(config, run, task, model, opt, w_opt, xp, resume)
     status = "completed"
@@ -294,21 +322,127 @@ def _run_config(
     device: str | None,
     lr_milestones: tuple[int, ...] | None,
 ) -> TrainConfig:
-    """The run's settings: ``config`` (or, on resume without one, ``config.json``) with the overrides."""
+    """The run's settings: ``config`` (or, on resume without one, ``config.json``) with the overrides.
+
+    On resume a given ``config`` must agree with the stored one outside :data:`RESUMABLE`.
+    """
     if resume:
         if not (run / "checkpoint.npz").is_file():
             raise FileNotFoundError(f"cannot resume: no checkpoint at {run / 'checkpoint.npz'}")
-        if config is None:
-            config = TrainConfig(**json.loads((run / "config.json").read_text()))
+        stored_path = run / "config.json"
+        if config is None or stored_path.is_file():
+            stored = load_config(stored_path)
+            if config is None:
+                config = stored
+            conflicts = resume_conflicts(stored, config)
+            if conflicts:
+                changes = ", ".join(f"{name} {old!r} -> {new!r}" for name, (old, new) in conflicts.items())
+                raise ValueError(
+                    f"cannot resume {run} with settings that differ from the stored run: {changes}; "
+                    f"a resumed run may change only {', '.join(RESUMABLE)}"
+                )
     if config is None:
         raise ValueError("config is required unless resume=True")
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be a TrainConfig or None; got {type(config).__name__}")
     overrides: dict[str, Any] = {
-        "steps": None if steps is None else int(steps),
-        "time_limit_s": None if time_limit_s is None else float(time_limit_s),
-        "device": None if device is None else str(device),
+        "steps": steps,
+        "time_limit_s": time_limit_s,
+        "device": device,
         "lr_milestones": None if lr_milestones is None else tuple(lr_milestones),
     }
+    # dataclasses.replace builds a new TrainConfig: every setting (overrides included) is checked again
     return dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def training_step(
+    model: URNN, opt: Optimizer, w_opt: UnitaryOptimizer, x: Any, y: Any, *, factored: bool = False
+) -> Any:
+    """One training step of a URNN, all or nothing: the loss, then both optimizers' updates.
+
+    Parameters
+    ----------
+    model : URNN
+        Its parameters are updated in place.
+    opt : Optimizer
+        Updates V, b, O and c.
+    w_opt : UnitaryOptimizer
+        Updates W (and draws its sketch from its generator).
+    x, y : array
+        A batch, as for :meth:`~unitary_update.models.urnn.URNN.loss_and_grads`.
+    factored : bool, default False
+        Pass W's gradient to ``w_opt`` as its factors ``(X, Y)`` (plain SGD) instead of dense.
+
+    Returns
+    -------
+    float or 0-d array
+        The loss before the update (a device array on a GPU).
+
+    Raises
+    ------
+    FloatingPointError
+        If the loss is NaN or infinite (checked on the CPU; nothing is updated).
+    TypeError, ValueError
+        From the model (bad x or y) or an optimizer; nothing is updated.
+
+    Notes
+    -----
+    All or nothing: the parameters, both optimizers' states (moments, step counts, learning
+    rates) and W's sketch generator are copied before the step (O(parameters) memory, small
+    next to a step's O(T batch N^2) work) and put back exactly when any part of it raises, so a
+    failed step can be retried or the run checkpointed as it was.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from unitary_update.experiments.train import TrainConfig, build, training_step
+    >>> task, model, opt, w_opt = build(TrainConfig(task="adding", length=6, hidden_size=8))
+    >>> W = model.params["W"].copy()
+    >>> x, y = task.batch(4, rng=0)
+    >>> try:
+    ...     training_step(model, opt, w_opt, np.full_like(x, np.nan), y)
+    ... except ValueError as err:
+    ...     print(err)
+    x contains NaN or Inf
+    >>> bool(np.array_equal(model.params["W"], W)), w_opt.steps
+    (True, 0)
+    >>> loss = training_step(model, opt, w_opt, x, y)
+    >>> w_opt.steps
+    1
+    """
+    saved = _Snapshot(model, opt, w_opt)
+    try:
+        loss, grads = model.loss_and_grads(x, y, factored=factored)
+        if isinstance(loss, float) and not math.isfinite(loss):
+            raise FloatingPointError(f"loss is {loss}; nothing was updated")
+        w_opt.step(model.params["W"], grads.pop("W"))
+        opt.step(model.params, grads)
+    except BaseException:
+        saved.restore()
+        raise
+    return loss
+
+
+class _Snapshot:
+    """A copy of a model's parameters and its optimizers' states, to put back after a failed step."""
+
+    def __init__(self, model: URNN, opt: Optimizer, w_opt: UnitaryOptimizer) -> None:
+        self.model, self.opt, self.w_opt = model, opt, w_opt
+        self.params = {name: (value, value.copy()) for name, value in model.params.items()}
+        objects = [opt, w_opt.base] + ([w_opt.drift] if w_opt.drift is not None else [])
+        self.objects = [(obj, copy.deepcopy(obj.__dict__)) for obj in objects if hasattr(obj, "__dict__")]
+        self.w_attrs = {k: v for k, v in w_opt.__dict__.items() if k not in ("base", "rng", "drift")}
+        self.rng_state = w_opt.rng.bit_generator.state
+
+    def restore(self) -> None:
+        for name, (array, saved) in self.params.items():
+            array[...] = saved
+            self.model.params[name] = array
+        for obj, attributes in self.objects:
+            obj.__dict__.clear()
+            obj.__dict__.update(attributes)
+        self.w_opt.__dict__.update(self.w_attrs)
+        self.w_opt.rng.bit_generator.state = self.rng_state
 
 
 class _Run:
@@ -336,6 +470,14 @@ class _Run:
         if resume:
             meta = load_checkpoint(self.checkpoint_path, model, opt, w_opt)
             self.start, self.elapsed_before = int(meta["step"]), float(meta.get("elapsed_s", 0.0))
+            if "seed" in meta and meta["seed"] != config.seed:
+                raise CheckpointError(
+                    self.checkpoint_path, "meta", f"seed {meta['seed']!r} but the run's config has seed {config.seed}"
+                )
+            if self.start > config.steps:
+                raise ValueError(
+                    f"steps must be >= the checkpoint's step {self.start} to resume {run}; got {config.steps}"
+                )
             kept = [r for r in read_metrics(run) if r["step"] <= self.start] if self.metrics_path.is_file() else []
             self.metrics_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
         else:
@@ -362,14 +504,18 @@ class _Run:
         if self.on_device:
             x, y = xp.asarray(x), xp.asarray(y)
         factor = config.lr_factor(self.step)
+        lrs = (self.opt.lr, self.w_opt.base.lr)
         self.opt.lr, self.w_opt.base.lr = config.lr * factor, config.lr / config.w_lr_divisor * factor
         # on a GPU the finiteness checks inside the updates would read the device every step
-        with options(check_finite=False) if self.on_device else contextlib.nullcontext():
-            loss, grads = self.model.loss_and_grads(x, y, factored=self.factored)
-            if not self.on_device and not math.isfinite(loss):
-                raise FloatingPointError(f"loss became {loss} at step {self.step + 1}; last checkpoint kept")
-            self.w_opt.step(self.model.params["W"], grads.pop("W"))
-            self.opt.step(self.model.params, grads)
+        try:
+            with options(check_finite=False) if self.on_device else contextlib.nullcontext():
+                loss = training_step(self.model, self.opt, self.w_opt, x, y, factored=self.factored)
+        except FloatingPointError as err:
+            self.opt.lr, self.w_opt.base.lr = lrs
+            raise FloatingPointError(f"step {self.step + 1}: {err}; last checkpoint kept") from None
+        except BaseException:
+            self.opt.lr, self.w_opt.base.lr = lrs
+            raise
         self.step += 1
         self.loss = loss
         self.window.append(loss)

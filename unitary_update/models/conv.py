@@ -47,9 +47,12 @@ from typing import Any
 
 import numpy as np
 
+from .._config import get_options
+from .._sketch import SKETCH_METHODS
 from .._step import drift_at
 from .._step import step as _step
 from .._validation import (
+    NonFiniteError,
     check_choice,
     check_drift,
     check_dtype,
@@ -340,11 +343,11 @@ class OrthogonalConv2d:
             name: xp.asarray(getattr(lay, name)) for name in ("paired", "self_conjugate", "mirror", "mirror_source")
         }
         n_u, n_q = lay.paired.size, lay.self_conjugate.size
+        gen = normalize_rng(rng)  # checked for every init: a bad rng is refused, not ignored
         if init == "identity":
             U = np.broadcast_to(np.eye(c, dtype=self.complex_dtype), (n_u, c, c))
             Q = np.broadcast_to(np.eye(c, dtype=dt if self.real else np.float64), (n_q, c, c))
         else:
-            gen = normalize_rng(rng)
             U = random_unitary(c, dtype=self.complex_dtype, batch_shape=(n_u,), rng=gen)
             Q = random_unitary(c, dtype=dt if self.real else np.float64, batch_shape=(n_q,), rng=gen)
         self.U = xp.asarray(np.array(U, order="C"))  # a writable copy (identity init is a broadcast view)
@@ -627,48 +630,118 @@ class OrthogonalConv2d:
         ------
         TypeError
             If ``grad`` is not a ConvGradient, ``lr`` is not a real number, ``rank`` is not an
-            integer, or ``drift`` has no ``maybe_retract`` method.
+            integer, ``drift`` has no ``maybe_retract`` method, ``rng`` is not a generator, seed
+            or None, or a gradient factor is not a floating array of the layer's library (or is
+            complex for the real stack ``Q``).
         ValueError
             If ``lr`` is not a positive finite number, ``rank`` is out of range, a name is
-            unknown, or the gradient's shapes do not match the layer (nothing is written).
+            unknown, or the gradient's shapes do not match the layer.
+        NonFiniteError
+            (a ValueError) If a gradient factor contains NaN or Inf, or the step overflows,
+            while the ``check_finite`` option is on.
 
         Notes
         -----
+        All or nothing: both stacks' results are computed into new arrays and written only
+        when both succeeded, so a call that raises leaves ``U``, ``Q``, :attr:`steps` and the
+        state of a generator passed as ``rng`` exactly as they were.  An empty batch
+        (``m = 0``) is a zero gradient: the stacks stay as they are (up to the drift policy).
+
         Cost O(F C^2 k + F C m k) for a gradient of batch m (the factored sketch and the
-        low-rank updates), against O(F C^3) for dense polar/expm.
+        low-rank updates), against O(F C^3) for dense polar/expm, plus one copy of each stack.
         """
         if not isinstance(grad, ConvGradient):
             raise TypeError(f"grad must be a ConvGradient from OrthogonalConv2d.backward; got {type(grad).__name__}")
         lr = check_float(lr, "lr", low=0, open_low=True, expected="a positive finite number")
         update = check_choice(update, CONV_UPDATES, "update")
+        sketch = check_choice(sketch, SKETCH_METHODS, "sketch")
         rank = check_rank(rank, self.out_channels)
         check_drift(drift)
-        pairs = [(self.U, grad.U, "grad.U")]
+        gen = normalize_rng(rng)
+        pairs = [(self.U, self._check_factors(grad.U, self.U, "grad.U"), "U")]
         if self.real:
             if grad.Q is None:
                 raise ValueError("grad.Q is None but the layer is real; pass the gradient of this layer")
-            pairs.append((self.Q, grad.Q, "grad.Q"))
-        for stack, (P, X), name in pairs:
-            for part in (P, X):
-                if part.ndim != 3 or tuple(part.shape[:2]) != tuple(stack.shape[:2]) or part.shape[2] != P.shape[2]:
-                    raise ValueError(
-                        f"{name} has factor shapes {tuple(P.shape)}, {tuple(X.shape)}; expected (F, C, m) with "
-                        f"(F, C) = {tuple(stack.shape[:2])}"
-                    )
-            for part, which in ((P, "[0]"), (X, "[1]")):
-                check_finite(part, name + which)  # every check runs before the first stack is written
-        gen = normalize_rng(rng)
+            pairs.append((self.Q, self._check_factors(grad.Q, self.Q, "grad.Q"), "Q"))
+        elif grad.Q is not None:
+            raise ValueError("grad.Q must be None for a complex layer (it has no real stack Q)")
+        # All or nothing: both results are computed into new arrays before either stack is
+        # written, and the generator is put back if anything raises.
+        saved_rng = gen.bit_generator.state
         policy = drift_at(drift, self.steps + 1)  # the layer's clock: both stacks at the same step
-        for stack, (P, X), _ in pairs:
-            if stack.shape[0] == 0:
-                continue
-            if update != "euclidean":
-                _step(stack, (-lr * P, X), rank=rank, update=update, sketch=sketch, rng=gen, out=stack, drift=policy)
-                continue
-            stack -= lr * (P @ hconj(X))
-            if policy is not None:
-                policy.maybe_retract(stack)
+        try:
+            results = [
+                self._stepped(stack, factors, name, lr, rank, update, sketch, gen, policy)
+                for stack, factors, name in pairs
+            ]
+        except BaseException:
+            gen.bit_generator.state = saved_rng
+            raise
+        for (stack, _, _), result in zip(pairs, results, strict=True):
+            if result is not None:
+                stack[...] = result
         self.steps += 1
+
+    def _check_factors(self, factors: Any, stack: Any, name: str) -> tuple[Any, Any]:
+        """Check one stack's gradient factors ``(P, X)`` (types, shapes, dtypes, finiteness)."""
+        if not isinstance(factors, (tuple, list)) or len(factors) != 2:
+            raise TypeError(f"{name} must be a pair (P, X) of arrays; got {type(factors).__name__}")
+        P, X = factors
+        checked = []
+        for part, which in ((P, "[0]"), (X, "[1]")):
+            label = name + which
+            if not hasattr(part, "dtype") or not hasattr(part, "shape"):
+                raise TypeError(f"{label} must be an array; got {type(part).__name__}")
+            if array_namespace(part) is not self._xp:
+                raise TypeError(
+                    f"{label} lives in {array_namespace(part).__name__} but the layer in {self._xp.__name__}"
+                )
+            check_float_dtype(part, label)
+            if stack.dtype.kind != "c" and part.dtype.kind == "c":
+                raise TypeError(f"{label} is complex ({part.dtype}) but the stack it updates is real ({stack.dtype})")
+            if part.ndim != 3 or tuple(part.shape[:2]) != tuple(stack.shape[:2]) or part.shape[2] != P.shape[2]:
+                raise ValueError(
+                    f"{name} has factor shapes {tuple(P.shape)}, {tuple(X.shape)}; expected (F, C, m) with "
+                    f"(F, C) = {tuple(stack.shape[:2])}"
+                )
+            check_finite(part, label)  # every check runs before the first stack is written
+            checked.append(part)
+        return checked[0], checked[1]
+
+    def _stepped(
+        self,
+        stack: Any,
+        factors: tuple[Any, Any],
+        name: str,
+        lr: float,
+        rank: int,
+        update: str,
+        sketch: str,
+        gen: np.random.Generator,
+        policy: Any,
+    ) -> Any:
+        """The updated copy of ``stack`` (None for an empty stack); ``stack`` itself is not written."""
+        if stack.shape[0] == 0:
+            return None
+        P, X = factors
+        if P.shape[2] == 0:  # an empty batch: a zero gradient, only the drift policy acts
+            new = stack.copy()
+            if policy is not None:
+                policy.maybe_retract(new)
+        elif update != "euclidean":
+            new = _step(stack, (-lr * P, X), rank=rank, update=update, sketch=sketch, rng=gen, drift=policy)
+        else:
+            with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported below, by name
+                new = stack - lr * (P @ hconj(X)).astype(stack.dtype, copy=False)
+            if policy is not None:
+                policy.maybe_retract(new)
+        if get_options().check_finite:
+            xp = self._xp
+            if not bool(xp.isfinite(new).all()):
+                raise NonFiniteError(
+                    f"the step of {name} is not finite (lr = {lr!r} times the gradient overflows); nothing was written"
+                )
+        return new
 
 
 # ---------------------------------------------------------------------------------------------

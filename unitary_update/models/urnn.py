@@ -47,7 +47,7 @@ import scipy.linalg.blas  # noqa: F401
 
 from .._blas import gemm as _gemm
 from .._config import get_options
-from .._validation import check_choice, check_dtype, check_int
+from .._validation import NonFiniteError, check_choice, check_dtype, check_int
 from .._xp import array_namespace
 from ..random import normalize_rng
 from ._kernels import modrelu_, modrelu_backward_
@@ -192,9 +192,11 @@ class URNN:
     Raises
     ------
     TypeError
-        If a size is not an integer or ``dtype`` is not float32 or float64.
+        If a size is not an integer, ``complex`` is not a bool, ``dtype`` is not float32 or
+        float64, or ``rng`` is not a generator, an int seed or None.
     ValueError
-        If a size is below 1, or ``output``, ``loss`` or ``init`` is unknown.
+        If a size is below 1, or ``output``, ``loss`` or ``init`` is unknown.  ``hidden_size = 1``
+        is valid (W is the 1 x 1 matrix ``[[1]]`` or ``[[e^{i theta}]]``).
 
     Notes
     -----
@@ -238,6 +240,8 @@ class URNN:
         self.output = check_choice(output, OUTPUTS, "output", phrasing="one of")
         self.loss = check_choice(loss, LOSSES, "loss", phrasing="one of")
         check_choice(init, INITS, "init", phrasing="one of")
+        if not isinstance(complex, (bool, np.bool_)):
+            raise TypeError(f"complex must be a bool; got {complex!r} of type {type(complex).__name__}")
         real = check_dtype(np.float64 if dtype is None else dtype, allowed=(np.float32, np.float64))
         self.complex = bool(complex)
         self.real_dtype = real
@@ -262,18 +266,54 @@ class URNN:
         self._workspaces: dict[tuple[Any, ...], _Workspace] = {}
 
     # ---------------------------------------------------------------------------- validation
+    def _check_params(self, xp: ModuleType) -> None:
+        """While ``check_finite`` is on: every parameter is finite (a NaN weight would reach every output)."""
+        if not get_options().check_finite:
+            return
+        for name, value in self.params.items():
+            if not bool(xp.isfinite(value).all()):
+                raise NonFiniteError(f"params[{name!r}] contains NaN or Inf")
+
     def _check_x(self, x: Any) -> tuple[ModuleType, Any]:
         xp = array_namespace(self.params["W"])
-        x = xp.asarray(x)
+        if isinstance(x, np.ma.MaskedArray) or (isinstance(x, np.ndarray) and type(x) is not np.ndarray):
+            raise TypeError(f"x must be a plain array; got {type(x).__name__} (masks and subclasses are not supported)")
+        try:
+            x = xp.asarray(x)
+        except (TypeError, ValueError) as err:
+            raise TypeError(f"x must be a real array of shape (batch, T, {self.input_size}); {err}") from None
         if x.dtype.kind not in "fiub":
             raise TypeError(f"x must be real (batch, T, input_size); got dtype {x.dtype}")
-        if x.ndim != 3 or x.shape[2] != self.input_size or x.shape[0] < 1 or x.shape[1] < 1:
+        if x.ndim != 3 or x.shape[2] != self.input_size:
             raise ValueError(f"x must have shape (batch, T, {self.input_size}); got {tuple(x.shape)}")
+        if x.shape[0] < 1 or x.shape[1] < 1:
+            raise ValueError(
+                f"x must hold at least one sequence of at least one step, shape (batch >= 1, T >= 1, "
+                f"{self.input_size}); got {tuple(x.shape)}"
+            )
+        if x.dtype.kind == "f" and get_options().check_finite:
+            # NaN would be mapped to 0 by modReLU (a finite loss) but reach grads["V"]
+            if not bool(xp.isfinite(x).all()):
+                raise NonFiniteError("x contains NaN or Inf")
+            if x.dtype.itemsize > self.real_dtype.itemsize and x.size:
+                largest = float(xp.max(xp.abs(x)))
+                if largest > float(np.finfo(self.real_dtype).max):
+                    raise ValueError(
+                        f"x overflows the model's dtype {self.real_dtype}: |x| reaches {largest:.3g} > "
+                        f"{float(np.finfo(self.real_dtype).max):.3g}"
+                    )
+        self._check_params(xp)
         return xp, x
 
     def _check_y(self, xp: ModuleType, y: Any, batch: int, T: int) -> Any:
-        y = xp.asarray(y)
+        if isinstance(y, np.ma.MaskedArray) or (isinstance(y, np.ndarray) and type(y) is not np.ndarray):
+            raise TypeError(f"y must be a plain array; got {type(y).__name__} (masks and subclasses are not supported)")
+        try:
+            y = xp.asarray(y)
+        except (TypeError, ValueError) as err:
+            raise TypeError(f"y must be an array of targets; {err}") from None
         steps = (T,) if self.output == "sequence" else ()
+        checked = xp is np or get_options().check_finite
         if self.loss == "cross_entropy":
             expected = (batch, *steps)
             if y.dtype.kind not in "iu":
@@ -282,14 +322,18 @@ class URNN:
                 raise ValueError(f"y must have shape {expected} (integer labels); got {tuple(y.shape)}")
             # The range check reads a device value on CuPy (a synchronisation): there it runs only
             # while the ``check_finite`` option (the switch for checks that read device values) is on.
-            if y.size and (xp is np or get_options().check_finite) and int(y.max()) >= self.output_size:
-                raise ValueError(f"labels in y must be < output_size = {self.output_size} (negative: unlabelled)")
+            if y.size and checked and int(y.max()) >= self.output_size:
+                raise ValueError(
+                    f"labels in y must be < output_size = {self.output_size} (negative: unlabelled); got {int(y.max())}"
+                )
         else:
             expected = (batch, *steps, self.output_size)
+            if y.dtype.kind not in "fiu":
+                raise TypeError(f"y must be real targets of shape {expected}; got dtype {y.dtype}")
             if tuple(y.shape) != expected:
                 raise ValueError(f"y must have shape {expected} (real targets); got {tuple(y.shape)}")
-            if y.dtype.kind not in "fiu":
-                raise TypeError(f"y must be real targets; got dtype {y.dtype}")
+            if y.dtype.kind == "f" and get_options().check_finite and not bool(xp.isfinite(y).all()):
+                raise NonFiniteError("y contains NaN or Inf")
         return y
 
     def _workspace(self, xp: ModuleType, T: int, batch: int) -> _Workspace:
@@ -356,7 +400,9 @@ class URNN:
         Raises
         ------
         TypeError, ValueError
-            For a non-real x or a wrong shape.
+            For a non-real x, a wrong shape or an empty batch or sequence.
+        NonFiniteError
+            (a ValueError) If x or a parameter contains NaN or Inf while ``check_finite`` is on.
 
         Examples
         --------
@@ -464,8 +510,15 @@ class URNN:
         Raises
         ------
         TypeError, ValueError
-            For wrong dtypes or shapes of x or y, or labels out of range (on CuPy the label range
-            is checked only while the ``check_finite`` option is on, because it reads the device).
+            For wrong dtypes or shapes of x or y (each message names the argument), an empty
+            batch or sequence, or labels ``>= output_size`` (on CuPy the label range is checked
+            only while the ``check_finite`` option is on, because it reads the device).
+        NonFiniteError
+            (a ValueError) While ``check_finite`` is on: if x, real targets y or a parameter
+            contain NaN or Inf; a finite float64 x that overflows a float32 model is a
+            ValueError naming x.
+        FloatingPointError
+            While ``check_finite`` is on: if the loss or a gradient of finite inputs overflows.
 
         Notes
         -----
@@ -534,4 +587,22 @@ class URNN:
             grads["W"] = _gemm(H.dtype)(1.0, dz.T, hprev.T, trans_b=2 if self.complex else 1)
         else:
             grads["W"] = dz.T @ xp.conj(hprev)
+        if get_options().check_finite:
+            _check_results(xp, loss, grads, self.real_dtype)
         return loss, {k: grads[k] for k in ("W", "V", "b", "O", "c")}
+
+
+def _check_results(xp: ModuleType, loss: Any, grads: dict[str, Any], dtype: np.dtype) -> None:
+    """Raise FloatingPointError when the loss or a gradient of finite inputs overflowed to NaN or Inf."""
+    parts = [("the loss", xp.asarray(loss))]
+    for name, value in grads.items():
+        if isinstance(value, tuple):
+            parts += [(f"grads[{name!r}][{i}]", part) for i, part in enumerate(value)]
+        else:
+            parts.append((f"grads[{name!r}]", value))
+    for label, value in parts:
+        if not bool(xp.isfinite(value).all()):
+            raise FloatingPointError(
+                f"{label} is not finite although the inputs and parameters are: the values overflow {dtype} "
+                "(scale the inputs down or lower the learning rate)"
+            )

@@ -1,0 +1,255 @@
+"""Hostile inputs to the models: all-or-nothing layer steps, checked inputs, validated constructors.
+
+The reference for "nothing changed" is a deep copy of the whole state taken before the failing
+call (stacks, step count, generator state), compared bit for bit afterwards.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import unitary_update as uu
+from unitary_update.models.conv import ConvGradient, OrthogonalConv2d
+from unitary_update.models.urnn import URNN
+
+
+def _layer_state(layer: OrthogonalConv2d, gen: np.random.Generator) -> tuple:
+    return layer.U.copy(), layer.Q.copy(), layer.steps, gen.bit_generator.state
+
+
+def _assert_same_state(before: tuple, after: tuple) -> None:
+    U0, Q0, steps0, rng0 = before
+    U1, Q1, steps1, rng1 = after
+    assert np.array_equal(U0, U1)
+    assert U0.dtype == U1.dtype
+    assert np.array_equal(Q0, Q1)
+    assert Q0.dtype == Q1.dtype
+    assert steps0 == steps1
+    assert rng0 == rng1
+
+
+@pytest.fixture
+def real_layer_and_grad():
+    layer = OrthogonalConv2d(2, 4, (4, 4), rng=0)
+    x = np.random.default_rng(1).standard_normal((3, 2, 4, 4))
+    _, grad = layer.backward(x, layer(x))
+    return layer, grad
+
+
+def _bad_q(grad: ConvGradient, kind: str) -> ConvGradient:
+    P, X = grad.Q
+    if kind == "complex":
+        return ConvGradient(grad.U, (P + 0j, X))
+    if kind == "nan":
+        bad = P.copy()
+        bad[-1, -1, -1] = np.nan
+        return ConvGradient(grad.U, (bad, X))
+    if kind == "shape":
+        return ConvGradient(grad.U, (P[:, :-1], X[:, :-1]))
+    if kind == "not_array":
+        return ConvGradient(grad.U, (P.tolist(), X))
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize(
+    ("kind", "error", "match"),
+    [
+        ("complex", TypeError, r"grad\.Q\[0\] is complex"),
+        ("nan", uu.NonFiniteError, r"grad\.Q\[0\] contains NaN"),
+        ("shape", ValueError, r"grad\.Q has factor shapes"),
+        ("not_array", TypeError, r"grad\.Q\[0\] must be an array"),
+    ],
+)
+@pytest.mark.parametrize("update", ["transport", "project", "euclidean"])
+def test_conv_step_that_fails_on_the_second_stack_writes_neither(real_layer_and_grad, kind, error, match, update):
+    # the U stack comes first: a bad Q gradient must not leave U updated
+    layer, grad = real_layer_and_grad
+    gen = np.random.default_rng(7)
+    before = _layer_state(layer, gen)
+    with pytest.raises(error, match=match):
+        layer.step(_bad_q(grad, kind), lr=0.1, rank=2, update=update, rng=gen)
+    _assert_same_state(before, _layer_state(layer, gen))
+    # and the layer still works: the same step with the good gradient updates both stacks
+    layer.step(grad, lr=0.1, rank=2, update="transport", rng=gen)
+    assert layer.steps == 1
+    assert not np.array_equal(layer.U, before[0])
+    assert not np.array_equal(layer.Q, before[1])
+    assert uu.unitarity_error(layer.U) < 1e-12
+    assert uu.unitarity_error(layer.Q) < 1e-12
+
+
+def test_conv_euclidean_step_that_overflows_in_the_second_stack_writes_neither(real_layer_and_grad):
+    layer, grad = real_layer_and_grad
+    P, X = grad.Q
+    huge = ConvGradient(grad.U, (np.full_like(P, 1e300), np.full_like(X, 1e300)))  # finite; P X^H is not
+    gen = np.random.default_rng(7)
+    before = _layer_state(layer, gen)
+    with pytest.raises(uu.NonFiniteError, match="the step of Q is not finite"):
+        layer.step(huge, lr=0.1, update="euclidean", rng=gen)
+    _assert_same_state(before, _layer_state(layer, gen))
+
+
+def test_conv_step_failing_in_the_drift_policy_of_the_second_stack_is_rolled_back(real_layer_and_grad):
+    layer, grad = real_layer_and_grad
+
+    class Flaky:
+        """Retracts the first stack, raises on the second."""
+
+        def __init__(self) -> None:
+            self.calls = 0
+
+        def maybe_retract(self, U, *, step=None):
+            self.calls += 1
+            if self.calls == 2:
+                raise RuntimeError("policy failed")
+            return False
+
+    gen = np.random.default_rng(3)
+    before = _layer_state(layer, gen)
+    with pytest.raises(RuntimeError, match="policy failed"):
+        layer.step(grad, lr=0.1, rank=1, rng=gen, drift=Flaky())
+    _assert_same_state(before, _layer_state(layer, gen))
+
+
+def test_conv_step_bad_settings_write_nothing(real_layer_and_grad):
+    layer, grad = real_layer_and_grad
+    gen = np.random.default_rng(0)
+    before = _layer_state(layer, gen)
+    for kwargs, error in [
+        ({"lr": np.nan}, ValueError),
+        ({"lr": 0.1, "rank": 5}, ValueError),
+        ({"lr": 0.1, "rank": 1.5}, TypeError),
+        ({"lr": 0.1, "sketch": "svd"}, ValueError),
+        ({"lr": 0.1, "update": "cayley"}, ValueError),
+        ({"lr": 0.1, "rng": "seed"}, TypeError),
+    ]:
+        with pytest.raises(error):
+            layer.step(grad, rng=kwargs.pop("rng", gen), **kwargs)
+    _assert_same_state(before, _layer_state(layer, gen))
+
+
+def test_conv_step_on_an_empty_batch_changes_nothing_but_the_clock():
+    layer = OrthogonalConv2d(2, 2, (3, 3), rng=0)
+    x = np.zeros((0, 2, 3, 3))
+    _, grad = layer.backward(x, layer(x))
+    U, Q = layer.U.copy(), layer.Q.copy()
+    layer.step(grad, lr=0.1)
+    assert np.array_equal(layer.U, U)
+    assert np.array_equal(layer.Q, Q)
+    assert layer.steps == 1
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"in_channels": 0}, ValueError, "in_channels must be >= 1"),
+        ({"out_channels": True}, TypeError, "out_channels must be an integer"),
+        ({"image_shape": (0, 3)}, ValueError, "image_shape H must be >= 1"),
+        ({"image_shape": 4}, ValueError, r"image_shape must be a pair"),
+        ({"dtype": np.float16}, TypeError, "dtype is float16"),
+        ({"init": "zeros"}, ValueError, "unknown init"),
+        ({"init": "identity", "rng": "x"}, TypeError, "rng must be"),
+        ({"xp": object()}, ValueError, "xp must be the numpy or cupy module"),
+    ],
+)
+def test_conv_constructor_names_the_setting(kwargs, error, match):
+    args = {"in_channels": 1, "out_channels": 2, "image_shape": (3, 3), **kwargs}
+    with pytest.raises(error, match=match):
+        OrthogonalConv2d(args.pop("in_channels"), args.pop("out_channels"), args.pop("image_shape"), **args)
+
+
+# ------------------------------------------------------------------------------------ URNN
+def _model(**kwargs):
+    return URNN(2, 4, 3, rng=0, **kwargs)
+
+
+def _batch(T=5, batch=3):
+    rng = np.random.default_rng(0)
+    return rng.standard_normal((batch, T, 2)), rng.integers(0, 3, (batch, T))
+
+
+@pytest.mark.parametrize("method", ["forward", "evaluate", "loss_and_grads"])
+def test_urnn_non_finite_x_is_refused_by_name(method):
+    model = _model()
+    x, y = _batch()
+    x[1, 2, 0] = np.nan  # modReLU maps it to 0: without the check the loss stays finite, grads["V"] gets NaN
+    args = (x,) if method == "forward" else (x, y)
+    with pytest.raises(uu.NonFiniteError, match=r"^x contains NaN or Inf$"):
+        getattr(model, method)(*args)
+    with uu.options(check_finite=False):  # the switch turns the check off (the GPU hot path)
+        _loss, grads = model.loss_and_grads(x, y)
+    assert np.isnan(grads["V"]).any()
+
+
+@pytest.mark.parametrize(
+    ("y", "error", "match"),
+    [
+        (np.full((3, 5), 3), ValueError, r"labels in y must be < output_size = 3 .*got 3"),
+        (np.full((3, 5), 10**12), ValueError, "labels in y must be < output_size"),
+        (np.full((3, 5), 1.0), TypeError, "y must hold integer class labels"),
+        (np.full((3, 5), True), TypeError, "y must hold integer class labels"),
+        (np.zeros((3, 4), dtype=int), ValueError, r"y must have shape \(3, 5\)"),
+        (np.ma.masked_array(np.zeros((3, 5), dtype=int)), TypeError, "y must be a plain array"),
+    ],
+)
+def test_urnn_bad_labels_name_the_target(y, error, match):
+    x, _ = _batch()
+    with pytest.raises(error, match=match):
+        _model().loss_and_grads(x, y)
+
+
+def test_urnn_regression_targets_and_overflowing_inputs():
+    model = URNN(2, 4, 3, output="last", loss="mse", rng=0)
+    x, _ = _batch()
+    with pytest.raises(uu.NonFiniteError, match=r"^y contains NaN or Inf$"):
+        model.loss_and_grads(x, np.full((3, 3), np.inf))
+    small = URNN(2, 4, 3, dtype=np.float32, rng=0)
+    with pytest.raises(ValueError, match="x overflows the model's dtype float32"):
+        small.forward(np.full((3, 5, 2), 1e300))
+
+
+@pytest.mark.parametrize("shape", [(0, 5, 2), (3, 0, 2), (3, 5), (3, 5, 1)])
+def test_urnn_empty_or_misshapen_x_is_refused_naming_x(shape):
+    with pytest.raises(ValueError, match=r"^x must "):
+        _model().forward(np.zeros(shape))
+
+
+def test_urnn_nan_parameter_is_named():
+    model = _model()
+    model.params["V"][0, 0] = np.nan
+    with pytest.raises(uu.NonFiniteError, match=r"params\['V'\] contains NaN"):
+        model.forward(_batch()[0])
+
+
+@pytest.mark.parametrize("complex_", [False, True])
+def test_urnn_hidden_size_one_works(complex_):
+    # N = 1: W is a 1 x 1 unitary; gradients checked against central differences of the loss
+    model = URNN(2, 1, 3, complex=complex_, rng=0, init="haar")
+    model.params["O"][:] = np.random.default_rng(1).standard_normal(model.params["O"].shape)
+    x, y = _batch(T=4, batch=2)
+    _loss, grads = model.loss_and_grads(x, y)
+    assert abs(abs(model.params["W"][0, 0]) - 1) < 1e-15
+    b0 = model.params["b"].copy()
+    h = 1e-6
+    model.params["b"][:] = b0 + h
+    up = model.evaluate(x, y)["loss"]
+    model.params["b"][:] = b0 - h
+    down = model.evaluate(x, y)["loss"]
+    model.params["b"][:] = b0
+    assert grads["b"][0] == pytest.approx((up - down) / (2 * h), rel=1e-5, abs=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"complex": "yes"}, TypeError, "complex must be a bool"),
+        ({"rng": 1.5}, TypeError, "rng must be"),
+        ({"dtype": np.complex128}, TypeError, "dtype is complex128"),
+    ],
+)
+def test_urnn_constructor_names_the_setting(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        URNN(2, 3, 2, **kwargs)
+    with pytest.raises(TypeError, match="hidden_size must be an integer"):
+        URNN(2, 2.0, 2)
