@@ -61,9 +61,9 @@ def test_state_dict_round_trip_continues_identically():
 @pytest.mark.parametrize(
     ("call", "match"),
     [
-        (lambda: SGD(-1.0), "lr must be finite and > 0"),
-        (lambda: SGD(0.1, momentum=1.0), "momentum must be < 1"),
-        (lambda: Adam(0.1, betas=(0.9, 1.0)), r"betas must lie in \[0, 1\)"),
+        (lambda: SGD(-1.0), "lr must be finite and >= 0"),
+        (lambda: SGD(0.1, momentum=1.0), r"momentum must lie in \[0, 1\)"),
+        (lambda: Adam(0.1, betas=(0.9, 1.0)), r"betas\[1\] must lie in \[0, 1\)"),
         (lambda: make_optimizer("lbfgs", 0.1), "optimizer must be one of"),
         (lambda: UnitaryOptimizer(SGD(0.1), update="cayley"), "update must be 'project' or 'transport'"),
         (lambda: UnitaryOptimizer(SGD(0.1), sketch="svd"), "sketch must be one of"),
@@ -153,3 +153,75 @@ def test_unitary_state_dict_restores_sketch_generator():
     b.step(Ub, G)
     np.testing.assert_array_equal(Ua, Ub)
     assert b.steps == 2
+
+
+# ---- settings validated at construction: the field and the accepted range (issue 13, item 6) ----
+BAD_SETTINGS = [
+    (lambda: SGD(float("nan")), ValueError, r"lr must be finite and >= 0; got nan"),
+    (lambda: SGD(float("inf")), ValueError, r"lr must be finite and >= 0"),
+    (lambda: SGD("0.1"), TypeError, r"lr must be a real number"),
+    (lambda: SGD(True), TypeError, r"lr must be a real number"),
+    (lambda: SGD(0.1, momentum=-0.1), ValueError, r"momentum must lie in \[0, 1\)"),
+    (lambda: SGD(0.1, momentum=1.5), ValueError, r"momentum must lie in \[0, 1\)"),
+    (lambda: RMSprop(0.1, alpha=1.5), ValueError, r"alpha must lie in \[0, 1\); got 1.5"),
+    (lambda: RMSprop(0.1, alpha=1.0), ValueError, r"alpha must lie in \[0, 1\)"),
+    (lambda: RMSprop(0.1, alpha=-0.5), ValueError, r"alpha must lie in \[0, 1\)"),
+    (lambda: RMSprop(0.1, eps=0.0), ValueError, r"eps must be finite and > 0"),
+    (lambda: RMSprop(0.1, eps=float("nan")), ValueError, r"eps must be finite and > 0"),
+    (lambda: Adam(0.1, betas=(0.9,)), ValueError, r"betas must be exactly two numbers .*; got 1"),
+    (lambda: Adam(0.1, betas=(0.9, 0.99, 0.999)), ValueError, r"betas must be exactly two numbers .*; got 3"),
+    (lambda: Adam(0.1, betas=0.9), TypeError, r"betas must be a pair of numbers"),
+    (lambda: Adam(0.1, betas="ab"), TypeError, r"betas must be a pair of numbers"),
+    (lambda: Adam(0.1, betas=(1.0, 0.999)), ValueError, r"betas\[0\] must lie in \[0, 1\)"),
+    (lambda: Adam(0.1, betas=(0.9, -0.1)), ValueError, r"betas\[1\] must lie in \[0, 1\)"),
+    (lambda: Adam(0.1, betas=(0.9, None)), TypeError, r"betas\[1\] must be a real number"),
+    (lambda: Adam(0.1, eps=-1e-8), ValueError, r"eps must be finite and > 0"),
+    (lambda: UnitaryOptimizer(SGD(0.1), rank=0), ValueError, r"rank must be >= 1; got 0"),
+    (lambda: UnitaryOptimizer(SGD(0.1), rank=1.5), TypeError, r"rank must be an integer"),
+    (lambda: UnitaryOptimizer(SGD(0.1), rank=True), TypeError, r"rank must be an integer"),
+    (lambda: UnitaryOptimizer(SGD(0.1), rng="seed"), TypeError, r"rng must be a numpy.random.Generator"),
+    (lambda: UnitaryOptimizer(SGD(0.1), drift=3), TypeError, r"drift must be a DriftControl"),
+    (lambda: uu.DriftControl(every=0), ValueError, r"every must be >= 1"),
+    (lambda: uu.DriftControl(every=True), TypeError, r"every must be an integer"),
+    (lambda: uu.DriftControl(check_every=1.5), TypeError, r"check_every must be an integer"),
+    (lambda: uu.DriftControl(tol=float("inf")), ValueError, r"tol must be a positive finite number"),
+    (lambda: uu.DriftControl(method="svd"), ValueError, r"unknown retraction method 'svd'"),
+    (lambda: uu.DriftControl(rng=-2), ValueError, r"rng must be a non-negative integer seed"),
+]
+
+
+@pytest.mark.parametrize(("call", "exc", "match"), BAD_SETTINGS)
+def test_settings_are_validated_at_construction(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()
+
+
+def test_lr_zero_is_allowed_and_freezes_the_parameter():
+    p = {"w": np.ones(3)}
+    Adam(0.0).step(p, {"w": np.arange(3.0)})
+    np.testing.assert_array_equal(p["w"], 1.0)
+
+
+def test_load_state_dict_is_all_or_nothing():
+    opt = Adam(0.01)
+    opt.step({"w": np.ones(3)}, {"w": np.ones(3)})
+    before = {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in opt.state_dict().items()}
+    bad_states = [
+        {"w/m": np.zeros(3)},  # no meta
+        {**opt.state_dict(), "meta": "{not json"},
+        {**opt.state_dict(), "w/v": np.zeros(3, dtype=int)},
+        {**opt.state_dict(), "novalue": np.zeros(3)},
+    ]
+    for bad in bad_states:
+        with pytest.raises((ValueError, TypeError)):
+            opt.load_state_dict(bad)
+        after = opt.state_dict()
+        assert after.keys() == before.keys()
+        for key, value in before.items():
+            np.testing.assert_array_equal(after[key], value)
+    unitary = UnitaryOptimizer(Adam(0.01), rng=0)
+    state = unitary.state_dict()
+    steps, rng_state = unitary.steps, unitary.rng.bit_generator.state
+    with pytest.raises(ValueError, match="unitary_meta"):
+        unitary.load_state_dict({**state, "unitary_meta": '{"steps": -1, "rng": {}}'})
+    assert (unitary.steps, unitary.rng.bit_generator.state) == (steps, rng_state)

@@ -167,3 +167,165 @@ def test_stacks_of_small_matrices_at_every_scale(backend_option, dtype, scale):
             assert uu.unitarity_error(V) <= unitary_tol(dtype, n)
         det_V = np.linalg.det(uu.transport(U, A, B).astype(np.float64))
     np.testing.assert_allclose(det_V, np.linalg.det(U.astype(np.float64)), atol=1e-3)
+
+
+# ---- every finite input representable in the dtype (issue 13): balanced factors, scaled cores ----
+EXTREME = {
+    np.float32: [1e-45, 1e-30, 1e19, 1e38],  # subnormal .. the largest float32 decade
+    np.float64: [5e-324, 1e-200, 1e160, 1e300],
+    np.complex64: [1e-40, 1e38],
+    np.complex128: [1e-310, 1e300],
+}
+
+
+@pytest.mark.parametrize("dtype", ALL_DTYPES)
+@pytest.mark.parametrize("backend_option", ["auto", "numpy"])
+def test_factors_at_the_ends_of_the_dtype_range_give_unitary_results(dtype, backend_option):
+    """A, B each scaled to 1e160 in float64 (a product of 1e320), 1e38 in float32, or subnormal."""
+    rng = np.random.default_rng(20)
+    n = 6
+    U = uu.random_unitary(n, dtype=dtype, batch_shape=(17,), rng=rng)  # 17: the batched kernel's size
+    A0 = random_factors(rng, (17, n, 2), dtype) / 4
+    B0 = random_factors(rng, (17, n, 2), dtype) / 4
+    for scale in EXTREME[dtype]:
+        A, B = (A0 * dtype(scale)).astype(dtype), (B0 * dtype(scale)).astype(dtype)
+        assert np.all(np.isfinite(A))
+        assert np.any(A != 0)
+        with uu.options(backend=backend_option):
+            for fn in (uu.project, uu.transport):
+                out = U.copy()
+                fn(U, A, B, out=out)
+                assert np.all(np.isfinite(out)), (fn.__name__, scale)
+                assert uu.unitarity_error(out) <= unitary_tol(dtype, n), (fn.__name__, scale)
+                if scale < 1e-20:  # the step is below U's rounding: U comes back
+                    np.testing.assert_allclose(out, U, atol=4 * np.finfo(dtype).eps)
+            if dtype in (np.float32, np.float64):
+                det = np.linalg.det(uu.transport(U, A, B).astype(np.float64))
+                np.testing.assert_allclose(det, np.linalg.det(U.astype(np.float64)), atol=1e-3)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.complex128])
+@pytest.mark.parametrize("fn", [uu.project, uu.transport])
+def test_unbalanced_factors_equal_the_balanced_ones(dtype, fn):
+    """(s A)(B / s)^H is A B^H: the result does not depend on s, from 1e-30 to 1e30 (float32) or 1e300."""
+    rng = np.random.default_rng(21)
+    n = 7
+    U = uu.random_unitary(n, dtype=dtype, rng=rng)
+    A, B = random_factors(rng, (n, 2), dtype), random_factors(rng, (n, 2), dtype) / 3
+    expected = fn(U, A, B)
+    top = 1e30 if dtype == np.float32 else 1e300
+    for s in (1 / top, 1e-9, 1e9, top):
+        got = fn(U, (A * s).astype(dtype), (B / s).astype(dtype))
+        np.testing.assert_allclose(got, expected, atol=100 * np.sqrt(n) * np.finfo(dtype).eps)
+
+
+@pytest.mark.parametrize("fn", [uu.project, uu.transport])
+def test_float64_factors_beyond_float32_with_a_float32_u(fn):
+    """A float64 A of 1e300 (and B of 1e-300) with a float32 U: the product is ~1, the answer the unit one."""
+    rng = np.random.default_rng(22)
+    U = uu.random_unitary(5, dtype=np.float32, rng=rng)
+    A, B = rng.standard_normal((5, 1)), rng.standard_normal((5, 1))
+    expected = fn(U, A.astype(np.float32), B.astype(np.float32))
+    got = fn(U, 1e300 * A, 1e-300 * B)
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    big = fn(U, 1e300 * A, B)  # a product of 1e300: a valid rotation, not NaN
+    assert uu.unitarity_error(big) < 1e-5
+
+
+def test_casting_a_factor_that_overflows_u_s_dtype_names_it():
+    from unitary_update._validation import cast_to, check_factor_pair
+
+    U = np.eye(3, dtype=np.float32)
+    with pytest.raises(ValueError, match=r"A overflows float32 \(U's dtype\): its largest entry is 1e\+300"):
+        check_factor_pair(U, np.full((3, 1), 1e300), np.ones((3, 1)))
+    assert cast_to(np.full(2, 1e-300), np.float32, "B", "U").dtype == np.float32  # underflow is fine
+
+
+@pytest.mark.parametrize("dtype", ALL_DTYPES)
+@pytest.mark.parametrize("method", SKETCH_METHODS)
+def test_sketch_of_g_at_the_ends_of_the_dtype_range(dtype, method):
+    rng = np.random.default_rng(23)
+    n = 12
+    X0, Y0 = random_factors(rng, (n, 2), dtype), random_factors(rng, (n, 2), dtype)
+    G0 = X0 @ Y0.conj().T / 8
+    finfo = np.finfo(dtype)
+    for scale in (float(finfo.tiny) * 1e-3, float(finfo.max) / 1e2):
+        G = (G0 * scale).astype(dtype)
+        A, B = uu.sketch(G, 2, method=method, rng=0)
+        assert np.all(np.isfinite(A))
+        assert np.all(np.isfinite(B))
+        assert A.dtype == dtype
+        approx = (A.astype(np.complex128) / np.sqrt(scale)) @ (B.astype(np.complex128) / np.sqrt(scale)).conj().T
+        assert np.linalg.norm(approx - G0) <= 1e-2 * np.linalg.norm(G0), scale
+    # a factored G whose product is beyond the dtype (each factor near the top of the range)
+    s = np.sqrt(float(finfo.max)) * 4
+    A, B = uu.sketch(((X0 * s).astype(dtype), (Y0 * s).astype(dtype)), 2, method=method, rng=0)
+    approx = (A.astype(np.complex128) / s) @ (B.astype(np.complex128) / s).conj().T
+    assert np.linalg.norm(approx - X0 @ Y0.conj().T) <= 1e-2 * np.linalg.norm(X0 @ Y0.conj().T)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_step_retract_metrics_and_drift_at_the_ends_of_the_range(dtype):
+    finfo = np.finfo(dtype)
+    U = uu.random_unitary(8, dtype=dtype, rng=24)
+    G = np.random.default_rng(25).standard_normal((8, 8)).astype(dtype)
+    for scale in (float(finfo.tiny) / 16, float(finfo.max) / 64):
+        V = uu.step(U, (G * dtype(scale)).astype(dtype), rank=2, rng=0)
+        assert uu.unitarity_error(V) <= unitary_tol(dtype, 8)
+        for method in ("polar", "newton_schulz", "qr"):
+            R = uu.retract((U * dtype(scale)).astype(dtype), method=method)
+            assert uu.unitarity_error(R) <= unitary_tol(dtype, 8), (scale, method)
+    huge = (U.astype(np.float64) * 1e200) if dtype == np.float64 else (U * np.float32(1e38))
+    assert uu.unitarity_error(huge) > 1e70  # inf in float64 when the Gram matrix overflows, not an error
+    policy = uu.DriftControl(check_every=1)
+    W = huge.copy()
+    assert policy.maybe_retract(W) is True  # estimated (an overflow is an infinite drift) and retracted
+    assert uu.unitarity_error(W) <= unitary_tol(dtype, 8)
+
+
+def test_unitary_optimizer_with_a_float64_step_beyond_float32():
+    from unitary_update.optim import SGD, UnitaryOptimizer
+
+    U = uu.random_unitary(6, dtype=np.float32, rng=26)
+    grad = 1e300 * np.random.default_rng(27).standard_normal((6, 6))
+    UnitaryOptimizer(SGD(1.0), rank=2, rng=0).step(U, grad)
+    assert U.dtype == np.float32
+    assert uu.unitarity_error(U) < 1e-5
+
+
+def test_lapack_failures_are_wrapped_and_nan_passes_with_check_finite_off(monkeypatch):
+    U = uu.random_unitary(5, dtype=np.float64, rng=28)
+    A = np.ones((5, 1))
+    with uu.options(check_finite=False):
+        V = uu.project(U, np.full((5, 1), np.nan), A)  # NaN in, NaN out, no LinAlgError
+        assert np.isnan(V).any()
+        assert np.isnan(uu.transport(U, np.full((5, 1), np.nan), A)).any()
+        assert np.isnan(uu.retract(np.full((3, 3), np.nan))).all()
+
+    def broken(*args, **kwargs):
+        raise np.linalg.LinAlgError("SVD did not converge")
+
+    monkeypatch.setattr(np.linalg, "svd", broken)
+    kept = U.copy()
+    with pytest.raises(uu.SingularUpdateError, match="the SVD of the r x r core did not converge"):
+        uu.project(U, A, A, out=U)
+    np.testing.assert_array_equal(U, kept)
+    with pytest.raises(
+        uu.SingularUpdateError, match=r"the SVD of U did not converge \(SVD did not converge\); U was not retracted"
+    ):
+        uu.retract(1.5 * U)
+    assert issubclass(uu.SingularUpdateError, np.linalg.LinAlgError)
+
+
+@pytest.mark.parametrize("backend_option", ["auto", "numba", "numpy"])
+@pytest.mark.parametrize("fn", [uu.project, uu.transport])
+def test_u_with_entries_near_overflow_is_refused_before_anything_is_written(backend_option, fn):
+    """A (grossly non-unitary) finite U whose products overflow: an error naming U, never NaN."""
+    U = uu.random_unitary(8, dtype=np.float32, batch_shape=(20,), rng=29)
+    U[3] = (U[3].astype(np.float64) * (3.3e38 / float(np.abs(U[3]).max()))).astype(np.float32)
+    A = np.ones((20, 8, 1), dtype=np.float32)
+    kept = U.copy()
+    with uu.options(backend=backend_option), pytest.raises(uu.NonFiniteError, match="U\\^H A overflows"):
+        fn(U, A, A, out=U)
+    np.testing.assert_array_equal(U, kept)

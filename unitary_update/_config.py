@@ -1,4 +1,7 @@
-"""Library-wide options: which CPU kernels run and whether inputs are checked for NaN/Inf.
+"""Library options: which CPU kernels run and whether inputs are checked for NaN/Inf.
+
+Options are per thread and per asyncio task (a :class:`contextvars.ContextVar`); new threads
+start from the defaults.
 
 :func:`get_options`, :func:`set_options` and the :func:`options` context manager are public
 (re-exported by :mod:`unitary_update`); :func:`use_numba` is how kernels read the choice.
@@ -7,13 +10,21 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
 
 __all__ = ["Options", "get_options", "options", "set_options", "use_numba"]
 
 
 class Options:
-    """Library-wide settings; change them with :func:`set_options` or :func:`options`.
+    """Library settings; change them with :func:`set_options` or :func:`options`.
+
+    An ``Options`` object is immutable: :func:`set_options` and :func:`options` install a new
+    one in the current context (see :func:`set_options` for how threads and asyncio tasks see
+    them).
 
     Attributes
     ----------
@@ -28,26 +39,48 @@ class Options:
     """
 
     __slots__ = ("backend", "check_finite")
+    backend: str
+    check_finite: bool
 
-    def __init__(self) -> None:
-        self.backend = "auto"
-        self.check_finite = True
+    def __init__(self, backend: str = "auto", check_finite: bool = True) -> None:
+        object.__setattr__(self, "backend", backend)
+        object.__setattr__(self, "check_finite", check_finite)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(
+            f"Options are immutable; use unitary_update.set_options({name}=...) or "
+            f"unitary_update.options({name}=...) to change {name}"
+        )
 
     def __repr__(self) -> str:
         return f"Options(backend={self.backend!r}, check_finite={self.check_finite!r})"
 
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Options):
+            return NotImplemented
+        return (self.backend, self.check_finite) == (other.backend, other.check_finite)
 
-_OPTIONS = Options()
+    def __hash__(self) -> int:
+        return hash((self.backend, self.check_finite))
+
+
+_DEFAULTS = Options()
+# The options in force.  A ContextVar is per thread and per asyncio task: a ``with options(...)``
+# block, or set_options, in one thread or task is invisible to the others.  A new thread starts
+# with an empty context, i.e. from the library defaults (_DEFAULTS); an asyncio task starts from
+# a copy of the context that created it.
+_CURRENT: contextvars.ContextVar[Options] = contextvars.ContextVar("unitary_update_options", default=_DEFAULTS)
 _BACKENDS = ("auto", "numba", "numpy")
 
 
 def get_options() -> Options:
-    """Return the live library options object (read it, change it with :func:`set_options`).
+    """Return the options in force in the current thread / asyncio task.
 
     Returns
     -------
     Options
-        The object the library reads its settings from; its attributes are live, not a copy.
+        The current (immutable) options object; change options with :func:`set_options` or
+        :func:`options`.
 
     Examples
     --------
@@ -55,11 +88,32 @@ def get_options() -> Options:
     >>> uu.get_options()
     Options(backend='auto', check_finite=True)
     """
-    return _OPTIONS
+    return _CURRENT.get()
+
+
+def _changed(backend: str | None, check_finite: bool | None) -> Options:
+    current = _CURRENT.get()
+    # backend is checked here, not by _validation.check_choice: _validation reads these options
+    if backend is not None and (not isinstance(backend, str) or backend not in _BACKENDS):
+        raise ValueError(f"backend must be one of {', '.join(map(repr, _BACKENDS))}; got {backend!r}")
+    if check_finite is not None and not isinstance(check_finite, (bool, np.bool_)):
+        raise TypeError(
+            f"check_finite must be True or False; got {check_finite!r} of type {type(check_finite).__name__}"
+        )
+    return Options(
+        current.backend if backend is None else backend,
+        current.check_finite if check_finite is None else bool(check_finite),
+    )
 
 
 def set_options(*, backend: str | None = None, check_finite: bool | None = None) -> None:
-    """Change library-wide options.
+    """Change the options of the current thread (or asyncio task) from now on.
+
+    Options live in a :class:`contextvars.ContextVar`: ``set_options`` changes them for the
+    calling thread (and for asyncio tasks it creates afterwards, which copy its context), not for
+    other threads.  Every new :class:`threading.Thread` starts from the library defaults
+    (``backend="auto"``, ``check_finite=True``), whatever other threads have set; call
+    ``set_options`` (or use :func:`options`) inside the thread to change them there.
 
     Parameters
     ----------
@@ -72,6 +126,8 @@ def set_options(*, backend: str | None = None, check_finite: bool | None = None)
     ------
     ValueError
         If ``backend`` is not one of the valid names.
+    TypeError
+        If ``check_finite`` is not a bool.
 
     Examples
     --------
@@ -81,20 +137,16 @@ def set_options(*, backend: str | None = None, check_finite: bool | None = None)
     False
     >>> uu.set_options(check_finite=True)
     """
-    if backend is not None:
-        # checked here, not by _validation.check_choice: _validation reads these options (no cycle)
-        if backend not in _BACKENDS:
-            raise ValueError(f"backend must be one of {', '.join(map(repr, _BACKENDS))}; got {backend!r}")
-        _OPTIONS.backend = backend
-    if check_finite is not None:
-        _OPTIONS.check_finite = bool(check_finite)
+    _CURRENT.set(_changed(backend, check_finite))
 
 
 @contextlib.contextmanager
 def options(*, backend: str | None = None, check_finite: bool | None = None) -> Iterator[Options]:
     """Context manager that sets options for the duration of a ``with`` block.
 
-    The previous values are restored on exit, also when the block raises.
+    The previous options are restored on exit, also when the block raises.  The block's options
+    are local to the thread (or asyncio task) that runs it: two threads with overlapping blocks
+    each see only their own (see :func:`set_options`).
 
     Parameters
     ----------
@@ -106,12 +158,14 @@ def options(*, backend: str | None = None, check_finite: bool | None = None) -> 
     Yields
     ------
     Options
-        The live options object, with the new values set.
+        The options in force inside the block.
 
     Raises
     ------
     ValueError
         If ``backend`` is not one of the valid names.
+    TypeError
+        If ``check_finite`` is not a bool.
 
     Examples
     --------
@@ -120,17 +174,20 @@ def options(*, backend: str | None = None, check_finite: bool | None = None) -> 
     ...     uu.get_options().backend
     'numpy'
     """
-    saved = (_OPTIONS.backend, _OPTIONS.check_finite)
-    set_options(backend=backend, check_finite=check_finite)
+    new = _changed(backend, check_finite)
+    token = _CURRENT.set(new)
     try:
-        yield _OPTIONS
+        yield new
     finally:
-        _OPTIONS.backend, _OPTIONS.check_finite = saved
+        try:
+            _CURRENT.reset(token)
+        except ValueError:  # exited in another context (e.g. a generator finished elsewhere)
+            _CURRENT.set(token.old_value if token.old_value is not contextvars.Token.MISSING else _DEFAULTS)
 
 
 def use_numba(auto: bool) -> bool:
     """Whether to run a Numba kernel: forced by ``backend="numba"|"numpy"``, else ``auto``."""
-    backend = _OPTIONS.backend
+    backend = _CURRENT.get().backend
     if backend == "auto":
         return auto
     return backend == "numba"

@@ -13,7 +13,7 @@ from typing import Any
 
 __all__ = ["EXTRAS", "MissingExtraError", "pyplot", "require"]
 
-EXTRAS = {"matplotlib": "plot", "torch": "torch", "jax": "jax", "cupy": "gpu"}
+EXTRAS = {"matplotlib": "plot", "torch": "torch", "jax": "jax", "optax": "jax", "cupy": "gpu"}
 """The extra that installs each optional library."""
 
 

@@ -52,10 +52,10 @@ import numpy as np
 from . import _kernels
 from ._blas import add_lowrank_
 from ._config import get_options, use_numba
-from ._validation import NonFiniteError, check_finite
+from ._validation import NonFiniteError, SingularUpdateError, check_finite, max_abs
 from ._xp import hconj
 
-__all__ = ["adjoint_matmul", "apply_update", "basis", "lowrank_update", "project_core", "transport_core"]
+__all__ = ["adjoint_matmul", "apply_update", "balance", "basis", "lowrank_update", "project_core", "transport_core"]
 
 
 def adjoint_matmul(xp: ModuleType, U: Any, A: Any) -> Any:
@@ -93,20 +93,46 @@ def _core_dtype(dtype: Any) -> Any:
     return np.complex128 if np.dtype(dtype).kind == "c" else np.float64
 
 
-def project_core(xp: ModuleType, a: Any, b: Any) -> Any:
-    """``polar(I + a b^H) - I`` for the r x r core of projUNN-D (computed in double precision)."""
+def _powers_of_two(xp: ModuleType, e: Any) -> Any:
+    """``2.0 ** e`` in float64 for an integer array ``e`` (0 on underflow; callers keep e <= 1000)."""
+    with np.errstate(under="ignore"):
+        return xp.ldexp(xp.ones(e.shape, dtype=np.float64), e)
+
+
+def project_core(xp: ModuleType, a: Any, b: Any, e: Any = None) -> Any:
+    """``polar(I + 2^e a b^H) - I`` for the r x r core of projUNN-D (computed in double precision).
+
+    ``e`` (integer array over the batch, or None for 0) is the scale exponent left out of the
+    factors by :func:`balance`.  For ``e > 0`` the core is computed as
+    ``polar(2^-e I + a b^H)`` (the polar factor is invariant to positive scaling), so nothing
+    overflows at any scale; for ``e < 0`` the term ``2^e a b^H`` underflows gracefully.
+    """
     dt = _core_dtype(a.dtype)
     a = a.astype(dt)
     b = b.astype(dt)
     r = a.shape[-2]
     eye = xp.eye(r, dtype=dt)
-    T = eye + a @ hconj(b)
-    X, _, Yh = xp.linalg.svd(T)
+    ab = a @ hconj(b)
+    if e is None:
+        T = eye + ab
+    else:
+        e = xp.asarray(e)[..., None, None]
+        T = _powers_of_two(xp, -xp.maximum(e, 0)) * eye + _powers_of_two(xp, xp.minimum(e, 0)) * ab
+    X, _, Yh = _svd(xp, T)
     return X @ Yh - eye
 
 
-def transport_core(xp: ModuleType, a: Any, b: Any) -> Any:
-    """``expm(K) - I`` with ``K = (a b^H - b a^H)/2`` for projUNN-T, via ``eigh(-iK)``."""
+# Angles beyond 2^1000 radians are known to no digit (eps * theta >> 2 pi); capping the exponent
+# keeps theta finite, so the core is still a rotation.
+_MAX_ANGLE_EXPONENT = 1000
+
+
+def transport_core(xp: ModuleType, a: Any, b: Any, e: Any = None) -> Any:
+    """``expm(K) - I`` with ``K = 2^e (a b^H - b a^H)/2`` for projUNN-T, via ``eigh(-iK)``.
+
+    The exponent ``e`` (see :func:`project_core`) scales the eigenvalues of the unit-scale
+    ``K``, exactly; exponents above 1000 are capped (the angle is then known to no digit).
+    """
     real = a.dtype.kind != "c"
     a = a.astype(np.complex128)
     b = b.astype(np.complex128)
@@ -114,11 +140,95 @@ def transport_core(xp: ModuleType, a: Any, b: Any) -> Any:
     K = 0.5 * (ab - hconj(ab))
     H = -1j * K
     H = 0.5 * (H + hconj(H))  # exactly Hermitian
-    theta, V = xp.linalg.eigh(H)
+    try:
+        theta, V = xp.linalg.eigh(H)
+    except np.linalg.LinAlgError as err:
+        if not bool(xp.isfinite(H).all()):  # NaN in, NaN out (the check_finite=False contract)
+            theta, V = xp.full(H.shape[:-1], xp.nan), xp.full(H.shape, xp.nan, dtype=H.dtype)
+        else:
+            raise SingularUpdateError(
+                f"the eigendecomposition of the r x r transport core did not converge ({err})"
+            ) from None
+    if e is not None:
+        theta = theta * _powers_of_two(xp, xp.minimum(xp.asarray(e), _MAX_ANGLE_EXPONENT))[..., None]
     # expm1(i theta) = (cos theta - 1) + i sin theta, accurate for small theta
-    e = -2.0 * xp.sin(0.5 * theta) ** 2 + 1j * xp.sin(theta)
-    D = (V * e[..., None, :]) @ hconj(V)
+    e1 = -2.0 * xp.sin(0.5 * theta) ** 2 + 1j * xp.sin(theta)
+    D = (V * e1[..., None, :]) @ hconj(V)
     return _nearest_rotation(xp, D) if real else D
+
+
+def _svd(xp: ModuleType, T: Any) -> tuple[Any, Any, Any]:
+    """``svd(T)``; NaN factors for a non-finite T (reached only with check_finite off), else errors wrapped."""
+    try:
+        return xp.linalg.svd(T)
+    except np.linalg.LinAlgError as err:
+        if not bool(xp.isfinite(T).all()):  # NaN in, NaN out (the check_finite=False contract)
+            nan = xp.full(T.shape, xp.nan, dtype=T.dtype)
+            return nan, xp.full(T.shape[:-1], xp.nan), nan
+        raise SingularUpdateError(f"the SVD of the r x r core did not converge ({err})") from None
+
+
+# Factors whose largest entries lie within 2^+-S of 1 go through every path unchanged; others
+# are rescaled by powers of two first (exact) so that nothing overflows or underflows.
+_SAFE_EXPONENT = {4: 20, 8: 100}
+
+
+def _exponents(xp: ModuleType, x: Any) -> Any:
+    """Per matrix of a stack, the binary exponent e with ``max |x_ij| = f 2^e``, ``f in [0.5, 1)`` (0 for 0)."""
+    if x.shape[-1] * x.shape[-2] == 0:
+        return xp.zeros(x.shape[:-2], dtype=np.int64)
+    m = max_abs(xp, x, axis=(-2, -1))
+    exponent = xp.frexp(xp.asarray(m, dtype=np.float64))[1].astype(np.int64)
+    return xp.where(xp.isfinite(m), exponent, 0)
+
+
+def _scaled(xp: ModuleType, x: Any, s: Any, dtype: Any) -> Any:
+    """``x * 2^s`` (s an integer array over the batch), exactly, computed in double, cast to ``dtype``."""
+    xd = x.astype(_core_dtype(x.dtype))
+    s = xp.asarray(s)[..., None, None]
+    half = s // 2
+    with np.errstate(under="ignore", over="ignore"):
+        y = (xd * _powers_of_two(xp, half)) * _powers_of_two(xp, s - half)
+        return y.astype(dtype)
+
+
+def _moderate(x: np.ndarray, limit: int) -> bool:
+    """Whether every entry of x is at most ``2^limit`` in magnitude (two global reductions).
+
+    Tiny matrices need no rescaling as long as no factor is large: their product is then far
+    below the rounding of U (a subnormal A with ``|B| <= 2^limit`` moves U by less than 1e-30).
+    """
+    if x.size == 0:
+        return True
+    parts = (x.real, x.imag) if x.dtype.kind == "c" else (x,)
+    bound = 2.0**limit
+    return all(bool(p.max() <= bound) and bool(p.min() >= -bound) for p in parts)
+
+
+def balance(xp: ModuleType, A: Any, B: Any, dtype: Any) -> tuple[Any, Any, Any]:
+    """``A, B`` in ``dtype`` with ``A B^H`` unchanged, scaled so that nothing overflows; and an exponent.
+
+    Returns ``(A', B', e)`` with ``A B^H = 2^e A' B'^H`` per matrix of the stack (``e`` None
+    means 0).  Factors of moderate size (no entry above ``2^S``, S = 20 for single and 100
+    for double precision) are only cast.  Otherwise they are balanced by powers
+    of two (exact): ``A B^H = (2^s A)(2^-s B)^H``; when the product itself is out of range its
+    exponent ``e`` is kept apart and the r x r cores apply it (:func:`project_core`,
+    :func:`transport_core`).  On CuPy the exponent is always kept apart (deciding would read
+    a value back to the host).  So a float64 A of 1e300 with a float32 U, or factors of 1e160 in
+    float64 (a product of 1e320), give the right unitary answer instead of Inf/NaN.
+    """
+    limit = _SAFE_EXPONENT[np.dtype(dtype).itemsize if np.dtype(dtype).kind == "f" else np.dtype(dtype).itemsize // 2]
+    if xp is np and _moderate(A, limit) and _moderate(B, limit):  # the common case: only cast
+        with np.errstate(under="ignore"):
+            return A.astype(dtype, copy=False), B.astype(dtype, copy=False), None
+    eA, eB = _exponents(xp, A), _exponents(xp, B)
+    if xp is not np:  # on a device, deciding would read the exponents back: always rescale (no host read)
+        return _scaled(xp, A, -eA, dtype), _scaled(xp, B, -eB, dtype), eA + eB
+    e = eA + eB
+    if e.size == 0 or int(xp.max(xp.abs(e))) <= 2 * limit:
+        half = -((-e) // 2)  # ceil(e / 2)
+        return _scaled(xp, A, half - eA, dtype), _scaled(xp, B, e - half - eB, dtype), None
+    return _scaled(xp, A, -eA, dtype), _scaled(xp, B, -eB, dtype), e
 
 
 def _nearest_rotation(xp: ModuleType, D: Any) -> Any:
@@ -126,7 +236,7 @@ def _nearest_rotation(xp: ModuleType, D: Any) -> Any:
     if xp is np and not float(np.max(np.abs(D.imag))) > _kernels.REAL_CORE_IMAG_TOL:
         return D.real
     eye = xp.eye(D.shape[-1], dtype=np.float64)
-    X, _, Yh = xp.linalg.svd(eye + D.real)
+    X, _, Yh = _svd(xp, eye + D.real)
     flip = xp.where(xp.linalg.det(X) * xp.linalg.det(Yh) < 0, -1.0, 1.0)
     X[..., :, -1] *= flip[..., None]  # smallest singular value's direction: SO(r), det(U) kept
     return X @ Yh - eye
@@ -158,9 +268,11 @@ def lowrank_update(xp: ModuleType, kind: str, U: Any, A: Any, B: Any, target: An
     """Run one projUNN update (``kind`` "project" or "transport") and return the result array.
 
     ``target`` is where the result goes (``U`` itself for an in-place update, another array, or
-    None to allocate one of ``shape``).  Inputs are validated except for the finiteness of U,
-    which is checked here before anything is written -- by a separate pass, or, on the fused
-    Numba path, through ``A_hat = U^H A`` (NaN/Inf in U always reach it).  Paths:
+    None to allocate one of ``shape``); it must share no memory with A or B (the public
+    functions copy an overlapping factor first).  A and B may have any floating dtype: they are
+    rescaled and cast to U's dtype by :func:`balance`.  Inputs are validated except for the
+    finiteness of U, which is checked here before anything is written -- by a separate pass, or,
+    on the fused Numba path, through ``A_hat = U^H A`` (NaN/Inf in U always reach it).  Paths:
 
     * stacks of small matrices (NumPy, Numba): :func:`_kernels.batched_update_numba`;
     * large single matrices (NumPy, Numba): one streaming pass for ``A_hat`` plus the fused
@@ -168,20 +280,28 @@ def lowrank_update(xp: ModuleType, kind: str, U: Any, A: Any, B: Any, target: An
     * otherwise (NumPy BLAS/LAPACK, CuPy): batched ``matmul``/``qr``/``svd``/``eigh`` and the
       in-place rank update of :func:`_blas.add_lowrank_`.
     """
-    n, k = U.shape[-1], A.shape[-1]
+    n = U.shape[-1]
     count = int(np.prod(shape[:-2], dtype=np.int64))
+    if count == 0:  # an empty stack: nothing to compute or write
+        check_finite(U, "U")
+        return xp.empty(shape, dtype=U.dtype) if target is None else target
+    A, B, e = balance(xp, A, B, U.dtype)
+    k = A.shape[-1]
     if (
-        xp is np
+        e is None
+        and xp is np
         and (target is None or target.flags.c_contiguous)
         and use_numba(count >= 16 and n <= 64 and k <= 2)  # conv-bench: NumPy wins from k = 4
+        # the kernel writes as it goes: U must be finite and of unitary size (|U_ij| <= 2^S; the
+        # two reductions replace the NaN check), else the NumPy path checks and raises first
+        and (not get_options().check_finite or _moderate(U, _SAFE_EXPONENT[U.real.dtype.itemsize]))
     ):
-        check_finite(U, "U")
-        if target is None:
-            target = np.empty(shape, dtype=U.dtype)
         U3, A3, B3 = (
             np.ascontiguousarray(np.broadcast_to(x, (*shape[:-2], *x.shape[-2:])).reshape(-1, *x.shape[-2:]))
             for x in (U, A, B)
         )
+        if target is None:
+            target = np.empty(shape, dtype=U.dtype)
         out3 = target.reshape(-1, n, n)
         _kernels.batched_update_numba(U3 if target is not U else out3, A3, B3, kind == "transport", out3)
         return target
@@ -190,12 +310,16 @@ def lowrank_update(xp: ModuleType, kind: str, U: Any, A: Any, B: Any, target: An
         A_hat = _kernels.adjoint_matmul_numba(U, A)
         if get_options().check_finite and not np.isfinite(A_hat).all():
             check_finite(U, "U")
-            raise NonFiniteError("U^H A overflows (A is too large for U's dtype)")
+            raise _too_large_U()
     else:
         check_finite(U, "U")
-        A_hat = adjoint_matmul(xp, U, A)
-    W, a, b = basis(xp, U, A, B, A_hat)
-    D = project_core(xp, a, b) if kind == "project" else transport_core(xp, a, b)
+        with np.errstate(over="ignore", invalid="ignore"):  # a U far too large: checked below
+            A_hat = adjoint_matmul(xp, U, A)
+    with np.errstate(over="ignore", invalid="ignore"):
+        W, a, b = basis(xp, U, A, B, A_hat)
+        D = project_core(xp, a, b, e) if kind == "project" else transport_core(xp, a, b, e)
+    if xp is np and get_options().check_finite and not (np.isfinite(D).all() and np.isfinite(W).all()):
+        raise _too_large_U()
     # everything that can fail has run: only now is the target written
     if fused:
         if target is None:
@@ -209,6 +333,12 @@ def lowrank_update(xp: ModuleType, kind: str, U: Any, A: Any, B: Any, target: An
         target[...] = U
     apply_update(xp, U, W, D, target)
     return target
+
+
+def _too_large_U() -> NonFiniteError:
+    return NonFiniteError(
+        "U^H A overflows: U's entries are too large for its dtype (U must be unitary, entries of magnitude <= 1)"
+    )
 
 
 # ---- NumPy twins of the Numba kernels in _kernels (the references their tests compare with) ----

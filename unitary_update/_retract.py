@@ -33,6 +33,7 @@ import numpy as np
 
 from ._validation import (
     NonFiniteError,
+    SingularUpdateError,
     check_choice,
     check_finite,
     check_float,
@@ -68,11 +69,12 @@ def _gram_error(xp: ModuleType, X: Any) -> tuple[Any, float]:
     (overflow) shows in the returned norm.
     """
     Xd = _double(X)
-    E = hconj(Xd) @ Xd
-    n = X.shape[-1]
-    idx = xp.arange(n)
-    E[..., idx, idx] -= 1
-    return E, float(xp.max(xp.linalg.norm(E, axis=(-2, -1))))
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow shows as Inf/NaN in the norm
+        E = hconj(Xd) @ Xd
+        n = X.shape[-1]
+        idx = xp.arange(n)
+        E[..., idx, idx] -= 1
+        return E, float(xp.max(xp.linalg.norm(E, axis=(-2, -1))))
 
 
 def _newton_schulz(xp: ModuleType, U: Any, target: Any) -> bool:
@@ -99,12 +101,38 @@ def _newton_schulz(xp: ModuleType, U: Any, target: Any) -> bool:
 
 def _polar(xp: ModuleType, U: Any, target: Any) -> None:
     # in double precision: a float32 LAPACK SVD leaves X Y^H about N eps from unitary
-    X, _, Yh = xp.linalg.svd(_double(U))
+    Ud = _unit_scaled(xp, _double(U))
+    try:
+        X, _, Yh = xp.linalg.svd(Ud)
+    except np.linalg.LinAlgError as err:
+        if not bool(xp.isfinite(Ud).all()):  # NaN in, NaN out (reached only with check_finite off)
+            target[...] = xp.nan
+            return
+        raise SingularUpdateError(f"the SVD of U did not converge ({err}); U was not retracted") from None
     target[...] = X @ Yh
 
 
+def _unit_scaled(xp: ModuleType, X: Any) -> Any:
+    """X with each matrix scaled by a power of two (exact) so that its largest entry is in [0.5, 1).
+
+    The polar factor and the Q of QR (R with a positive diagonal) do not change under positive
+    scaling; LAPACK then sees entries near 1 whatever U's scale (1e-300 .. 1e300, subnormal).
+    """
+    real = np.float32 if X.dtype in (np.float32, np.complex64) else np.float64
+    m = xp.max(xp.maximum(xp.abs(X.real), xp.abs(X.imag)) if X.dtype.kind == "c" else xp.abs(X), axis=(-2, -1))
+    exponent = xp.frexp(xp.where(m > 0, m, 1).astype(np.float64))[1][..., None, None]
+    half = exponent // 2
+    with np.errstate(under="ignore", over="ignore"):
+        f1 = xp.ldexp(xp.ones(half.shape, dtype=real), -half)
+        f2 = xp.ldexp(xp.ones(half.shape, dtype=real), half - exponent)
+        return X * f1 * f2
+
+
 def _qr(xp: ModuleType, U: Any, target: Any) -> None:
-    Q, R = xp.linalg.qr(U)
+    try:
+        Q, R = xp.linalg.qr(_unit_scaled(xp, U))
+    except np.linalg.LinAlgError as err:  # pragma: no cover - Householder QR does not iterate
+        raise SingularUpdateError(f"the QR decomposition of U failed ({err}); U was not retracted") from None
     d = xp.diagonal(R, axis1=-2, axis2=-1)
     magnitude = xp.abs(d)
     phase = xp.where(magnitude == 0, 1, d / xp.where(magnitude == 0, 1, magnitude))
@@ -195,7 +223,9 @@ def retract(U: Any, *, method: str = "polar", out: Any = None) -> Any:
     xp = array_namespace(U)
     if target is None:
         target = xp.empty(U.shape, dtype=U.dtype)
-    if method == "qr":
+    if U.size == 0:  # an empty stack: nothing to compute
+        pass
+    elif method == "qr":
         _qr(xp, U, target)
     elif method == "polar" or not _newton_schulz(xp, U, target):
         _polar(xp, U, target)
@@ -376,17 +406,30 @@ class DriftControl:
         """
         U, _ = to_compute(U, "U")
         n = check_square(U, "U")
-        xp = array_namespace(U)
-        x = self._probe(xp, n, U.dtype)
-        z = hconj(U) @ (U @ x) - x
-        value = math.sqrt(n) * float(xp.max(xp.linalg.norm(z, axis=(-2, -1))))
-        if not math.isfinite(value):
-            raise NonFiniteError("U contains NaN or Inf (its drift estimate is not finite); U was not retracted")
+        value = self._estimate(U, n)
         self.last_estimate = value
+        return value
+
+    def _estimate(self, U: Any, n: int) -> float:
+        """The estimate (no state changes except the cached probe, drawn once per N and dtype)."""
+        xp = array_namespace(U)
+        if U.size == 0:
+            return 0.0
+        x = self._probe(xp, n, U.dtype)
+        with np.errstate(over="ignore", invalid="ignore"):
+            z = hconj(U) @ (U @ x) - x
+            value = math.sqrt(n) * float(xp.max(xp.linalg.norm(z, axis=(-2, -1))))
+        if not math.isfinite(value):
+            if not bool(xp.isfinite(U).all()):
+                raise NonFiniteError("U contains NaN or Inf (its drift estimate is not finite); U was not retracted")
+            value = math.inf  # finite U whose drift overflows U's dtype: as far from unitary as it gets
         return value
 
     def maybe_retract(self, U: Any, *, step: int | None = None) -> bool:
         """Retract ``U`` in place if the policy says so at this step; return whether it did.
+
+        All or nothing: when the call raises, U and the policy's state (its call counter,
+        ``retractions``, ``last_estimate``, the probe generator) are exactly as before.
 
         Parameters
         ----------
@@ -406,20 +449,31 @@ class DriftControl:
         TypeError
             If ``step`` is not an integer, or U is not a floating-point array.
         ValueError
-            If ``step`` is negative, U is not square, or is read-only.
+            If ``step`` is negative, U is not square, or (when it is retracted) read-only or
+            with overlapping memory.
         NonFiniteError
             If U contains NaN or Inf when it is estimated or retracted (U is left untouched).
         """
+        step = self._calls + 1 if step is None else check_int(step, "step", low=0)
+        target, _ = to_compute(U, "U")
+        n = check_square(target, "U")
+        saved = (self._rng.bit_generator.state, dict(self._probes))
+        try:
+            due = self.every is not None and step > 0 and step % self.every == 0
+            estimate = None
+            if not due and self.tol is not None and step % self.check_every == 0:
+                limit = self.tolerance(n, target.dtype)
+                estimate = self._estimate(target, n)
+                due = limit is not None and estimate > limit
+            if due:
+                retract(U, method=self.method, out=U)
+        except BaseException:
+            self._rng.bit_generator.state, self._probes = saved
+            raise
+        # commit: nothing below can fail
         self._calls += 1
-        step = self._calls if step is None else check_int(step, "step", low=0)
-        due = self.every is not None and step > 0 and step % self.every == 0
-        if not due and self.tol is not None and step % self.check_every == 0:
-            Uc, _ = to_compute(U, "U")
-            n = check_square(Uc, "U")
-            limit = self.tolerance(n, Uc.dtype)
-            due = limit is not None and self.estimate(Uc) > limit
-        if not due:
-            return False
-        retract(U, method=self.method, out=U)
-        self.retractions += 1
-        return True
+        if estimate is not None:
+            self.last_estimate = estimate
+        if due:
+            self.retractions += 1
+        return bool(due)

@@ -33,8 +33,18 @@ from typing import Any
 
 import numpy as np
 
-from ._validation import check_choice, check_finite, check_float_dtype, check_int, check_rank
-from ._xp import array_namespace, compute_context, from_compute, hconj, is_cupy, to_compute
+from ._config import get_options
+from ._lowrank import _SAFE_EXPONENT, _exponents, _moderate, _scaled
+from ._validation import (
+    SingularUpdateError,
+    check_choice,
+    check_finite,
+    check_float_dtype,
+    check_int,
+    check_rank,
+    max_abs,
+)
+from ._xp import array_namespace, compute_context, from_compute, hconj, is_cupy, is_jax, to_compute
 from .random import normalize_rng, standard_normal, uniform
 
 __all__ = ["SKETCH_METHODS", "sketch"]
@@ -152,6 +162,8 @@ def _lsi(xp: ModuleType, op: Any, rank: int, rng: np.random.Generator) -> tuple[
 
 def _column(xp: ModuleType, op: Any, rank: int, rng: np.random.Generator) -> tuple[Any, Any]:
     norms2 = op.column_norms2()
+    if xp is np and bool(np.isinf(norms2).any()):
+        raise _OutOfRange  # squared norms overflow float64: G is sketched again, rescaled
     tiny = np.finfo(np.float64).tiny
     gumbel = -xp.log(-xp.log(uniform(xp, rng, norms2.shape, np.float64)))
     keys = xp.log(xp.maximum(norms2, tiny)) + gumbel
@@ -233,7 +245,8 @@ def sketch(
     method : {"randomized", "lsi", "column", "exact"}
         The approximation (see the module documentation).
     rng : numpy.random.Generator, int or None
-        Seed or generator for the random methods; the same seed gives the same factors.
+        Seed or generator for the random methods; the same seed gives the same factors.  With a
+        JAX G it may also be a JAX PRNG key (the way to pass randomness under ``jax.jit``).
     **options : int
         ``randomized`` only: ``oversampling`` (default 8) and ``power_iterations`` (default 1).
 
@@ -251,10 +264,22 @@ def sketch(
         is not an integer, or an option is unknown for the method.
     ValueError
         For bad shapes, ``rank`` out of range, a negative option, an unknown method (the message
-        lists the valid ones), or NaN/Inf in G (:class:`~unitary_update.NonFiniteError`).
+        lists the valid ones), a negative integer seed ``rng``, NaN/Inf in G
+        (:class:`~unitary_update.NonFiniteError`), or a factored G whose factors would overflow
+        G's dtype.
+    SingularUpdateError
+        If LAPACK fails to converge (not expected for finite input); ``rng`` is left as it was.
 
     Notes
     -----
+    Every finite G is handled at any scale: a G whose entries are far from 1 (beyond
+    ``2^+-20`` in single, ``2^+-100`` in double precision) is scaled by a power of two first
+    (exact; a dense G is then copied once) and the factors are scaled back, balanced (on CuPy
+    only a factored G is rescaled: deciding for a dense G would read a value back to the host).
+    An empty
+    stack (a batch dimension of 0) gives empty factors.  When the call raises, a Generator
+    ``rng`` is left in the state it had.
+
     Cost with a dense N x N G: randomized O(N^2 (k + p)(1 + 2q)), lsi and column O(N^2 k),
     exact O(N^3).  Factored G: O(N m (k + p)) for randomized and lsi, O(N m^2) for column (its
     column norms come from the QR of X) and exact.  Extra memory O(N (k + p)).
@@ -272,6 +297,10 @@ def sketch(
     >>> X, Y = rng.standard_normal((50, 7)), rng.standard_normal((50, 7))
     >>> A, B = uu.sketch((X, Y), 3, method="exact")    # never forms X @ Y.T
     """
+    if is_jax(G):  # JAX arrays and tracers stay in JAX; rng may also be a JAX PRNG key
+        from .jax import _core as _jax_core
+
+        return _jax_core.public_sketch(G, rank, method, rng, options)
     method = check_choice(method, SKETCH_METHODS, "sketch method")
     valid = _METHOD_OPTIONS[method]
     for key, value in options.items():
@@ -284,13 +313,116 @@ def sketch(
         rank = check_rank(rank, min(op.shape))
         rng = normalize_rng(rng)
         xp = op.xp
-        if method == "randomized":
-            opts = {**valid, **options}
-            A, B = _randomized(xp, op, rank, rng, int(opts["oversampling"]), int(opts["power_iterations"]))
-        elif method == "lsi":
-            A, B = _lsi(xp, op, rank, rng)
-        elif method == "column":
-            A, B = _column(xp, op, rank, rng)
-        else:
-            A, B = _exact(xp, op, rank)
+        if any(d == 0 for d in op.batch):  # an empty stack: empty factors, no draw from rng
+            A = xp.zeros((*op.batch, op.shape[0], rank), dtype=op.dtype)
+            B = xp.zeros((*op.batch, op.shape[1], rank), dtype=op.dtype)
+            return from_compute(A, library), from_compute(B, library)
+        op, e = _rescaled(op)
+        saved = rng.bit_generator.state
+
+        def run(op: Any) -> tuple[Any, Any]:
+            if method == "randomized":
+                opts = {**valid, **options}
+                return _randomized(xp, op, rank, rng, int(opts["oversampling"]), int(opts["power_iterations"]))
+            if method == "lsi":
+                return _lsi(xp, op, rank, rng)
+            if method == "column":
+                return _column(xp, op, rank, rng)
+            return _exact(xp, op, rank)
+
+        try:
+            A = B = None
+            if e is None and isinstance(op, _Dense) and xp is np:
+                # a dense NumPy G is tried as it is (no extra pass over G); thin factors out of the
+                # safe range (or non-finite, or LAPACK failing) mean G was too large or too small:
+                # then G is rescaled by powers of two (one copy) and sketched again
+                try:
+                    with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+                        A, B = run(op)
+                except (np.linalg.LinAlgError, _OutOfRange):
+                    A = B = None
+                if A is None or not _factors_in_range(A, B):
+                    rng.bit_generator.state = saved
+                    e = _exponents(xp, op.G)
+                    op = _Dense(xp, _scaled(xp, op.G, -e, op.dtype))
+                    A = B = None
+            if A is None:
+                A, B = run(op)
+            if e is not None:
+                A, B = _unscaled(xp, A, B, e)
+        except np.linalg.LinAlgError as err:
+            if not get_options().check_finite:  # NaN in, NaN out (the check_finite=False contract)
+                A = xp.full((*op.batch, op.shape[0], rank), xp.nan, dtype=op.dtype)
+                B = xp.full((*op.batch, op.shape[1], rank), xp.nan, dtype=op.dtype)
+                return from_compute(A, library), from_compute(B, library)
+            rng.bit_generator.state = saved  # a failed call leaves the generator as it was
+            raise SingularUpdateError(f"the {method} sketch of G failed: LAPACK did not converge ({err})") from None
+        except BaseException:
+            rng.bit_generator.state = saved
+            raise
         return from_compute(A, library), from_compute(B, library)
+
+
+def _limit(dtype: Any) -> int:
+    dt = np.dtype(dtype)
+    return _SAFE_EXPONENT[dt.itemsize if dt.kind == "f" else dt.itemsize // 2]
+
+
+class _OutOfRange(Exception):
+    """Raised inside a first, unscaled try when G turns out too large for its dtype's arithmetic."""
+
+
+def _factors_in_range(A: np.ndarray, B: np.ndarray) -> bool:
+    """Whether a dense G's factors show it was safely inside its dtype's range (checked on thin arrays).
+
+    ``max|A_i| max|B_i|`` estimates G's scale per matrix; it must be finite and at least 40 binary
+    orders of magnitude from overflow and from the subnormals (float32: 2^-85 .. 2^88), or zero.
+    """
+    if A.size == 0 or B.size == 0:
+        return True
+    finfo = np.finfo(A.dtype)
+    mA, mB = max_abs(np, A, axis=(-2, -1)), max_abs(np, B, axis=(-2, -1))
+    if not (np.isfinite(mA).all() and np.isfinite(mB).all()):
+        return False
+    e = _exponents(np, A) + _exponents(np, B)
+    inside = (e >= finfo.minexp + 40) & (e <= finfo.maxexp - 40)
+    return bool(np.all(inside | (mA == 0) | (mB == 0)))
+
+
+def _rescaled(op: Any) -> tuple[Any, Any]:
+    """``op`` scaled by a power of two per matrix when its entries are out of the safe range.
+
+    Returns ``(op', e)`` with ``G = 2^e G'`` (``e`` None: unchanged, no copy).  A dense G is
+    copied only in that case; a factored G's thin X and Y are scaled separately.
+    """
+    xp = op.xp
+    limit = _limit(op.dtype)
+    if isinstance(op, _Dense):
+        return op, None  # decided after a first try (NumPy) or not at all (a device: no host read)
+    if xp is np and all(_moderate(x, limit) and _not_tiny(x, limit) for x in (op.X, op.Y)):
+        return op, None
+    eX, eY = _exponents(xp, op.X), _exponents(xp, op.Y)
+    return _Factored(xp, _scaled(xp, op.X, -eX, op.dtype), _scaled(xp, op.Y, -eY, op.dtype)), eX + eY
+
+
+def _not_tiny(x: np.ndarray, limit: int) -> bool:
+    """Whether no matrix of a thin stack is tiny (its largest entry below ``2^-limit``) unless zero."""
+    if x.size == 0:
+        return True
+    m = max_abs(np, x, axis=(-2, -1))
+    return bool(np.all((m >= 2.0**-limit) | (m == 0)))
+
+
+def _unscaled(xp: ModuleType, A: Any, B: Any, e: Any) -> tuple[Any, Any]:
+    """``(2^ceil(e/2) A, 2^floor(e/2) B)``: the factors of ``2^e A B^H``, balanced; error if they overflow."""
+    half = -((-e) // 2)
+    A, B = _scaled(xp, A, half, A.dtype), _scaled(xp, B, e - half, B.dtype)
+    if not get_options().check_finite:
+        return A, B  # no host read on a device hot path; NaN in, NaN out
+    with np.errstate(invalid="ignore"):
+        if not (bool(xp.isfinite(A).all()) and bool(xp.isfinite(B).all())):
+            raise ValueError(
+                f"G is too large for {np.dtype(A.dtype).name}: its rank-k factors (each of about sqrt(||G||) in "
+                "norm) overflow; scale G down"
+            )
+    return A, B

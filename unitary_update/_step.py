@@ -14,8 +14,8 @@ import numpy as np
 from ._sketch import SKETCH_METHODS
 from ._sketch import sketch as _sketch
 from ._update import project, transport
-from ._validation import check_choice, check_drift, check_square
-from ._xp import compute_context, to_compute
+from ._validation import check_choice, check_drift, check_out, check_rank, check_square
+from ._xp import compute_context, is_jax, to_compute
 
 __all__ = ["UPDATES", "drift_at", "step"]
 
@@ -55,7 +55,9 @@ def step(
     rng : numpy.random.Generator, int or None
         Seed or generator for the sketch.
     out : array, optional
-        ``out=U`` updates in place.
+        ``out=U`` updates in place (the rules of :func:`unitary_update.project`); ``out`` is
+        checked before the sketch runs.  G sharing memory with ``out`` is safe: the sketch
+        reads G completely before anything is written.
     drift : DriftControl, optional
         Drift policy (:class:`unitary_update.DriftControl`, or any object with a
         ``maybe_retract(U)`` method) applied to the result after the update; the policy counts
@@ -79,9 +81,14 @@ def step(
     ValueError
         For mismatched shapes, a rank out of range, unknown ``update`` or ``sketch`` names, or
         NaN/Inf in any input (nothing is written).
+    SingularUpdateError
+        If LAPACK fails to converge (not expected for finite input).
 
     Notes
     -----
+    All or nothing: when the call raises, U, ``out`` and a Generator ``rng`` are as they were
+    (the generator's state is restored).  ``drift`` runs after the update has been written.
+
     Cost: the sketch (O(N^2 k) for a dense G, O(N m k) for a factored one) plus the update
     (O(N^2 k)).  With ``drift``: the policy's estimate (O(N^2)) on the steps it checks and an
     O(N^3) retraction on the rare steps it retracts.
@@ -103,10 +110,15 @@ def step(
     check_drift(drift)
     update = check_choice(update, UPDATES, "update")
     sketch = check_choice(sketch, SKETCH_METHODS, "sketch method")
+    if is_jax(U, G, out):  # JAX arrays and tracers stay in JAX; rng may also be a JAX PRNG key
+        from .jax import _core as _jax_core
+
+        return _jax_core.public_step(U, G, rank, update, sketch, rng, out, drift)
     with compute_context(U):  # one device and stream for the checks, the sketch and the update
         Uc, _ = to_compute(U, "U")
         n = check_square(Uc, "U")
         parts = G if isinstance(G, tuple) else (G,)
+        batches: list[tuple[int, ...]] = [tuple(Uc.shape[:-2])]
         for i, part in enumerate(parts):
             name = "G" if len(parts) == 1 else f"G[{i}]"
             Gc, _ = to_compute(part, name)
@@ -116,8 +128,25 @@ def step(
                 raise ValueError(f"G has shape {tuple(Gc.shape)} but U is {n} x {n}")
             if getattr(Gc.dtype, "kind", "") == "c" and Uc.dtype.kind != "c":
                 raise TypeError(f"{name} is complex ({Gc.dtype}) but U is real ({Uc.dtype})")
-        A, B = _sketch(G, rank, method=sketch, rng=rng)
-        result = _UPDATE_FUNCTIONS[update](U, A, B, out=out)
+            batches.append(tuple(Gc.shape[:-2]) if Gc.ndim >= 2 else ())
+        check_rank(rank, n)
+        if out is not None:  # out is checked before the sketch draws from rng
+            target, _ = to_compute(out, "out", writable=True)
+            try:
+                batch = np.broadcast_shapes(*batches)
+            except ValueError:
+                batch = None  # reported by the sketch / the update, with the shapes
+            if batch is not None:
+                check_out(target, Uc, (*batch, n, n))
+        generator = rng if isinstance(rng, np.random.Generator) else None
+        saved: Any = None if generator is None else generator.bit_generator.state
+        try:
+            A, B = _sketch(G, rank, method=sketch, rng=rng)
+            result = _UPDATE_FUNCTIONS[update](U, A, B, out=out)
+        except BaseException:
+            if generator is not None:
+                generator.bit_generator.state = saved  # a failed step leaves the generator as it was
+            raise
         if drift is not None:
             drift.maybe_retract(result)
         return result

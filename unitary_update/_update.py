@@ -9,8 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 from . import _lowrank
-from ._validation import check_factor_pair, check_finite, check_out, check_square, same_view
-from ._xp import array_namespace, compute_context, from_compute, mark_written, to_compute
+from ._validation import check_factor_pair, check_finite, check_out, check_square, same_view, unshare
+from ._xp import array_namespace, compute_context, from_compute, is_jax, mark_written, to_compute
 
 __all__ = ["project", "transport"]
 
@@ -25,18 +25,23 @@ def _prepare(U: Any, A: Any, B: Any, out: Any) -> tuple[Any, Any, Any, Any, str,
     A, _ = to_compute(A, "A")
     B, _ = to_compute(B, "B")
     n = check_square(U, "U")
-    batch, A, B = check_factor_pair(U, A, B)
+    batch, A, B = check_factor_pair(U, A, B, cast=False)  # cast after rescaling: _lowrank.balance
     shape = (*batch, n, n)
     if target is not None:
         check_out(target, U, shape)
         if same_view(target, U):
             target = U
+        A, B = unshare(target, (A, B))  # a factor that shares memory with out is read from a copy
     for x, name in ((A, "A"), (B, "B")):
         check_finite(x, name)  # U's finiteness is checked by _lowrank.lowrank_update
     return U, A, B, target, library, shape
 
 
 def _update(kind: str, U: Any, A: Any, B: Any, out: Any) -> Any:
+    if is_jax(U, A, B, out):  # JAX arrays and tracers stay in JAX (jit, vmap, any device)
+        from .jax import _core as _jax_core
+
+        return _jax_core.public_update(kind, U, A, B, out)
     with compute_context(U):
         U_c, A_c, B_c, target, library, shape = _prepare(U, A, B, out)
         xp = array_namespace(U_c, A_c, B_c)
@@ -66,7 +71,11 @@ def project(U: Any, A: Any, B: Any, *, out: Any = None) -> Any:
         with a real U are an error.  Batch dimensions broadcast like :func:`numpy.matmul`.
     out : array, optional
         Where to write the result; ``out=U`` updates U in place.  Must have the result's shape
-        and U's dtype.  Without ``out`` no input is modified.
+        and U's dtype, be writable, and be U itself or share no memory with U; an ``out`` whose
+        entries share memory (zero strides, ``np.broadcast_to``, torch ``expand``) is a
+        ValueError.  A or B sharing memory with ``out`` (e.g. a view into U with ``out=U``)
+        are read from copies taken first, so the result is the one computed on copies.
+        Without ``out`` no input is modified.
 
     Returns
     -------
@@ -83,10 +92,16 @@ def project(U: Any, A: Any, B: Any, *, out: Any = None) -> Any:
         If shapes do not match or batch dimensions do not broadcast.
     NonFiniteError
         If U, A or B contains NaN or Inf (a ValueError; nothing is written).
+    SingularUpdateError
+        If LAPACK fails to converge on the r x r core (not expected for finite input).
 
     Notes
     -----
-    Cost O(N^2 k) time and O(N k) extra memory with ``out=U``.  When ``U + A B^H`` is singular
+    Cost O(N^2 k) time and O(N k) extra memory with ``out=U``.  Every finite A and B is
+    handled, whatever their dtype and scale: they are balanced by powers of two
+    (``A B^H = (2^s A)(2^-s B)^H``, exact) before being cast to U's dtype, and a product out of
+    the dtype's range keeps its exponent apart from the r x r core (``polar(2^-e I + a b^H)``),
+    so 1e160 factors in float64 or 1e38 in float32 give a unitary result, not NaN.  When ``U + A B^H`` is singular
     its polar factor is not unique; a valid nearest unitary matrix is returned (the one given by
     the SVD of T).  If A or B is zero, U is returned unchanged.  The derivation assumes U is
     unitary; for a U that has drifted from the manifold the result is exact to first order in
@@ -125,7 +140,8 @@ def transport(U: Any, A: Any, B: Any, *, out: Any = None) -> Any:
     A, B : array, shape (..., N, k)
         Factors of the update ``A @ B^H``; any ``k >= 1``.  Batch dimensions broadcast.
     out : array, optional
-        Where to write the result; ``out=U`` updates U in place.
+        Where to write the result; ``out=U`` updates U in place (the rules of
+        :func:`project`: A or B overlapping ``out`` are read from copies).
 
     Returns
     -------
@@ -141,10 +157,14 @@ def transport(U: Any, A: Any, B: Any, *, out: Any = None) -> Any:
         If shapes do not match or batch dimensions do not broadcast.
     NonFiniteError
         If U, A or B contains NaN or Inf (nothing is written).
+    SingularUpdateError
+        If LAPACK fails to converge on the r x r core (not expected for finite input).
 
     Notes
     -----
-    Cost O(N^2 k) time and O(N k) extra memory with ``out=U``.  If A or B is zero, or
+    Cost O(N^2 k) time and O(N k) extra memory with ``out=U``.  Factors of any finite scale
+    are handled as in :func:`project`; an angle above ``2^1000`` radians (known to no digit) is
+    capped, so the result is still a rotation.  If A or B is zero, or
     ``U^H A B^H`` is Hermitian (no tangent component), U is returned unchanged.
 
     Examples

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Sequence
+from types import ModuleType
 from typing import Any, Literal
 
 import numpy as np
@@ -20,6 +21,7 @@ from ._xp import array_namespace
 __all__ = [
     "NonFiniteError",
     "SingularUpdateError",
+    "cast_to",
     "check_choice",
     "check_dtype",
     "check_factor_pair",
@@ -27,10 +29,15 @@ __all__ = [
     "check_float",
     "check_float_dtype",
     "check_int",
+    "check_no_internal_overlap",
     "check_out",
     "check_rank",
     "check_square",
+    "has_internal_overlap",
+    "max_abs",
+    "overlaps",
     "same_view",
+    "unshare",
 ]
 
 FLOAT_DTYPES = (np.float32, np.float64, np.complex64, np.complex128)
@@ -83,15 +90,21 @@ def check_square(U: Any, name: str = "U") -> int:
     return int(U.shape[-1])
 
 
-def check_factor_pair(U: Any, A: Any, B: Any) -> tuple[tuple[int, ...], Any, Any]:
-    """Check the rank-k factors against U; return the broadcast batch shape and A, B in U's dtype.
+def check_factor_pair(U: Any, A: Any, B: Any, *, cast: bool = True) -> tuple[tuple[int, ...], Any, Any]:
+    """Check the rank-k factors against U; return the broadcast batch shape and A, B.
+
+    With ``cast`` (default) A and B are returned in U's dtype; a factor whose entries overflow
+    U's dtype (a float64 A of 1e300 with a float32 U) is a ValueError saying so.  With
+    ``cast=False`` they are returned as given (the updates rescale them before casting, see
+    :func:`unitary_update._lowrank.balance`).
 
     Raises
     ------
     TypeError
         For non-floating dtypes, or a complex A or B with a real U.
     ValueError
-        For shapes that do not match U or batch dimensions that do not broadcast.
+        For shapes that do not match U, batch dimensions that do not broadcast, or (``cast``)
+        entries that overflow U's dtype.
     """
     n = U.shape[-1]
     for x, name in ((A, "A"), (B, "B")):
@@ -112,12 +125,53 @@ def check_factor_pair(U: Any, A: Any, B: Any) -> tuple[tuple[int, ...], Any, Any
         raise ValueError(
             f"batch dimensions do not broadcast: U {tuple(U.shape)}, A {tuple(A.shape)}, B {tuple(B.shape)}"
         ) from None
-    xp = array_namespace(U, A, B)
-    return batch, xp.asarray(A, dtype=U.dtype), xp.asarray(B, dtype=U.dtype)
+    if not cast:
+        return batch, A, B
+    array_namespace(U, A, B)  # mixing NumPy and CuPy is a TypeError
+    return batch, cast_to(A, U.dtype, "A", "U"), cast_to(B, U.dtype, "B", "U")
+
+
+def cast_to(x: Any, dtype: Any, name: str, owner: str) -> Any:
+    """``x`` in ``dtype`` (no copy when it already is); ValueError if its entries overflow ``dtype``.
+
+    The message names the argument and why: ``A overflows float32 (U's dtype): its largest
+    entry is 1e+300``.  NaN/Inf already in ``x`` are left to :func:`check_finite`.
+    """
+    xp = array_namespace(x)
+    dtype = np.dtype(dtype)
+    if x.dtype == dtype:
+        return x
+    if x.size and np.finfo(x.dtype).max > np.finfo(dtype).max:
+        largest = float(max_abs(xp, x))
+        if math.isfinite(largest) and largest > float(np.finfo(dtype).max):
+            raise ValueError(
+                f"{name} overflows {dtype.name} ({owner}'s dtype): its largest entry is {largest:.3g}, "
+                f"above {float(np.finfo(dtype).max):.3g}; scale it down or use a wider dtype for {owner}"
+            )
+    with np.errstate(under="ignore"):
+        return xp.asarray(x, dtype=dtype)
+
+
+def max_abs(xp: ModuleType, x: Any, axis: Any = None) -> Any:
+    """Largest ``|Re|`` or ``|Im|`` entry (no overflow from ``|z|`` of huge complex entries).
+
+    Reductions only (``max`` and ``-min``): no temporary of x's size.
+    """
+    parts = (x.real, x.imag) if x.dtype.kind == "c" else (x,)
+    result = None
+    for p in parts:
+        m = xp.maximum(xp.max(p, axis=axis), -xp.min(p, axis=axis))
+        result = m if result is None else xp.maximum(result, m)
+    return result
 
 
 def check_out(out: Any, U: Any, shape: tuple[int, ...]) -> None:
-    """Check that ``out`` can receive a result of ``shape`` and U's dtype."""
+    """Check that ``out`` can receive a result of ``shape`` and U's dtype.
+
+    ``out`` must be writable, have no internal overlap (zero or overlapping strides, as from
+    ``np.broadcast_to`` or torch's ``expand``: each entry would overwrite another) and be
+    either U itself (the same view) or share no memory with U.
+    """
     if tuple(out.shape) != tuple(shape):
         raise ValueError(f"out has shape {tuple(out.shape)}; the result has shape {tuple(shape)}")
     if out.dtype != U.dtype:
@@ -125,8 +179,105 @@ def check_out(out: Any, U: Any, shape: tuple[int, ...]) -> None:
     flags = getattr(out, "flags", None)
     if flags is not None and not getattr(flags, "writeable", True):  # CuPy flags have no writeable
         raise ValueError("out is read-only")
-    if not same_view(out, U) and _may_share_memory(out, U):
+    check_no_internal_overlap(out, "out")
+    if not same_view(out, U) and overlaps(out, U):
         raise ValueError("out overlaps U without being U; pass out=U for an in-place update")
+
+
+def check_no_internal_overlap(x: Any, name: str) -> None:
+    """ValueError naming ``name`` if two of x's elements may share memory (zero/overlapping strides)."""
+    if has_internal_overlap(x):
+        raise ValueError(
+            f"{name} has overlapping memory (shape {tuple(x.shape)}, strides {tuple(x.strides)}: several "
+            f"entries share one memory location, e.g. from broadcast_to or torch's expand); "
+            f"{name} cannot be written: pass an array that owns its entries ({name}.copy())"
+        )
+
+
+def has_internal_overlap(x: Any) -> bool:
+    """True when two distinct elements of ``x`` may occupy the same memory.
+
+    Sufficient test: with the axes of length > 1 sorted by ``|stride|``, each stride must
+    exceed the span of all the smaller axes.  Layouts that fail it but do not overlap (exotic
+    interleavings) are reported as overlapping: refusing is safe, writing would not be.
+    """
+    if x.size <= 1:
+        return False
+    itemsize = x.dtype.itemsize
+    axes = sorted((abs(int(st)), int(n)) for st, n in zip(x.strides, x.shape, strict=True) if n > 1)
+    span = itemsize
+    for stride, n in axes:
+        if stride < span:
+            return True
+        span += stride * (n - 1)
+    return False
+
+
+def _data_pointer(x: Any) -> int | None:
+    if isinstance(x, np.ndarray):
+        return int(x.__array_interface__["data"][0])
+    data = getattr(x, "data", None)
+    ptr = getattr(data, "ptr", None)
+    return None if ptr is None else int(ptr)
+
+
+def _byte_bounds(x: Any) -> tuple[int, int] | None:
+    """``[low, high)`` byte range of x's elements; None for an empty array or an unknown pointer."""
+    ptr = _data_pointer(x)
+    if ptr is None or x.size == 0:
+        return None
+    low = high = ptr
+    for stride, n in zip(x.strides, x.shape, strict=True):
+        if stride < 0:
+            low += stride * (n - 1)
+        else:
+            high += stride * (n - 1)
+    return low, high + x.dtype.itemsize
+
+
+_SHARES_MEMORY_WORK = 1 << 16
+
+
+def overlaps(a: Any, b: Any) -> bool:
+    """Whether ``a`` and ``b`` share at least one memory location.
+
+    NumPy: the bounds test :func:`numpy.may_share_memory`, then, where it says maybe, the exact
+    :func:`numpy.shares_memory` (with a work limit; a problem too hard to decide counts as
+    overlapping).  CuPy and other libraries: the byte-range test on their data pointers and
+    strides (conservative: may report an overlap of interleaved arrays that share none).
+    """
+    if a is b:
+        return a.size > 0
+    if isinstance(a, np.ndarray) and isinstance(b, np.ndarray):
+        if not np.may_share_memory(a, b):
+            return False
+        try:
+            return bool(np.shares_memory(a, b, max_work=_SHARES_MEMORY_WORK))  # type: ignore[arg-type]
+        except np.exceptions.TooHardError:
+            return True
+    if isinstance(a, np.ndarray) != isinstance(b, np.ndarray):
+        return False  # host and device memory never overlap
+    ba, bb = _byte_bounds(a), _byte_bounds(b)
+    if ba is None or bb is None:
+        return False
+    same_device = getattr(getattr(a, "device", None), "id", None) == getattr(getattr(b, "device", None), "id", None)
+    return same_device and ba[0] < bb[1] and bb[0] < ba[1]
+
+
+def unshare(target: Any, arrays: Sequence[Any]) -> list[Any]:
+    """Each array that overlaps ``target`` replaced by a copy (the others returned as they are).
+
+    How writing functions read inputs that share memory with their destination: the result is
+    the one computed on copies taken before anything is written.
+    """
+    if target is None:
+        return list(arrays)
+    result = []
+    for x in arrays:
+        if x is not None and overlaps(target, x):  # also x is target itself (A = U with k = N, out=U)
+            x = array_namespace(x).array(x, copy=True)
+        result.append(x)
+    return result
 
 
 def same_view(a: Any, b: Any) -> bool:
@@ -139,13 +290,6 @@ def same_view(a: Any, b: Any) -> bool:
         return bool(a.__array_interface__["data"][0] == b.__array_interface__["data"][0])
     data_a, data_b = getattr(a, "data", None), getattr(b, "data", None)
     return data_a is not None and data_b is not None and getattr(data_a, "ptr", None) == getattr(data_b, "ptr", 0)
-
-
-def _may_share_memory(a: Any, b: Any) -> bool:
-    xp = array_namespace(a, b)
-    if hasattr(xp, "may_share_memory"):
-        return bool(xp.may_share_memory(a, b))
-    return False  # pragma: no cover
 
 
 _FINITE_CHUNK = 1 << 16

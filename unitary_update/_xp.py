@@ -28,6 +28,7 @@ __all__ = [
     "get_namespace",
     "hconj",
     "is_cupy",
+    "is_jax",
     "mark_written",
     "to_compute",
     "to_namespace",
@@ -41,6 +42,21 @@ def _module_root(x: Any) -> str:
 def is_cupy(xp: ModuleType) -> bool:
     """True when ``xp`` is the CuPy module."""
     return xp.__name__ == "cupy"
+
+
+def is_jax(*arrays: Any) -> bool:
+    """True when any of ``arrays`` (or of the arrays in a tuple among them) is a JAX array or tracer.
+
+    Decided from the type's module, without importing JAX.  The public functions hand such
+    inputs to :mod:`unitary_update.jax` (JAX-native, so it also works under ``jax.jit``).
+    """
+    for x in arrays:
+        if isinstance(x, tuple):
+            if is_jax(*x):
+                return True
+        elif _module_root(x) in ("jax", "jaxlib"):
+            return True
+    return False
 
 
 def array_namespace(*arrays: Any) -> ModuleType:
@@ -128,6 +144,22 @@ def _from_dlpack(x: Any, *, gpu: bool, what: str, hint: str = "") -> Any:
         raise TypeError(f"{what} of dtype {x.dtype} that cannot be shared by DLPack ({err}){hint}") from None
 
 
+def _plain_ndarray(x: np.ndarray, name: str) -> np.ndarray:
+    """An ndarray subclass as a plain ndarray view of the same memory (no copy).
+
+    ``np.matrix``, ``np.memmap`` and other subclasses are read (and, as ``out``, written)
+    through ``np.asarray``, a view, so every function treats them alike.  Masked arrays are
+    refused: their mask would be silently ignored.
+    """
+    if isinstance(x, np.ma.MaskedArray):
+        raise TypeError(
+            f"{name} is a numpy.ma.MaskedArray; its mask would be ignored: pass {name}.filled(value) "
+            "or a plain numpy.ndarray"
+        )
+    view = x.view(np.ndarray)
+    return view
+
+
 def to_compute(x: Any, name: str, *, writable: bool = False) -> tuple[Any, str]:
     """Convert ``x`` to a NumPy or CuPy array without copying.
 
@@ -136,7 +168,9 @@ def to_compute(x: Any, name: str, *, writable: bool = False) -> tuple[Any, str]:
 
     Interop rules (see ``docs/gpu.md``):
 
-    * NumPy and CuPy arrays pass through untouched.
+    * NumPy and CuPy arrays pass through untouched; ndarray subclasses (``np.matrix``,
+      ``np.memmap``, ...) become plain ndarray views of the same memory, and masked arrays are a
+      TypeError (the mask would be ignored).
     * torch tensors (CPU or CUDA) cross by DLPack as views of the same memory, strided or not;
       ``requires_grad`` is dropped (``detach``, a view).  Lazy conjugate/negative views are
       materialised when read and rejected when ``writable`` (the ``out=`` argument).
@@ -163,10 +197,10 @@ def to_compute(x: Any, name: str, *, writable: bool = False) -> tuple[Any, str]:
     if type(x) is np.ndarray:
         return x, "numpy"
     root = _module_root(x)
-    if root == "numpy" and isinstance(x, np.ndarray):
-        return x, "numpy"
     if root == "cupy":
         return x, "cupy"
+    if isinstance(x, np.ndarray):
+        return _plain_ndarray(x, name), "numpy"
     if root == "torch":
         return _torch_to_compute(x, name, writable=writable), "torch"
     if root in ("jax", "jaxlib"):

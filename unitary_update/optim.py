@@ -19,15 +19,30 @@ generator's state), so a checkpoint restores a run exactly.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
+from ._config import get_options
 from ._sketch import SKETCH_METHODS
-from ._step import UPDATES, drift_at
+from ._step import UPDATES
 from ._step import step as _step
-from ._validation import check_choice, check_drift, check_float, check_int
-from ._xp import array_namespace, hconj
+from ._validation import (
+    NonFiniteError,
+    check_choice,
+    check_drift,
+    check_finite,
+    check_float,
+    check_float_dtype,
+    check_int,
+    check_no_internal_overlap,
+    check_out,
+    check_square,
+    max_abs,
+    overlaps,
+)
+from ._xp import array_namespace, hconj, to_compute
 from .random import normalize_rng
 
 __all__ = ["OPTIMIZERS", "SGD", "Adam", "Optimizer", "RMSprop", "UnitaryOptimizer", "make_optimizer"]
@@ -48,17 +63,23 @@ class Optimizer:
     Subclasses (:class:`SGD`, :class:`RMSprop`, :class:`Adam`) define the update rule; use one of
     them or :func:`make_optimizer`.
 
+    Every call is all or nothing: gradients are validated (an array of a floating dtype, the
+    shape of the parameter and of the stored moments, finite while ``check_finite`` is on)
+    before anything changes; the new moments and steps are computed out of place and committed
+    last, so a call that raises leaves the moments, step counts and parameters exactly as they
+    were.
+
     Parameters
     ----------
     lr : float
-        Learning rate (> 0).
+        Learning rate, finite and >= 0.
 
     Raises
     ------
     TypeError
         If ``lr`` is not a real number.
     ValueError
-        If ``lr`` is not finite and positive.
+        If ``lr`` is not finite or is negative.
 
     Examples
     --------
@@ -81,12 +102,58 @@ class Optimizer:
     """
 
     def __init__(self, lr: float) -> None:
-        self.lr = check_float(lr, "lr", low=0, open_low=True)
+        self.lr = check_float(lr, "lr", low=0)
         self.state: dict[str, dict[str, Any]] = {}
         self.t: dict[str, int] = {}
 
-    def _update(self, name: str, g: Any, state: dict[str, Any], t: int) -> Any:  # pragma: no cover
+    def _rule(self, g: Any, state: dict[str, Any], t: int) -> tuple[Any, dict[str, Any]]:  # pragma: no cover
+        """The direction and the new buffers for a real gradient ``g``; must not modify ``state``."""
         raise NotImplementedError
+
+    def _check_grad(self, name: str, grad: Any) -> Any:
+        """``grad`` as a NumPy/CuPy array, checked against the state stored for ``name``."""
+        label = f"grad for {name!r}"
+        g, _ = to_compute(grad, label)
+        check_float_dtype(g, label)
+        real = _real_dtype(g.dtype)
+        shape = tuple(g.shape) if g.dtype.kind != "c" else ((*g.shape[:-1], 2 * g.shape[-1]) if g.ndim else (2,))
+        for key, buf in self.state.get(name, {}).items():
+            if tuple(buf.shape) != shape or buf.dtype != real:
+                raise ValueError(
+                    f"{label} has shape {tuple(g.shape)} and dtype {g.dtype}, which does not match the "
+                    f"optimizer's state {name}/{key} (shape {tuple(buf.shape)}, dtype {buf.dtype}; complex "
+                    "gradients are stored as pairs of reals)"
+                )
+        check_finite(g, label)
+        return g
+
+    def _compute(self, name: str, grad: Any) -> tuple[Any, dict[str, Any], int]:
+        """Validate, then compute (direction, new buffers, new step count) without committing."""
+        g = self._check_grad(name, grad)
+        state = self.state.get(name, {})
+        t = self.t.get(name, 0) + 1
+        xp = array_namespace(g)
+        with np.errstate(over="ignore", invalid="ignore"):
+            if g.dtype.kind == "c":
+                real, new = self._rule(_real_view(g.reshape(1) if g.ndim == 0 else g), state, t)
+                direction = xp.ascontiguousarray(real).view(g.dtype).reshape(g.shape)
+            else:
+                direction, new = self._rule(g, state, t)
+        if get_options().check_finite and not all(_all_finite(x) for x in (direction, *new.values())):
+            raise NonFiniteError(
+                f"grad for {name!r} is too large for {g.dtype}: {type(self).__name__}'s step or moments "
+                f"overflow (largest |entry| {float(max_abs(xp, g)):.3g}); nothing was changed"
+            )
+        return direction, new, t
+
+    def _commit(self, name: str, new: dict[str, Any], t: int) -> None:
+        state = self.state.setdefault(name, {})
+        for key, value in new.items():
+            if key in state and state[key].shape == value.shape and state[key].dtype == value.dtype:
+                state[key][...] = value  # in place: buffers handed out by state_dict stay live
+            else:
+                state[key] = value
+        self.t[name] = t
 
     def direction(self, name: str, grad: Any) -> Any:
         """The additive step for parameter ``name`` given its gradient; advances the state.
@@ -103,20 +170,27 @@ class Optimizer:
         -------
         array, same shape and dtype as ``grad``
             A new array, the step to add to the parameter (``p + direction`` descends).
+
+        Raises
+        ------
+        TypeError
+            If ``grad`` is not an array of a floating dtype.
+        ValueError
+            If ``grad``'s shape or dtype differs from the state stored for ``name``.
+        NonFiniteError
+            If ``grad`` contains NaN or Inf, or the step or moments would overflow (while
+            ``check_finite`` is on).  Nothing is changed.
         """
-        if grad.dtype.kind == "c":
-            xp = array_namespace(grad)
-            g = xp.ascontiguousarray(grad)
-            state = self.state.setdefault(name, {})
-            self.t[name] = self.t.get(name, 0) + 1
-            real = self._update(name, _real_view(g), state, self.t[name])
-            return xp.ascontiguousarray(real).view(grad.dtype)
-        state = self.state.setdefault(name, {})
-        self.t[name] = self.t.get(name, 0) + 1
-        return self._update(name, grad, state, self.t[name])
+        direction, new, t = self._compute(name, grad)
+        self._commit(name, new, t)
+        return direction
 
     def step(self, params: dict[str, Any], grads: dict[str, Any], names: Any = None) -> None:
         """In place ``params[p] += direction(p, grads[p])`` for each name in ``names`` (default: all grads).
+
+        All or nothing: every gradient and parameter is checked and every direction computed
+        before the first parameter or moment is written.  Directions are computed before any
+        parameter is written, so gradients that share memory with parameters are read intact.
 
         Parameters
         ----------
@@ -126,9 +200,52 @@ class Optimizer:
             Their gradients, each of the parameter's shape.
         names : iterable of str, optional
             The parameters to update (default: every key of ``grads``).
+
+        Raises
+        ------
+        KeyError
+            If a name has no parameter or no gradient.
+        TypeError
+            If a parameter or gradient is not an array of a floating dtype, or a gradient is
+            complex while its parameter is real.
+        ValueError
+            If a gradient's shape differs from its parameter's, a parameter is read-only, has
+            overlapping memory, or shares memory with another parameter or with the optimizer's
+            state.
+        NonFiniteError
+            If a gradient contains NaN or Inf (while ``check_finite`` is on).
         """
-        for name in grads if names is None else names:
-            params[name] += self.direction(name, grads[name]).astype(params[name].dtype, copy=False)
+        names = list(grads if names is None else names)
+        planned: list[tuple[str, Any, Any]] = []
+        for name in names:
+            if name not in params:
+                raise KeyError(f"no parameter {name!r} in params (keys: {sorted(params)})")
+            if name not in grads:
+                raise KeyError(f"no gradient {name!r} in grads (keys: {sorted(grads)})")
+            label = f"params[{name!r}]"
+            p, _ = to_compute(params[name], label, writable=True)
+            check_float_dtype(p, label)
+            g, _ = to_compute(grads[name], f"grads[{name!r}]")
+            if tuple(g.shape) != tuple(p.shape):
+                raise ValueError(f"grads[{name!r}] has shape {tuple(g.shape)} but {label} has {tuple(p.shape)}")
+            if getattr(g.dtype, "kind", "") == "c" and p.dtype.kind != "c":
+                raise TypeError(f"grads[{name!r}] is complex ({g.dtype}) but {label} is real ({p.dtype})")
+            flags = getattr(p, "flags", None)
+            if flags is not None and not getattr(flags, "writeable", True):
+                raise ValueError(f"{label} is read-only")
+            check_no_internal_overlap(p, label)
+            for other_name, other, _ in planned:
+                if overlaps(p, other):
+                    raise ValueError(f"{label} shares memory with params[{other_name!r}]; each would be updated twice")
+            for key, buf in ((f"{n}/{k}", b) for n, st in self.state.items() for k, b in st.items()):
+                if overlaps(p, buf):
+                    raise ValueError(f"{label} shares memory with the optimizer's state {key}")
+            planned.append((name, p, g))
+        results = [(name, p, *self._compute(name, g)) for name, p, g in planned]
+        # everything that can fail has run: commit moments, step counts, then the parameters
+        for name, p, direction, new, t in results:
+            self._commit(name, new, t)
+            p += direction.astype(p.dtype, copy=False)
 
     def state_dict(self) -> dict[str, Any]:
         """The optimizer's state, for a checkpoint.
@@ -146,6 +263,8 @@ class Optimizer:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned (arrays are copied).
 
+        All or nothing: everything is read and checked before the optimizer changes.
+
         Parameters
         ----------
         state : dict of str to array or str
@@ -155,20 +274,46 @@ class Optimizer:
         Raises
         ------
         ValueError
-            If ``state`` was saved by an optimizer of another type.
+            If ``state`` was saved by an optimizer of another type, or its ``"meta"`` entry is
+            missing or malformed, or a key is not ``"<param>/<buffer>"``.
+        TypeError
+            If a buffer is not an array of a floating dtype.
         """
-        meta = json.loads(str(state["meta"]))
-        if meta["type"] != type(self).__name__:
-            raise ValueError(f"state is for a {meta['type']} optimizer, not {type(self).__name__}")
-        self.t = {k: int(v) for k, v in meta["t"].items()}
-        self.lr = float(meta["lr"])
-        self.state = {}
+        if "meta" not in state:
+            raise ValueError("state has no 'meta' entry; expected what state_dict returned")
+        try:
+            meta = json.loads(str(state["meta"]))
+            kind = meta["type"]
+            t = {str(k): int(v) for k, v in meta["t"].items()}
+            lr = check_float(meta["lr"], "lr (in meta)", low=0)
+        except (ValueError, TypeError, KeyError, AttributeError) as err:
+            raise ValueError(f"state's 'meta' entry is malformed ({type(err).__name__}: {err})") from None
+        if kind != type(self).__name__:
+            raise ValueError(f"state is for a {kind} optimizer, not {type(self).__name__}")
+        buffers: dict[str, dict[str, Any]] = {}
         for key, value in state.items():
             if key == "meta":
                 continue
+            if not isinstance(key, str) or "/" not in key:
+                raise ValueError(f"state key {key!r} is not '<param>/<buffer>'")
             p, buf = key.rsplit("/", 1)
-            xp = array_namespace(value)
-            self.state.setdefault(p, {})[buf] = xp.array(value, copy=True)
+            array, _ = to_compute(value, f"state[{key!r}]")
+            check_float_dtype(array, f"state[{key!r}]")
+            buffers.setdefault(p, {})[buf] = array_namespace(array).array(array, copy=True)
+        self.t, self.lr, self.state = t, lr, buffers
+
+
+def _real_dtype(dtype: Any) -> Any:
+    dt = np.dtype(dtype)
+    return np.dtype(np.float32 if dt == np.complex64 else np.float64) if dt.kind == "c" else dt
+
+
+def _all_finite(x: Any) -> bool:
+    """Whether every entry is finite, by two reductions (no temporary of x's size)."""
+    if x.size == 0:
+        return True
+    xp = array_namespace(x)
+    return bool(xp.isfinite(xp.max(x))) and bool(xp.isfinite(xp.min(x)))
 
 
 class SGD(Optimizer):
@@ -177,9 +322,16 @@ class SGD(Optimizer):
     Parameters
     ----------
     lr : float
-        Learning rate.
+        Learning rate, finite and >= 0.
     momentum : float, default 0
         ``mu`` in [0, 1).
+
+    Raises
+    ------
+    TypeError
+        If a setting is not a real number.
+    ValueError
+        If a setting is out of its range (the message names it and the range).
 
     Examples
     --------
@@ -192,18 +344,13 @@ class SGD(Optimizer):
 
     def __init__(self, lr: float, momentum: float = 0.0) -> None:
         super().__init__(lr)
-        self.momentum = check_float(momentum, "momentum", low=0)
-        check_float(momentum, "momentum", high=1, open_high=True, expected="< 1")
+        self.momentum = check_float(momentum, "momentum", low=0, high=1, open_high=True)
 
-    def _update(self, name: str, g: Any, state: dict[str, Any], t: int) -> Any:
+    def _rule(self, g: Any, state: dict[str, Any], t: int) -> tuple[Any, dict[str, Any]]:
         if self.momentum == 0:
-            return -self.lr * g
-        if "m" not in state:
-            state["m"] = g.copy()
-        else:
-            state["m"] *= self.momentum
-            state["m"] += g
-        return -self.lr * state["m"]
+            return -self.lr * g, {}
+        m = g.copy() if "m" not in state else state["m"] * self.momentum + g
+        return -self.lr * m, {"m": m}
 
 
 class RMSprop(Optimizer):
@@ -212,11 +359,18 @@ class RMSprop(Optimizer):
     Parameters
     ----------
     lr : float
-        Learning rate.
+        Learning rate, finite and >= 0.
     alpha : float, default 0.99
-        Smoothing constant.
+        Smoothing constant, in [0, 1).
     eps : float, default 1e-8
-        Added to the denominator.
+        Added to the denominator, finite and > 0.
+
+    Raises
+    ------
+    TypeError
+        If a setting is not a real number.
+    ValueError
+        If a setting is out of its range (the message names it and the range).
 
     Examples
     --------
@@ -230,17 +384,14 @@ class RMSprop(Optimizer):
 
     def __init__(self, lr: float, alpha: float = 0.99, eps: float = 1e-8) -> None:
         super().__init__(lr)
-        self.alpha = check_float(alpha, "alpha", low=0)
-        self.eps = check_float(eps, "eps", low=0)
+        self.alpha = check_float(alpha, "alpha", low=0, high=1, open_high=True)
+        self.eps = check_float(eps, "eps", low=0, open_low=True)
 
-    def _update(self, name: str, g: Any, state: dict[str, Any], t: int) -> Any:
+    def _rule(self, g: Any, state: dict[str, Any], t: int) -> tuple[Any, dict[str, Any]]:
         xp = array_namespace(g)
-        if "v" not in state:
-            state["v"] = xp.zeros_like(g)
-        v = state["v"]
-        v *= self.alpha
+        v = state["v"] * self.alpha if "v" in state else xp.zeros_like(g)
         v += (1 - self.alpha) * (g * g)
-        return (-self.lr) * g / (xp.sqrt(v) + self.eps)
+        return (-self.lr) * g / (xp.sqrt(v) + self.eps), {"v": v}
 
 
 class Adam(Optimizer):
@@ -249,11 +400,18 @@ class Adam(Optimizer):
     Parameters
     ----------
     lr : float
-        Learning rate.
-    betas : tuple of float, default (0.9, 0.999)
-        Decay rates of the two moments.
+        Learning rate, finite and >= 0.
+    betas : tuple of two floats, default (0.9, 0.999)
+        Decay rates of the two moments, each in [0, 1).
     eps : float, default 1e-8
-        Added to the denominator.
+        Added to the denominator, finite and > 0.
+
+    Raises
+    ------
+    TypeError
+        If a setting is not a real number, or ``betas`` is not a sequence.
+    ValueError
+        If a setting is out of its range, or ``betas`` does not have exactly two entries.
 
     Examples
     --------
@@ -265,23 +423,29 @@ class Adam(Optimizer):
 
     def __init__(self, lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
         super().__init__(lr)
-        b1, b2 = (check_float(beta, "betas", low=0, high=1, open_high=True) for beta in betas)
+        if isinstance(betas, (str, bytes)) or not isinstance(betas, Sequence):
+            raise TypeError(
+                f"betas must be a pair of numbers (beta1, beta2), each in [0, 1); got {betas!r} of type "
+                f"{type(betas).__name__}"
+            )
+        if len(betas) != 2:
+            raise ValueError(f"betas must be exactly two numbers (beta1, beta2), each in [0, 1); got {len(betas)}")
+        b1, b2 = (check_float(beta, f"betas[{i}]", low=0, high=1, open_high=True) for i, beta in enumerate(betas))
         self.betas = (b1, b2)
-        self.eps = check_float(eps, "eps", low=0)
+        self.eps = check_float(eps, "eps", low=0, open_low=True)
 
-    def _update(self, name: str, g: Any, state: dict[str, Any], t: int) -> Any:
+    def _rule(self, g: Any, state: dict[str, Any], t: int) -> tuple[Any, dict[str, Any]]:
         xp = array_namespace(g)
         b1, b2 = self.betas
-        if "m" not in state:
-            state["m"], state["v"] = xp.zeros_like(g), xp.zeros_like(g)
-        m, v = state["m"], state["v"]
-        m *= b1
+        if "m" in state:
+            m, v = state["m"] * b1, state["v"] * b2
+        else:
+            m, v = xp.zeros_like(g), xp.zeros_like(g)
         m += (1 - b1) * g
-        v *= b2
         v += (1 - b2) * (g * g)
         m_hat = m / (1 - b1**t)
         v_hat = v / (1 - b2**t)
-        return (-self.lr) * m_hat / (xp.sqrt(v_hat) + self.eps)
+        return (-self.lr) * m_hat / (xp.sqrt(v_hat) + self.eps), {"m": m, "v": v}
 
 
 _OPTIMIZERS = {"sgd": SGD, "rmsprop": RMSprop, "adam": Adam}
@@ -392,6 +556,12 @@ class UnitaryOptimizer:
     def step(self, U: Any, grad: Any, name: str = "W") -> None:
         """Update ``U`` in place from its gradient (dense N x N, or a factored pair ``(X, Y)``).
 
+        All or nothing: U and the gradient are checked, and the base rule's new moments
+        computed, before anything changes; the moments, step counts and the sketch generator
+        are committed only after U has been updated.  When the call raises, U, the base
+        optimizer's state, :attr:`steps` and the generator are exactly as before.  The drift
+        policy runs last, on the updated U.
+
         Parameters
         ----------
         U : array, shape (N, N)
@@ -401,28 +571,62 @@ class UnitaryOptimizer:
             ``(X, Y)`` with gradient ``X @ Y^H``.
         name : str, default "W"
             Keys the base optimizer's state for this parameter.
+
+        Raises
+        ------
+        TypeError
+            If U or the gradient is not an array of a floating dtype, or the gradient is
+            complex while U is real.
+        ValueError
+            If shapes do not match, U is read-only or has overlapping memory, or the gradient
+            (or U) contains NaN or Inf.
         """
+        Uc, _ = to_compute(U, "U", writable=True)
+        n = check_square(Uc, "U")
+        check_out(Uc, Uc, tuple(Uc.shape))  # U is written in place: writable, no internal overlap
+        X: Any = None
+        Y: Any = None
+        G: Any = None
+        if isinstance(grad, tuple):
+            if len(grad) != 2:
+                raise ValueError(f"a factored grad must be a pair (X, Y) meaning X @ Y^H; got a tuple of {len(grad)}")
+            X, Y = (to_compute(part, f"grad[{i}]")[0] for i, part in enumerate(grad))
+            for x, label in ((X, "grad[0] (X)"), (Y, "grad[1] (Y)")):
+                check_float_dtype(x, label)
+                if x.ndim < 2 or x.shape[-2] != n:
+                    raise ValueError(f"{label} has shape {tuple(x.shape)}; expected (..., {n}, m) for U of size {n}")
+                if x.dtype.kind == "c" and Uc.dtype.kind != "c":
+                    raise TypeError(f"{label} is complex ({x.dtype}) but U is real ({Uc.dtype})")
+                check_finite(x, label)
+            if X.shape[-1] != Y.shape[-1]:
+                raise ValueError(f"grad's X and Y must have the same number of columns; got {X.shape}, {Y.shape}")
+        else:
+            G, _ = to_compute(grad, "grad")
+            check_float_dtype(G, "grad")
+            if tuple(G.shape) != tuple(Uc.shape):
+                raise ValueError(f"grad has shape {tuple(G.shape)} but U has {tuple(Uc.shape)}")
+            if G.dtype.kind == "c" and Uc.dtype.kind != "c":
+                raise TypeError(f"grad is complex ({G.dtype}) but U is real ({Uc.dtype})")
+        new: dict[str, Any] = {}
         if isinstance(grad, tuple) and isinstance(self.base, SGD) and self.base.momentum == 0:
-            X, Y = grad  # plain SGD: the step -lr X Y^H is sketched from its factors, never formed
-            self.base.t[name] = self.base.t.get(name, 0) + 1
+            # plain SGD: the step -lr X Y^H is sketched from its factors, never formed
             direction: Any = ((-self.base.lr) * X, Y)
+            base_t = self.base.t.get(name, 0) + 1
         else:
             if isinstance(grad, tuple):
-                X, Y = grad
-                grad = X @ hconj(Y)
-            direction = self.base.direction(name, grad).astype(U.dtype, copy=False)
+                with np.errstate(over="ignore", invalid="ignore"):
+                    G = X @ hconj(Y)
+                if get_options().check_finite and not _all_finite(G):
+                    raise ValueError(f"grad X @ Y^H overflows {G.dtype}: its factors are too large; scale them down")
+            direction, new, base_t = self.base._compute(name, G)
+            direction = _in_dtype(direction, Uc.dtype)
         t = self.steps + 1
-        _step(
-            U,
-            direction,
-            rank=self.rank,
-            update=self.update,
-            sketch=self.sketch,
-            rng=self.rng,
-            out=U,
-            drift=drift_at(self.drift, t),
-        )
+        # the update: step restores the generator if it raises; U is written only on success
+        _step(U, direction, rank=self.rank, update=self.update, sketch=self.sketch, rng=self.rng, out=U)
+        self.base._commit(name, new, base_t)
         self.steps = t
+        if self.drift is not None:
+            self.drift.maybe_retract(U, step=t)
 
     def state_dict(self) -> dict[str, Any]:
         """The state of the optimizer, for a checkpoint.
@@ -444,9 +648,37 @@ class UnitaryOptimizer:
         ----------
         state : dict of str to array or str
             As returned by :meth:`state_dict` (string values may be 0-d string arrays).
+
+        Raises
+        ------
+        ValueError
+            If an entry is missing or malformed (nothing is changed).
         """
         state = dict(state)
-        meta = json.loads(str(state.pop("unitary_meta")))
-        self.steps = int(meta["steps"])
+        if "unitary_meta" not in state:
+            raise ValueError("state has no 'unitary_meta' entry; expected what UnitaryOptimizer.state_dict returned")
+        try:
+            meta = json.loads(str(state.pop("unitary_meta")))
+            steps = check_int(meta["steps"], "steps (in unitary_meta)", low=0)
+            probe = np.random.default_rng()
+            probe.bit_generator.state = meta["rng"]  # checks the generator state before committing
+        except (ValueError, TypeError, KeyError, AttributeError) as err:
+            raise ValueError(f"state's 'unitary_meta' entry is malformed ({type(err).__name__}: {err})") from None
+        self.base.load_state_dict(state)  # all or nothing itself
+        self.steps = steps
         self.rng.bit_generator.state = meta["rng"]
-        self.base.load_state_dict(state)
+
+
+def _in_dtype(direction: Any, dtype: Any) -> Any:
+    """The base rule's step in U's dtype; kept in its own (wider) dtype if casting would overflow.
+
+    A step too large for U's dtype is handed to :func:`unitary_update.step` as it is: the sketch
+    and the update rescale its factors before casting them to U's dtype.
+    """
+    if direction.dtype == dtype:
+        return direction
+    xp = array_namespace(direction)
+    if direction.size and float(max_abs(xp, direction)) > float(np.finfo(dtype).max):
+        return direction
+    with np.errstate(under="ignore"):
+        return direction.astype(dtype)

@@ -85,11 +85,17 @@ def normalize_rng(rng: np.random.Generator | int | None) -> np.random.Generator:
     ------
     TypeError
         If ``rng`` is none of these.
+    ValueError
+        If ``rng`` is a negative integer.
     """
     if isinstance(rng, np.random.Generator):
         return rng
-    if rng is None or (isinstance(rng, (int, np.integer)) and not isinstance(rng, bool)):
-        return np.random.default_rng(rng)
+    if rng is None:
+        return np.random.default_rng()
+    if isinstance(rng, (int, np.integer)) and not isinstance(rng, bool):
+        if rng < 0:
+            raise ValueError(f"rng must be a non-negative integer seed, a numpy.random.Generator or None; got {rng}")
+        return np.random.default_rng(int(rng))
     raise TypeError(f"rng must be a numpy.random.Generator, an int seed or None; got {type(rng).__name__}")
 
 

@@ -1,0 +1,257 @@
+"""unitary_update.jax's core against the NumPy path and the dense references; jit, vmap, tracing."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import scipy.linalg
+from helpers import ALL_DTYPES, random_factors
+
+import unitary_update as uu
+from unitary_update.random import standard_normal
+from unitary_update.reference import project_dense, transport_dense
+
+jax = pytest.importorskip("jax")
+jnp = pytest.importorskip("jax.numpy")
+uj = pytest.importorskip("unitary_update.jax")
+
+DENSE = {"project": project_dense, "transport": transport_dense}
+
+
+def _atol(dtype) -> float:
+    return 2e-5 if np.dtype(dtype) in (np.float32, np.complex64) else 1e-12
+
+
+def _problem(n, k, dtype, seed, batch=()):
+    rng = np.random.default_rng(seed)
+    U = uu.random_unitary(n, dtype=dtype, batch_shape=batch, rng=rng)
+    A = random_factors(rng, (*batch, n, k), dtype) / np.sqrt(n)
+    B = random_factors(rng, (*batch, n, k), dtype)
+    return U, A, B
+
+
+# --- agreement with the NumPy path ---------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["project", "transport"])
+@pytest.mark.parametrize("dtype", ALL_DTYPES)
+def test_update_matches_numpy_path_and_dense_reference(x64, kind, dtype):
+    U, A, B = _problem(12, 2, dtype, seed=1, batch=(2,))
+    V = getattr(uj, kind)(jnp.asarray(U), jnp.asarray(A), jnp.asarray(B))
+    assert V.dtype == dtype
+    assert V.shape == (2, 12, 12)
+    expected = getattr(uu, kind)(U, A, B)
+    np.testing.assert_allclose(np.asarray(V), expected, rtol=0, atol=_atol(dtype))
+    dense = np.stack([DENSE[kind](U[i], A[i], B[i]) for i in range(2)])
+    np.testing.assert_allclose(np.asarray(V), dense, rtol=0, atol=_atol(dtype))
+
+
+@pytest.mark.parametrize("kind", ["project", "transport"])
+def test_float32_without_x64_stays_float32_and_unitary(x32, kind):
+    U, A, B = _problem(16, 3, np.float32, seed=2)
+    V = getattr(uj, kind)(jnp.asarray(U), jnp.asarray(A), jnp.asarray(B))
+    assert V.dtype == jnp.float32
+    assert uu.unitarity_error(np.asarray(V)) < 1e-5
+    np.testing.assert_allclose(np.asarray(V), DENSE[kind](U, A, B), atol=2e-5)
+
+
+def test_batch_dimensions_broadcast_like_matmul(x64):
+    U, _, _ = _problem(10, 1, np.complex128, seed=3, batch=(3,))
+    _, A, B = _problem(10, 1, np.complex128, seed=4)  # one pair of factors for the whole stack
+    V = uj.transport(jnp.asarray(U), jnp.asarray(A), jnp.asarray(B))
+    for i in range(3):
+        np.testing.assert_allclose(np.asarray(V[i]), transport_dense(U[i], A, B), atol=1e-12)
+
+
+# --- jit, vmap, tracing ---------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["project", "transport"])
+def test_jit_and_vmap_agree_with_eager(x64, kind):
+    U, A, B = _problem(10, 2, np.float64, seed=5, batch=(3,))
+    args = (jnp.asarray(U), jnp.asarray(A), jnp.asarray(B))
+    eager = getattr(uj, kind)(*args)
+    jitted = jax.jit(getattr(uj, kind))(*args)
+    mapped = jax.vmap(getattr(uu, kind))(*args)  # the public function dispatches tracers to JAX
+    for V in (jitted, mapped):
+        np.testing.assert_allclose(np.asarray(V), np.asarray(eager), atol=1e-13)
+    np.testing.assert_allclose(np.asarray(eager), getattr(uu, kind)(U, A, B), atol=1e-13)
+
+
+def test_step_and_sketch_trace_under_jit_vmap_and_grad(x64):
+    U, _, _ = _problem(12, 1, np.float64, seed=6, batch=(2,))
+    G = 0.01 * np.random.default_rng(7).standard_normal((2, 12, 12))
+    key = jax.random.key(8)
+    step = jax.jit(lambda U, G, key: uu.step(U, G, rank=2, rng=key))  # the public API, randomized
+    V = step(jnp.asarray(U), jnp.asarray(G), key)
+    assert uu.unitarity_error(np.asarray(V)) < 1e-12
+    mapped = jax.vmap(lambda U, G: uj.step(U, G, rank=2, sketch="exact"))(U, G)
+    np.testing.assert_allclose(np.asarray(mapped), uu.step(U, G, rank=2, sketch="exact"), atol=1e-13)
+    # no concretization anywhere: jaxprs build for every method, public and JAX-native
+    for method in ("lsi", "exact"):
+        jax.make_jaxpr(lambda U, G, key, m=method: uu.step(U, G, sketch=m, update="project", rng=key))(U, G, key)
+    jax.make_jaxpr(lambda X, Y: uj.sketch((X, Y), 2, method="column", key=1))(jnp.asarray(G[0]), jnp.asarray(G[1]))
+
+    # and gradients flow through the update: d/dt sum(W * transport(U, t A, B)) against a central difference
+    U1, A, B = _problem(8, 1, np.float64, seed=9)
+    W = np.random.default_rng(10).standard_normal((8, 8))
+
+    def f(t):
+        return jnp.sum(W * uj.transport(jnp.asarray(U1), t * jnp.asarray(A), jnp.asarray(B)))
+
+    h = 1e-6
+    value_and_grad = jax.jit(jax.value_and_grad(f))
+    numeric = (value_and_grad(0.7 + h)[0] - value_and_grad(0.7 - h)[0]) / (2 * h)
+    np.testing.assert_allclose(float(value_and_grad(0.7)[1]), float(numeric), rtol=1e-6)
+
+
+# --- degenerate factors ---------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["project", "transport"])
+@pytest.mark.parametrize("dtype", [np.float32, np.complex128])
+def test_zero_and_rank_deficient_factors_give_no_nan(x64, kind, dtype):
+    U, A, B = _problem(9, 2, dtype, seed=11)
+    Z = np.zeros_like(A)
+    fn = jax.jit(getattr(uj, kind))
+    for a, b in ((Z, B), (A, Z), (Z, Z)):
+        V = np.asarray(fn(jnp.asarray(U), jnp.asarray(a), jnp.asarray(b)))
+        np.testing.assert_array_equal(V, U)  # exactly unchanged
+    # rank-deficient basis: duplicated columns, and U^H A parallel to B
+    dup = np.concatenate([A[:, :1], A[:, :1]], axis=1)
+    for a, b in ((dup, B), (U @ B, B)):
+        V = np.asarray(fn(jnp.asarray(U), jnp.asarray(a), jnp.asarray(b)))
+        assert np.isfinite(V).all()
+        np.testing.assert_allclose(V, DENSE[kind](U, a, b), atol=_atol(dtype))
+        assert uu.unitarity_error(V) < (1e-5 if dtype == np.float32 else 1e-12)
+
+
+def test_huge_real_transport_keeps_det_and_orthogonality(x64):
+    # the nearest-rotation branch (jnp.where, no Python branch on traced values) under jit
+    U, A, B = _problem(8, 1, np.float64, seed=12)
+    A, B = 1e4 * A, 1e4 * B
+    V = np.asarray(jax.jit(uj.transport)(jnp.asarray(U), jnp.asarray(A), jnp.asarray(B)))
+    np.testing.assert_allclose(V, uu.transport(U, A, B), atol=1e-8)
+    assert np.linalg.det(V) == pytest.approx(np.linalg.det(U))
+
+
+# --- sketches -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("method", ["randomized", "lsi", "column", "exact"])
+@pytest.mark.parametrize("dtype", [np.float64, np.complex128])
+@pytest.mark.parametrize("factored", [False, True])
+def test_sketch_matches_numpy_path_with_the_same_seed(x64, method, dtype, factored):
+    rng = np.random.default_rng(13)
+    X, Y = random_factors(rng, (2, 20, 5), dtype), random_factors(rng, (2, 16, 5), dtype)
+    G = (X, Y) if factored else X @ np.conj(np.swapaxes(Y, -1, -2)) + 0.01 * random_factors(rng, (2, 20, 16), dtype)
+    Gj = tuple(jnp.asarray(x) for x in G) if factored else jnp.asarray(G)
+    A, B = uu.sketch(Gj, 3, method=method, rng=14)  # int seed: the NumPy path's own draws
+    A0, B0 = uu.sketch(G, 3, method=method, rng=14)
+    assert isinstance(A, jax.Array)
+    assert A.shape == A0.shape
+    assert B.shape == B0.shape
+    assert A.dtype == dtype
+    prod = np.asarray(A @ jnp.conj(jnp.swapaxes(B, -1, -2)))
+    np.testing.assert_allclose(prod, A0 @ np.conj(np.swapaxes(B0, -1, -2)), atol=1e-10)
+    if method in ("randomized", "exact"):  # balanced factors: equal column norms on both sides
+        np.testing.assert_allclose(np.linalg.norm(A, axis=-2), np.linalg.norm(B0, axis=-2), rtol=1e-8)
+
+
+def test_randomized_sketch_uses_the_numpy_draws_of_the_same_generator(x64):
+    G = np.random.default_rng(15).standard_normal((14, 11))
+    omega = standard_normal(np, np.random.default_rng(16), (11, 3 + 8), np.float64)
+    Q = scipy.linalg.qr(G @ omega, mode="economic")[0]  # power iteration by hand, as the method documents
+    Q = scipy.linalg.qr(G @ scipy.linalg.qr(G.T @ Q, mode="economic")[0], mode="economic")[0]
+    reference = Q @ Q.T @ G
+    A, B = uu.sketch(jnp.asarray(G), 11, method="randomized", rng=np.random.default_rng(16))
+    np.testing.assert_allclose(np.asarray(A @ B.T), reference, atol=1e-10)
+
+
+@pytest.mark.parametrize("method", ["randomized", "lsi", "column"])
+def test_sketch_from_a_key_is_seeded_and_exact_on_rank_k(x32, method):
+    rng = np.random.default_rng(17)
+    G = jnp.asarray((rng.standard_normal((24, 3)) @ rng.standard_normal((3, 18))).astype(np.float32))
+    key = jax.random.key(18)
+
+    def fn(G, key):
+        return uj.sketch(G, 3, method=method, key=key)
+
+    A, B = fn(G, key)
+    np.testing.assert_allclose(np.asarray(A @ B.T), np.asarray(G), atol=1e-4)
+    A2, _ = fn(G, key)
+    np.testing.assert_array_equal(np.asarray(A), np.asarray(A2))  # same key, same factors
+    A3, _ = uu.sketch(G, 3, method=method, rng=jax.random.key(18))  # the public API takes keys too
+    np.testing.assert_allclose(np.asarray(A3), np.asarray(A), atol=1e-5)
+
+
+def test_factored_sketch_pads_missing_rank_with_zeros(x64):
+    rng = np.random.default_rng(19)
+    X, Y = rng.standard_normal((10, 2)), rng.standard_normal((12, 2))
+    A, B = uj.sketch((jnp.asarray(X), jnp.asarray(Y)), 4, method="exact")
+    np.testing.assert_allclose(np.asarray(A @ B.T), X @ Y.T, atol=1e-12)
+    np.testing.assert_array_equal(np.asarray(A[:, 2:]), 0.0)
+
+
+# --- the public API on JAX arrays, and errors ----------------------------------------------------
+def test_public_step_matches_numpy_and_refuses_out_and_drift(x64):
+    U, _, _ = _problem(14, 1, np.complex128, seed=20)
+    G = 0.01 * random_factors(np.random.default_rng(21), (14, 14), np.complex128)
+    V = uu.step(jnp.asarray(U), jnp.asarray(G), rank=2, update="project", rng=3)
+    assert isinstance(V, jax.Array)
+    np.testing.assert_allclose(np.asarray(V), uu.step(U, G, rank=2, update="project", rng=3), atol=1e-13)
+    Uj = jnp.asarray(U)
+    with pytest.raises(TypeError, match="out is a JAX array; JAX arrays are immutable"):
+        uu.step(Uj, jnp.asarray(G), out=Uj)
+    with pytest.raises(TypeError, match="out is a ndarray but the inputs are JAX arrays"):
+        uu.project(Uj, jnp.asarray(G[:, :1]), jnp.asarray(G[:, :1]), out=np.empty_like(U))
+    with pytest.raises(TypeError, match="drift cannot retract JAX arrays in place"):
+        uu.step(Uj, jnp.asarray(G), drift=uu.DriftControl(every=1))
+
+
+def test_errors_name_the_argument_before_any_work(x64):
+    U, A, B = (jnp.asarray(x) for x in _problem(6, 1, np.float64, seed=22))
+    with pytest.raises(uu.NonFiniteError, match="A contains NaN or Inf"):
+        uj.project(U, A.at[0, 0].set(jnp.nan), B)
+    with pytest.raises(ValueError, match=r"B has shape \(5, 1\) but U is 6 x 6"):
+        uj.transport(U, A, B[:5])
+    with pytest.raises(TypeError, match="A is complex"):
+        uj.transport(U, A.astype(jnp.complex128), B)
+    with pytest.raises(TypeError, match="U has dtype int32"):
+        uj.project(U.astype(jnp.int32), A, B)
+    with pytest.raises(TypeError, match="key must be a JAX PRNG key"):
+        uj.sketch(U, 1)
+    with pytest.raises(ValueError, match="rank"):
+        uj.sketch(U, 7, key=0)
+    with pytest.raises(TypeError, match="unknown option 'oversampling' for sketch method 'lsi'"):
+        uj.sketch(U, 1, method="lsi", key=0, oversampling=2)
+    with pytest.raises(ValueError, match="unknown retraction method"):
+        uj.retract(U, method="cayley")
+    # under jit a NaN cannot raise: it propagates (documented)
+    V = jax.jit(uj.project)(U, A.at[0, 0].set(jnp.nan), B)
+    assert not np.isfinite(np.asarray(V)).all()
+
+
+@pytest.mark.parametrize("method", ["polar", "newton_schulz"])
+def test_retract_returns_the_polar_factor(x64, method):
+    U, _, _ = _problem(10, 1, np.complex128, seed=23)
+    M = U + 1e-3 * random_factors(np.random.default_rng(24), (10, 10), np.complex128)
+    R = np.asarray(jax.jit(lambda M: uj.retract(M, method=method))(jnp.asarray(M)))
+    np.testing.assert_allclose(R, scipy.linalg.polar(M)[0], atol=1e-10)
+
+
+def test_import_without_jax_names_the_extra():
+    code = """
+import sys
+for blocked in ("jax", "optax"):
+    saved = sys.modules.get(blocked)
+    sys.modules[blocked] = None
+    try:
+        import unitary_update.jax
+    except ImportError as err:
+        print(type(err).__name__, err)
+    if saved is None:
+        del sys.modules[blocked]
+    else:
+        sys.modules[blocked] = saved
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert proc.stdout.splitlines() == [
+        f'MissingExtraError unitary_update.jax needs {name}: pip install "unitary_update[jax]"'
+        for name in ("jax", "optax")
+    ]

@@ -1,0 +1,159 @@
+"""unitary_update.jax.projunn against UnitaryOptimizer; labels; retraction; the JAX copy-task example."""
+
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import unitary_update as uu
+from unitary_update.optim import RMSprop, UnitaryOptimizer
+
+_labels = pytest.importorskip("unitary_update.jax._optax")._labels
+
+jax = pytest.importorskip("jax")
+jnp = pytest.importorskip("jax.numpy")
+optax = pytest.importorskip("optax")
+uj = pytest.importorskip("unitary_update.jax")
+
+EXAMPLES = pathlib.Path(__file__).resolve().parents[2] / "examples"
+
+
+@pytest.mark.parametrize("update", ["project", "transport"])
+def test_projunn_matches_unitary_optimizer_and_rmsprop(x64, update):
+    """Same gradients, exact sketch: the unitary leaf follows UnitaryOptimizer(RMSprop), the rest RMSprop."""
+    n, lr, steps = 10, 0.05, 4
+    rng = np.random.default_rng(0)
+    U0 = uu.random_unitary(n, dtype=np.float64, rng=rng)
+    grads = [rng.standard_normal((n, n)) for _ in range(steps)]
+    bias_grads = [rng.standard_normal(n) for _ in range(steps)]
+
+    U = U0.copy()
+    opt = UnitaryOptimizer(RMSprop(lr), rank=2, update=update, sketch="exact")
+    bias, v = np.zeros(n), np.zeros(n)
+    for g, gb in zip(grads, bias_grads, strict=True):
+        opt.step(U, g)
+        v = 0.99 * v + 0.01 * gb**2
+        bias = bias - lr * gb / (np.sqrt(v) + 1e-8)
+
+    tx = uj.projunn(lr, unitary_labels={"U": True, "b": False}, rank=2, update=update, sketch="exact")
+    params = {"U": jnp.asarray(U0), "b": jnp.zeros(n)}
+    state = tx.init(params)
+    apply = jax.jit(lambda p, s, g: _apply(tx, p, s, g))
+    for g, gb in zip(grads, bias_grads, strict=True):
+        params, state = apply(params, state, {"U": jnp.asarray(g), "b": jnp.asarray(gb)})
+    np.testing.assert_allclose(np.asarray(params["U"]), U, atol=1e-12)
+    np.testing.assert_allclose(np.asarray(params["b"]), bias, atol=1e-12)
+    assert uu.unitarity_error(np.asarray(params["U"])) < 1e-13
+
+
+def _apply(tx, params, state, grads):
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+
+def test_labels_as_callable_or_prefix_and_errors(x32):
+    U = jnp.asarray(uu.random_unitary(6, dtype=np.float32, rng=1))
+    params = {"rnn": {"W": U, "R": U}, "out": jnp.ones((3, 6))}
+    grads = jax.tree.map(lambda p: 0.1 * jnp.ones_like(p), params)
+    prefix = {"rnn": True, "out": False}  # one bool for a whole subtree
+    assert _labels(prefix, params) == _labels(lambda p: {"rnn": {"R": True, "W": True}, "out": False}, params)
+    assert _labels(prefix, params) == [False, True, True]  # leaves in tree order: out, rnn.R, rnn.W
+    for labels in (prefix,):
+        tx = uj.projunn(0.1, unitary_labels=labels, rank=1, seed=3)
+        new, _ = jax.jit(lambda p, s, g, tx=tx: _apply(tx, p, s, g))(params, tx.init(params), grads)
+        for name in ("W", "R"):
+            assert uu.unitarity_error(np.asarray(new["rnn"][name])) < 1e-5
+            assert float(jnp.abs(new["rnn"][name] - U).max()) > 1e-3  # it moved
+        # RMSprop's first step: -lr g / sqrt(0.01 g^2) = -10 lr, from 1 to 0
+        np.testing.assert_allclose(np.asarray(new["out"]), 0.0, atol=1e-5)
+
+    def update_with(labels, with_params=True):
+        tx = uj.projunn(0.1, unitary_labels=labels)
+        return tx.update(grads, tx.init(params), params if with_params else None)
+
+    with pytest.raises(
+        ValueError, match=r"unitary leaf params\['out'\] must have shape \(\.\.\., N, N\); got \(3, 6\)"
+    ):
+        update_with({"rnn": True, "out": True})
+    with pytest.raises(ValueError, match="needs the parameters"):
+        update_with(prefix, with_params=False)
+    with pytest.raises(TypeError, match="unitary_labels must hold Python bools"):
+        update_with({"rnn": jnp.array(True), "out": False})
+    with pytest.raises(ValueError, match="unitary_labels must be a pytree of bools"):
+        update_with({"rnn": True})
+    with pytest.raises(TypeError, match=r"base must be an optax\.GradientTransformation"):
+        uj.projunn(0.1, unitary_labels=prefix, base="adam")
+    with pytest.raises(ValueError, match="unknown sketch method"):
+        uj.projunn(0.1, unitary_labels=prefix, sketch="svd")
+
+
+def test_sketch_keys_live_in_the_state_and_change_every_step(x32):
+    U = jnp.asarray(uu.random_unitary(8, dtype=np.float32, rng=2))
+    params, grads = {"W": U}, {"W": jnp.asarray(np.random.default_rng(3).standard_normal((8, 8)), jnp.float32)}
+    tx = uj.scale_by_projunn(unitary_labels={"W": True}, rank=1, update="project", sketch="lsi", seed=5)
+    s0 = tx.init(params)
+    u1, s1 = tx.update(grads, s0, params)
+    u2, s2 = tx.update(grads, s1, params)
+    u1b, _ = tx.update(grads, s0, params)
+    np.testing.assert_array_equal(np.asarray(u1["W"]), np.asarray(u1b["W"]))  # the state decides the draw
+    assert float(jnp.abs(u1["W"] - u2["W"]).max()) > 1e-4  # a new key each step
+    assert int(s2.count) == 2
+
+
+def test_float32_drift_stays_below_1e_5_over_10000_steps_with_retraction(x32):
+    n, steps = 8, 10_000
+    params = {"W": jnp.asarray(uu.random_unitary(n, dtype=np.float32, rng=4))}
+    tx = uj.projunn(1e-2, unitary_labels={"W": True}, rank=1, sketch="lsi", retract_every=100)
+
+    @jax.jit
+    def run(params, state, key):
+        def body(carry, key):
+            p, s = carry
+            p, s = _apply(tx, p, s, {"W": jax.random.normal(key, (n, n))})
+            return (p, s), None
+
+        return jax.lax.scan(body, (params, state), jax.random.split(key, steps))[0]
+
+    params, state = run(params, tx.init(params), jax.random.key(6))
+    W = np.asarray(params["W"])
+    assert W.dtype == np.float32
+    assert uu.unitarity_error(W) <= 1e-5
+    assert int(state[-1].count) == steps  # the retraction's own counter saw every step
+
+
+def test_retract_every_fires_on_multiples_of_n_only(x32):
+    M = jnp.asarray(uu.random_unitary(6, dtype=np.float32, rng=7)) * 1.01  # off the manifold
+    params, zero = {"W": M}, {"W": jnp.zeros((6, 6))}
+    tx = uj.retract_every(3, unitary_labels={"W": True}, method="newton_schulz")
+    state = tx.init(params)
+    fired = []
+    for _ in range(6):
+        updates, state = tx.update(zero, state, params)
+        fired.append(bool(jnp.abs(updates["W"]).max() > 0))
+    assert fired == [False, False, True, False, False, True]
+    assert uu.unitarity_error(np.asarray(M + updates["W"])) < 1e-5
+
+
+def test_jax_copy_task_example_converges():
+    spec = importlib.util.spec_from_file_location("jax_copy_task", EXAMPLES / "jax_copy_task.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    history = example.train(200, delay=10, hidden=32, batch=64, lr=3e-3, seed=0)
+    first, last = np.mean(history["loss"][:5]), np.mean(history["loss"][-10:])
+    assert last < 0.6 * example.baseline(10), (first, last)  # well below the memoryless baseline
+    assert max(history["orthogonality_error"]) < 1e-5
+
+
+def test_jax_example_without_jax_names_the_extra():
+    code = (
+        "import runpy, sys; sys.modules['jax'] = None; "
+        f"runpy.run_path({str(EXAMPLES / 'jax_copy_task.py')!r}, run_name='__main__')"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr == 'this example needs jax and optax: pip install "unitary_update[jax]"\n'
