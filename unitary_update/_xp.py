@@ -44,19 +44,27 @@ def is_cupy(xp: ModuleType) -> bool:
     return xp.__name__ == "cupy"
 
 
-def is_jax(*arrays: Any) -> bool:
-    """True when any of ``arrays`` (or of the arrays in a tuple among them) is a JAX array or tracer.
+def _flat(arrays: tuple[Any, ...]) -> list[Any]:
+    return [y for x in arrays for y in (_flat(x) if isinstance(x, tuple) else [x])]
 
-    Decided from the type's module, without importing JAX.  The public functions hand such
-    inputs to :mod:`unitary_update.jax` (JAX-native, so it also works under ``jax.jit``).
+
+def _is_jax_tracer(x: Any) -> bool:
+    return _module_root(x) in ("jax", "jaxlib") and any(c.__name__.endswith("Tracer") for c in type(x).__mro__)
+
+
+def is_jax(primary: Any, *others: Any) -> bool:
+    """True when the call belongs to the JAX path: ``primary`` is a JAX array or tracer, or any is a tracer.
+
+    ``primary`` is the array whose library the result follows (U, or G for a sketch; a tuple
+    ``(X, Y)`` counts as JAX when either part is).  A concrete JAX array among ``others`` next to
+    a NumPy U is converted through DLPack like any other foreign array, so the result stays in
+    U's library; a tracer cannot be converted, so any tracer sends the call to the JAX path.
+    Decided from the types' modules, without importing JAX.  The public functions hand such
+    calls to :mod:`unitary_update.jax` (JAX-native, so it also works under ``jax.jit``).
     """
-    for x in arrays:
-        if isinstance(x, tuple):
-            if is_jax(*x):
-                return True
-        elif _module_root(x) in ("jax", "jaxlib"):
-            return True
-    return False
+    if any(_module_root(x) in ("jax", "jaxlib") for x in _flat((primary,))):
+        return True
+    return any(_is_jax_tracer(x) for x in _flat(others))
 
 
 def array_namespace(*arrays: Any) -> ModuleType:

@@ -255,3 +255,22 @@ for blocked in ("jax", "optax"):
         f'MissingExtraError unitary_update.jax needs {name}: pip install "unitary_update[jax]"'
         for name in ("jax", "optax")
     ]
+
+
+def test_results_follow_u_concrete_jax_factors_cross_through_dlpack():
+    # the library of the result is U's: concrete JAX factors next to a NumPy U are converted
+    # (so out=U works), a JAX U or any tracer takes the JAX path
+    U = uu.random_unitary(6, dtype=np.float32, rng=0)
+    rng = np.random.default_rng(1)
+    A, B = (rng.standard_normal((6, 1)).astype(np.float32) for _ in range(2))
+    expected = uu.project(U, A, B)
+    got = uu.project(U, jnp.asarray(A), jnp.asarray(B))
+    assert isinstance(got, np.ndarray)
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+    target = U.copy()
+    assert uu.project(target, jnp.asarray(A), jnp.asarray(B), out=target) is target
+    np.testing.assert_allclose(target, expected, atol=1e-6)
+    assert isinstance(uu.project(jnp.asarray(U), A, B), jax.Array)
+    traced = jax.jit(lambda a: uu.project(U, a, B))(jnp.asarray(A))
+    assert isinstance(traced, jax.Array)
+    np.testing.assert_allclose(np.asarray(traced), expected, atol=1e-5)
