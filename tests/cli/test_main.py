@@ -115,6 +115,9 @@ TRAIN = ["train", "copy", "--length", "3", "--steps", "2", "--hidden", "8", "--b
         (["plot", "{tmp}/nowhere"], "is not a run directory (no metrics.jsonl)"),
         (["conv-demo", "--data", "{tmp}/nowhere"], "MNIST file train-images-idx3-ubyte(.gz) not found"),
         (["bench-gpu", "--device", "cpu", "--sizes", "0"], "--sizes must be positive integers"),
+        ([*TRAIN, "--threads", "0"], "argument --threads: must be an integer >= 1; got '0'"),
+        ([*TRAIN, "--hidden", "1000000"], "hidden_size too large: the run needs at least"),  # was: a traceback
+        ([*TRAIN, "--lr", "1e400"], "lr must be finite and > 0; got inf"),
     ],
 )
 def test_a_users_mistake_is_one_line_and_exit_2(tmp_path, capsys, words, message):
@@ -136,6 +139,27 @@ def test_library_errors_of_a_setting_become_one_line(monkeypatch, capsys, error)
     line = _one_error_line(capsys)
     assert line.startswith("python -m unitary_update demo: error: ")
     assert line.endswith(("bad value", "wrong type", "No such file or directory: x.npz"))
+
+
+@pytest.mark.parametrize(
+    ("error", "line"),
+    [
+        (
+            FloatingPointError("step 3: loss is nan; last checkpoint kept"),
+            "loss is nan; last checkpoint kept (try a smaller --lr)",
+        ),
+        (MemoryError("Unable to allocate 9 GiB"), "out of memory (Unable to allocate 9 GiB): try a smaller --hidden"),
+    ],
+)
+def test_a_diverged_or_out_of_memory_run_is_one_line(tmp_path, monkeypatch, capsys, error, line):
+    import unitary_update.experiments.train as training
+
+    def fail(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(training, "train", fail)
+    assert main([*TRAIN, "--run-dir", str(tmp_path / "run")]) == 2
+    assert line in _one_error_line(capsys)
 
 
 def test_a_bug_still_shows_its_traceback(monkeypatch):

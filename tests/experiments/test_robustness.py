@@ -71,6 +71,16 @@ SMALL = {"task": "adding", "length": 6, "steps": 2, "hidden_size": 8, "batch_siz
         ({"time_limit_s": float("nan")}, ValueError, "time_limit_s must be finite"),
         ({"length": 1}, ValueError, r"length must be an integer >= 2 \(the adding task's length\)"),
         ({"mnist_dir": 3}, TypeError, "mnist_dir must be a path"),
+        # hostile values: integers too large for a float, arrays and numbers where names belong
+        ({"lr": 10**400}, ValueError, "lr must be a finite number; got an integer of 401 digits"),
+        ({"momentum": -(10**400)}, ValueError, "momentum must be a finite number; got an integer"),
+        ({"time_limit_s": 10**400}, ValueError, "time_limit_s must be a finite number"),
+        ({"lr_milestones": np.array(3)}, TypeError, "lr_milestones must be a sequence"),
+        ({"lr_milestones": {4: 5}}, TypeError, "lr_milestones must be a sequence"),
+        ({"dtype": np.ones(2)}, TypeError, r"dtype must be one of 'float32', 'float64' \(a string\)"),
+        ({"dtype": np.float64(1.0)}, TypeError, "dtype must be one of"),
+        ({"task": np.array(["copy", "adding"])}, TypeError, "task must be one of"),
+        ({"optimizer": 5}, TypeError, "optimizer must be one of"),
     ],
 )
 def test_every_setting_is_checked_at_construction_by_name(tmp_path, changes, error, match):
@@ -210,6 +220,8 @@ def _tampered(arrays: dict, kind: str) -> tuple[dict, str]:
         a["param/W"] = W * (1 + 1e-4)
     elif kind == "W int":
         a["param/W"] = np.eye(len(W), dtype=np.int64)
+    elif kind == "W huge member":  # refused from the zip directory, before it is decompressed
+        a["param/W"] = np.zeros((1000, 1000))
     elif kind == "V inf":
         a["param/V"] = np.full_like(a["param/V"], np.inf)
     elif kind == "moment shape":
@@ -251,6 +263,18 @@ def _tampered(arrays: dict, kind: str) -> tuple[dict, str]:
     elif kind == "meta not json":
         a["meta"] = np.asarray("{step")
         return a, "meta"
+    elif kind in _JSON_EDITS:
+        key, field, value = _JSON_EDITS[kind]
+        meta = json.loads(str(a[key]))
+        if isinstance(field, tuple):  # a nested field
+            meta[field[0]][field[1]] = value
+        else:
+            meta[field] = value
+        a[key] = np.asarray(json.dumps(meta))
+        return a, key
+    elif kind == "meta nested too deeply":
+        a["meta"] = np.asarray("[" * 100_000 + "]" * 100_000)
+        return a, "meta"
     elif kind == "newer format":
         a["format_version"] = np.asarray(FORMAT_VERSION + 1)
         return a, "format_version"
@@ -262,7 +286,21 @@ def _tampered(arrays: dict, kind: str) -> tuple[dict, str]:
     return a, "param/W" if kind.startswith("W") else "param/V"
 
 
+_JSON_EDITS = {
+    # kind: (entry, field, value): values that JSON holds but the optimizers or the loop cannot use
+    "lr too large for a float": ("opt/meta", "lr", 10**400),
+    "step count too large": ("opt/meta", ("t", "V"), 10**400),
+    "unknown optimizer field": ("opt/meta", "betas", [0.9, 0.999]),
+    "W steps too large": ("wopt/unitary_meta", "steps", 2**63),
+    "unknown unitary field": ("wopt/unitary_meta", "drift", 1),
+    "rng state of floats": ("wopt/unitary_meta", ("rng", "has_uint32"), 0.5),
+    "elapsed too large for a float": ("meta", "elapsed_s", 10**400),
+    "step too large": ("meta", "step", 10**30),
+}
+
 KINDS = [
+    *_JSON_EDITS,
+    "meta nested too deeply",
     "W scalar",
     "W row",
     "W complex",
@@ -270,6 +308,7 @@ KINDS = [
     "W nan",
     "W scaled",
     "W int",
+    "W huge member",
     "V inf",
     "moment shape",
     "moment negative",
@@ -556,3 +595,170 @@ def test_corrupt_data_files_name_the_file(tmp_path):
     (tmp_path / "metrics.jsonl").write_text('{"split": "train", "step": 1}\n{"split": "tr')
     with pytest.raises(ValueError, match=r"metrics\.jsonl, line 2: not a JSON record"):
         read_metrics(tmp_path)
+
+
+# ------------------------------------------------------------------ hostile arguments (review)
+@pytest.mark.parametrize(
+    ("changes", "match"),
+    [
+        ({"hidden_size": 10**30}, "hidden_size too large: W"),
+        ({"hidden_size": 10**6}, "hidden_size too large: the run needs at least"),  # 7 TiB: beyond any machine here
+        ({"length": 2**62}, "length, batch_size and hidden_size too large"),
+        ({"batch_size": 2**62}, "length, batch_size and hidden_size too large"),
+        ({"eval_size": 2**62}, "length and eval_size too large"),
+    ],
+)
+def test_sizes_too_large_for_memory_are_refused_by_name_before_the_run_dir(tmp_path, changes, match):
+    with pytest.raises(ValueError, match=match):
+        train(TrainConfig(**{**SMALL, **changes}), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"run_dir": None}, TypeError, "run_dir must be a path"),
+        ({"run_dir": b"run"}, TypeError, "run_dir must be a path"),
+        ({"resume": "no"}, TypeError, "resume must be a bool"),
+        ({"progress": "no"}, TypeError, "progress must be a bool"),
+        ({"on_step": 5}, TypeError, "on_step must be a callable"),
+        ({"lr_milestones": 3}, TypeError, "lr_milestones must be a sequence"),
+    ],
+)
+def test_train_checks_its_arguments_before_the_run_dir(tmp_path, kwargs, error, match):
+    run = kwargs.pop("run_dir", tmp_path / "run")
+    with pytest.raises(error, match=match):
+        train(TrainConfig(**SMALL), run, progress=kwargs.pop("progress", False), **kwargs)
+    assert not (tmp_path / "run").exists()
+
+
+def test_training_step_evaluate_and_save_check_their_arguments(tmp_path):
+    config = TrainConfig(**SMALL)
+    task, model, opt, w_opt = build(config)
+    x, y = task.batch(4, rng=0)
+    before = _state(model, opt, w_opt)
+    with pytest.raises(TypeError, match="factored must be a bool"):
+        training_step(model, opt, w_opt, x, y, factored="yes")
+    with pytest.raises(TypeError, match="opt must be an Optimizer; got str"):
+        training_step(model, "rmsprop", w_opt, x, y)
+    with pytest.raises(TypeError, match="x must be an array of sequences; got int"):
+        evaluate(model, 5, y)
+    _assert_same(before, _state(model, opt, w_opt))
+    # save_checkpoint refuses what load_checkpoint would refuse, and writes nothing
+    for meta, match in [
+        ([1], "meta must be a dict"),
+        ({"seed": 0}, "integer 'step'"),
+        ({"step": 1, "elapsed_s": -1}, "elapsed_s"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            save_checkpoint(tmp_path / "c.npz", model, opt, w_opt, meta)
+    with pytest.raises(TypeError, match="path must be a path"):
+        save_checkpoint(None, model, opt, w_opt, {"step": 0})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failing_commit_inside_load_checkpoint_puts_everything_back(tmp_path, saved, monkeypatch):
+    config, path, _ = saved
+    _, model, opt, w_opt = build(config)
+    before = _state(model, opt, w_opt)
+
+    def fail(state):
+        raise RuntimeError("W optimizer refused its state")
+
+    monkeypatch.setattr(w_opt, "load_state_dict", fail)  # after the parameters and opt were written
+    with pytest.raises(RuntimeError, match="refused its state"):
+        load_checkpoint(path, model, opt, w_opt)
+    _assert_same(before, _state(model, opt, w_opt))
+
+
+def test_conv_mnist_hostile_arguments_are_refused_by_name(tmp_path):
+    from unitary_update.experiments.conv_mnist import ConvNet, downsample, train_mnist
+
+    for kwargs, error, match in [
+        ({"depth": 10**30}, ValueError, "depth = 1000.* too large"),  # refused at once, not a loop over layers
+        ({"baseline_lrs": 0.1}, TypeError, "baseline_lrs must be a sequence"),
+        ({"baseline_lrs": ()}, ValueError, "baseline_lrs must hold at least one"),
+        ({"lr": 10**400}, ValueError, "lr must be finite and > 0; got an integer of 401 digits"),
+        ({"out": tmp_path}, ValueError, "out must be a file to write"),
+        ({"out": tmp_path / "missing" / "log.json"}, FileNotFoundError, "out: the folder of"),
+        ({"plot": 5}, TypeError, "plot must be a path"),
+    ]:
+        with pytest.raises(error, match=match):
+            train_mnist(tmp_path / "no-mnist-here", **kwargs)
+    images = np.zeros((2, 28, 28), dtype=np.uint8)
+    for args, error, match in [
+        ((images, 0), ValueError, "factor must be >= 1"),
+        ((images, 3), ValueError, "factor must divide the image size 28 x 28"),
+        ((images, True), TypeError, "factor must be an integer"),
+        ((images[0], 2), ValueError, r"images must be a real \(n, H, W\) array"),
+    ]:
+        with pytest.raises(error, match=match):
+            downsample(*args)
+    for kwargs, error, match in [
+        ({"constrained": "no"}, TypeError, "constrained must be a bool"),
+        ({"dtype": np.complex64}, TypeError, "dtype must be float32 or float64"),
+    ]:
+        with pytest.raises(error, match=match):
+            ConvNet(1, 2, (4, 4), **kwargs)
+    net = ConvNet(2, 2, (4, 4), dtype=np.float64)
+    x, labels = np.random.default_rng(0).standard_normal((3, 1, 4, 4)), np.array([1, 2, 3])
+    assert net.predict(x[:0]).shape == (0,)
+    with pytest.raises(ValueError, match="batch must be >= 1"):
+        net.predict(x, batch=0)
+    layers, W, b = [(layer.U.copy(), layer.Q.copy(), layer.steps) for layer in net.layers], net.W.copy(), net.b.copy()
+    rng = np.random.default_rng(1)
+    with pytest.raises(TypeError, match=r"rng must be a numpy\.random\.Generator"):
+        net.train_step(x, labels, lr=0.1, lr_classifier=0.1, rank=1, rng=3)
+    with pytest.raises(ValueError, match=r"lr_classifier = .* overflows float64; nothing was changed"):
+        net.train_step(x * 1e6, labels, lr=0.1, lr_classifier=1e308, rank=1, rng=rng)
+    for layer, (U, Q, steps) in zip(net.layers, layers, strict=True):
+        assert np.array_equal(layer.U, U)
+        assert np.array_equal(layer.Q, Q)
+        assert layer.steps == steps
+    assert np.array_equal(net.W, W)
+    assert np.array_equal(net.b, b)
+
+
+def test_data_files_and_tasks_refuse_hostile_arguments(tmp_path, fake_mnist):
+    from unitary_update.experiments.datasets import read_idx
+    from unitary_update.experiments.tasks import PermutedMNIST, make_task
+
+    path = tmp_path / "huge.idx"  # a header whose shape product overflows int64
+    path.write_bytes(bytes([0, 0, 0x08, 4]) + (2**32 - 1).to_bytes(4, "big") * 4 + bytes(16))
+    with pytest.raises(ValueError, match=r"huge\.idx is truncated: header declares shape"):
+        read_idx(path)
+    task = PermutedMNIST(fake_mnist)
+    for call, match in [
+        (lambda: task.split("validation"), "which must be 'train' or 'test'; got 'validation'"),
+        (lambda: task.split("test", -5), "limit must be an integer >= 0; got -5"),
+        (lambda: task.epoch_batch(-1, 4, 0), "step must be an integer >= 0; got -1"),
+        (lambda: task.epoch_batch(1.5, 4, 0), "step must be an integer >= 0"),
+        (lambda: make_task("adding", length=6).train_batch(4, 0, -1), "seed must be an integer >= 0; got -1"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            call()
+
+
+def test_helpers_name_hostile_arguments():
+    from unitary_update.experiments.checkpoints import read_metrics, to_device
+    from unitary_update.experiments.datasets import load_mnist, read_idx
+    from unitary_update.experiments.tasks import make_task, task_class
+    from unitary_update.models.urnn import init_recurrent
+
+    _, model, opt, w_opt = build(TrainConfig(**SMALL))
+    before = _state(model, opt, w_opt)
+    for call, error, match in [
+        (lambda: to_device(model, opt, w_opt, "numpy"), TypeError, "xp must be the numpy or cupy module"),
+        (lambda: read_metrics(None), TypeError, "run_dir must be a path"),
+        (lambda: read_idx(None), TypeError, "path must be a path"),
+        (lambda: load_mnist(5), TypeError, "directory must be a path"),
+        (lambda: task_class(["copy"]), ValueError, "task must be one of"),
+        (lambda: make_task("adding", length=6).batch(2**40), ValueError, "batch_size = 1099511627776 is too large"),
+        (lambda: init_recurrent(-1, "henaff"), ValueError, "n must be >= 1; got -1"),
+        (lambda: init_recurrent(3, "haar", complex="yes"), TypeError, "complex must be a bool"),
+        (lambda: load_config(None), TypeError, "path must be a path"),
+        (lambda: resume_conflicts(TrainConfig(**SMALL), {"task": "adding"}), TypeError, "requested must be a"),
+    ]:
+        with pytest.raises(error, match=match):
+            call()
+    _assert_same(before, _state(model, opt, w_opt))

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import unitary_update as uu
-from unitary_update.models.conv import ConvGradient, OrthogonalConv2d
+from unitary_update.models.conv import ConvGradient, OrthogonalConv2d, frequency_layout, maxmin
 from unitary_update.models.urnn import URNN
 
 
@@ -246,10 +246,129 @@ def test_urnn_hidden_size_one_works(complex_):
         ({"complex": "yes"}, TypeError, "complex must be a bool"),
         ({"rng": 1.5}, TypeError, "rng must be"),
         ({"dtype": np.complex128}, TypeError, "dtype is complex128"),
+        # hostile values found in review: an array name was read as cross-entropy, a number as a dtype
+        ({"loss": np.array(["mse"])}, TypeError, "loss must be one of 'cross_entropy', 'mse'; got ndarray"),
+        ({"output": ["last"]}, TypeError, "output must be one of"),
+        ({"dtype": np.float32(1.0)}, TypeError, r"dtype must be float32 or float64 \(a dtype or its name\)"),
+        ({"input_size": 10**400}, ValueError, "input_size, hidden_size and output_size too large"),
+        ({"hidden_size": 10**9}, ValueError, "too large: the parameters would need about 10"),
     ],
 )
 def test_urnn_constructor_names_the_setting(kwargs, error, match):
+    args = {"input_size": 2, "hidden_size": 3, "output_size": 2, **kwargs}
     with pytest.raises(error, match=match):
-        URNN(2, 3, 2, **kwargs)
+        URNN(args.pop("input_size"), args.pop("hidden_size"), args.pop("output_size"), **args)
     with pytest.raises(TypeError, match="hidden_size must be an integer"):
         URNN(2, 2.0, 2)
+
+
+# ------------------------------------------------------------------ hostile arguments (review)
+def test_conv_inputs_that_overflow_the_layer_dtype_are_refused_by_name():
+    for dtype, value in [(np.float32, 1e300), (np.complex64, 1e300 + 0j)]:
+        channels = 1 if dtype == np.float32 else 2
+        layer = OrthogonalConv2d(channels, 2, (3, 3), dtype=dtype, rng=0)
+        x = np.full((2, channels, 3, 3), value)  # float64 / complex128, finite, but not in float32
+        with pytest.raises(ValueError, match=f"x overflows the layer's dtype {np.dtype(dtype)}: "):
+            layer(x)  # was: a silent array of inf and NaN
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.complex64])
+@pytest.mark.parametrize("update", ["transport", "project"])
+def test_conv_step_whose_lr_times_grad_overflows_the_dtype_stays_finite_and_unitary(dtype, update):
+    layer = OrthogonalConv2d(2, 4, (4, 4), dtype=dtype, rng=0)
+    x = np.random.default_rng(1).standard_normal((3, 2, 4, 4)).astype(dtype)
+    _, grad = layer.backward(x, layer(x))
+    layer.step(grad, lr=1e300, rank=1, update=update, rng=2)  # was: "X contains NaN or Inf"
+    tol = 50 * np.sqrt(4) * np.finfo(np.float32).eps
+    assert layer.U.dtype == np.complex64
+    assert uu.unitarity_error(layer.U) < tol
+    assert layer.Q.size == 0 or uu.unitarity_error(layer.Q) < tol
+
+
+def test_conv_step_hostile_settings_and_read_only_stacks_write_nothing(real_layer_and_grad):
+    layer, grad = real_layer_and_grad
+    gen = np.random.default_rng(3)
+    before = _layer_state(layer, gen)
+    with pytest.raises(ValueError, match="lr must be a positive finite number; got an integer of 401 digits"):
+        layer.step(grad, lr=10**400, rng=gen)
+    layer.Q.flags.writeable = False  # the second stack: U was written before the fix
+    with pytest.raises(ValueError, match="stack Q is read-only; nothing was written"):
+        layer.step(grad, lr=0.1, rng=gen)
+    layer.Q.flags.writeable = True
+    _assert_same_state(before, _layer_state(layer, gen))
+    drift = uu.DriftControl(every=1)
+    calls = drift._calls
+
+    layer._check_factors = lambda factors, stack, name: factors  # let a NaN reach the second stack
+    bad = ConvGradient(grad.U, (np.full_like(grad.Q[0], np.nan), grad.Q[1]))
+    with pytest.raises(uu.NonFiniteError):
+        layer.step(bad, lr=0.1, rng=gen, drift=drift)
+    assert drift._calls == calls  # the drift policy ran on U, then was put back
+    _assert_same_state(before, _layer_state(layer, gen))
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "match"),
+    [
+        (lambda: maxmin(np.ones(4), axis=5), ValueError, r"axis must be in \[-1, 1\) .* got 5"),
+        (lambda: maxmin(np.ones((2, 4)), axis=1.0), TypeError, "axis must be an integer"),
+        (lambda: maxmin(np.ones((2, 4)), axis=True), TypeError, "axis must be an integer"),
+        (lambda: frequency_layout((2, 2), real="no"), TypeError, "real must be a bool"),
+        (lambda: OrthogonalConv2d(1, 2, (2, 2), init=np.array(["haar", "x"])), TypeError, "init must be one of"),
+        (lambda: OrthogonalConv2d(1, 2**20, (2**10, 2**10)), ValueError, "too large: the parameters would need"),
+    ],
+)
+def test_conv_helpers_refuse_hostile_arguments(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
+
+
+def test_urnn_hostile_inputs_targets_and_parameters():
+    torch = pytest.importorskip("torch")
+    model = _model()
+    x, y = _batch()
+    loss, _ = model.loss_and_grads(x, y)
+    # a torch tensor that requires grad is read (detached), like the core functions do
+    loss_t, _ = model.loss_and_grads(torch.tensor(x, requires_grad=True), torch.tensor(y))
+    assert loss_t == loss
+    with pytest.raises(TypeError, match="factored must be a bool"):
+        model.loss_and_grads(x, y, factored="yes")
+    regression = URNN(2, 4, 1, output="last", loss="mse", rng=0)
+    with pytest.raises(ValueError, match="y is too large for the model's dtype float64"):
+        regression.loss_and_grads(x, np.full((3, 1), 1e200))  # its square overflows the loss
+    with pytest.raises(ValueError, match="y is too large"):
+        regression.evaluate(x, np.full((3, 1), 1e200))
+    for name, value, error, match in [
+        ("W", np.eye(3), ValueError, r"params\['W'\] must have shape \(4, 4\) and dtype float64"),
+        ("W", np.eye(4, dtype=complex), ValueError, r"params\['W'\] must have shape"),  # was: imaginary part dropped
+        ("b", np.zeros(5), ValueError, r"params\['b'\] must have shape \(4,\)"),  # was: silently accepted
+        ("W", np.eye(4).tolist(), TypeError, r"params\['W'\] must be an array"),
+        ("W", torch.eye(4, dtype=torch.float64), TypeError, r"params\['W'\] must be a NumPy or CuPy array"),
+        ("V", torch.zeros(4, 2, dtype=torch.float64), TypeError, r"params\['V'\] must be a numpy array"),
+    ]:
+        broken = _model()
+        broken.params[name] = value
+        with pytest.raises(error, match=match):
+            broken.loss_and_grads(x, y)
+
+
+def test_urnn_input_that_is_a_view_of_its_own_states_is_read_intact():
+    # grads["W"] = (X, Y) are views of the model's work buffers (documented); Y^T holds the
+    # states h_0 .. h_{T-1}, and feeding them back as x once gave a wrong grads["V"] (the states
+    # buffer was overwritten while x was still to be read)
+    def model():
+        m = URNN(4, 4, 3, rng=0)
+        m.params["O"][...] = np.random.default_rng(5).standard_normal(m.params["O"].shape)
+        return m
+
+    rng = np.random.default_rng(0)
+    x0, y = rng.standard_normal((2, 5, 4)), rng.integers(0, 3, (2, 5))
+    shared = model()
+    _, grads = shared.loss_and_grads(x0, y, factored=True)
+    x = grads["W"][1].T.reshape(5, 2, 4).swapaxes(0, 1)  # (batch, T, N), a view of the states
+    assert np.shares_memory(x, grads["W"][1])
+    expected_loss, expected = model().loss_and_grads(x.copy(), y)
+    loss, got = shared.loss_and_grads(x, y)
+    assert loss == expected_loss
+    for name in ("W", "V", "b", "O", "c"):
+        np.testing.assert_array_equal(got[name], expected[name])

@@ -71,7 +71,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:  # numpydoc ignore=P
     parser.add_argument("--resume", metavar="RUN_DIR", default=None, help="continue the run in RUN_DIR exactly")
     parser.add_argument(
         "--threads",
-        type=int,
+        type=_positive_int,
         default=1,
         help="BLAS threads (default 1: the per-time-step products are too small to share)",
     )
@@ -109,6 +109,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:  # numpydoc ignore=P
     setting("device", "cpu (NumPy) or gpu / cuda:<i> (CuPy, the gpu extra)")
 
 
+def _positive_int(text: str) -> int:
+    """An option's value as an integer >= 1 (argparse reports the error with the option's name)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1; got {text!r}")
+    return value
+
+
 # numpydoc ignore: every command's parameters and return value are documented in unitary_update.cli
 def run(args: argparse.Namespace) -> int:  # numpydoc ignore=PR01,RT01
     """Train (or resume) the run described by the parsed options; print how it ended.
@@ -119,7 +130,8 @@ def run(args: argparse.Namespace) -> int:  # numpydoc ignore=PR01,RT01
         Without a task and without ``--resume``, or with ``--resume`` and a setting whose value
         differs from the stored run's outside :data:`RESUME_FLAGS` (every such flag is listed,
         with the run's value and the flags that may change), or a ``--run-dir`` other than
-        the resumed one.
+        the resumed one; also when the run diverges (FloatingPointError: the loss became NaN
+        or infinite) or runs out of memory, so that these end in one line too.
 
     Examples
     --------
@@ -142,16 +154,24 @@ def run(args: argparse.Namespace) -> int:  # numpydoc ignore=PR01,RT01
         settings["lr_milestones"] = tuple(settings["lr_milestones"])
     progress = not args.no_progress
     with blas_threads(args.threads):
-        if args.resume is not None:
-            config = _resumed_config(args, settings)
-            check_device(config.device, f"train --device {config.device}")
-            result = train(config, args.resume, resume=True, progress=progress)
-        else:
-            if args.task is None:
-                raise UsageError(f"give a task ({', '.join(TASKS)}) or --resume RUN_DIR")
-            check_device(settings.get("device"), f"train --device {settings.get('device')}")
-            config = TrainConfig(task=args.task, **settings)
-            result = train(config, args.run_dir or f"runs/{args.task}", progress=progress)
+        try:
+            if args.resume is not None:
+                config = _resumed_config(args, settings)
+                check_device(config.device, f"train --device {config.device}")
+                result = train(config, args.resume, resume=True, progress=progress)
+            else:
+                if args.task is None:
+                    raise UsageError(f"give a task ({', '.join(TASKS)}) or --resume RUN_DIR")
+                check_device(settings.get("device"), f"train --device {settings.get('device')}")
+                config = TrainConfig(task=args.task, **settings)
+                result = train(config, args.run_dir or f"runs/{args.task}", progress=progress)
+        except FloatingPointError as err:  # the run diverged: a learning rate too large for the data
+            raise UsageError(f"{err} (try a smaller --lr)") from None
+        except MemoryError as err:
+            raise UsageError(
+                f"out of memory ({str(err) or 'MemoryError'}): "
+                "try a smaller --hidden, --batch-size, --eval-size or --length"
+            ) from None
     ev = result["eval"]
     extra = f", held-out accuracy {ev['accuracy']:.4f}" if "accuracy" in ev else ""
     print(f"{result['status']} at step {result['step']}: held-out loss {ev.get('loss', float('nan')):.4f}{extra}")

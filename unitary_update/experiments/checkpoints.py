@@ -46,11 +46,12 @@ import tempfile
 import zipfile
 import zlib
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
 
-from .._xp import array_namespace, to_namespace
+from .._xp import array_namespace, is_cupy, to_namespace
 from ..metrics import unitarity_error
 from ..models.urnn import URNN
 from ..optim import Optimizer, UnitaryOptimizer
@@ -83,7 +84,10 @@ def save_checkpoint(path: Path, model: URNN, opt: Optimizer, w_opt: UnitaryOptim
     OSError
         If the file cannot be written (the previous checkpoint, if any, is kept).
     TypeError, ValueError
-        If ``meta`` is not JSON-serialisable (NaN and Inf are not).
+        If ``path``, ``model`` or an optimizer has the wrong type, or ``meta`` is not a dict with
+        an integer ``"step"`` >= 0 (and a finite ``"elapsed_s"`` >= 0, if any) or is not
+        JSON-serialisable (NaN and Inf are not): a ``meta`` that :func:`load_checkpoint` would
+        refuse is never written.
 
     Notes
     -----
@@ -104,7 +108,14 @@ def save_checkpoint(path: Path, model: URNN, opt: Optimizer, w_opt: UnitaryOptim
     >>> sorted(key for key in np.load(path).files if key.startswith("param/"))
     ['param/O', 'param/V', 'param/W', 'param/b', 'param/c']
     """
-    path = Path(path)
+    path = _check_arguments(path, model, opt, w_opt)
+    if not isinstance(meta, dict) or not _is_count(meta.get("step")):
+        raise ValueError(
+            f"meta must be a dict with an integer 'step' in [0, 2^63), as load_checkpoint needs; got {_short(meta)}"
+        )
+    elapsed = meta.get("elapsed_s", 0.0)
+    if not _is_number(elapsed) and not (isinstance(elapsed, float) and not math.isfinite(elapsed)):  # json: NaN, Inf
+        raise ValueError(f"meta's 'elapsed_s' must be a finite number >= 0; got {_short(meta['elapsed_s'])}")
     arrays: dict[str, Any] = {f"param/{k}": _to_host(v) for k, v in model.params.items()}
     arrays.update({f"opt/{k}": _to_host(v) for k, v in opt.state_dict().items()})
     arrays.update({f"wopt/{k}": _to_host(v) for k, v in w_opt.state_dict().items()})
@@ -201,8 +212,11 @@ def load_checkpoint(path: Path, model: URNN, opt: Optimizer, w_opt: UnitaryOptim
     >>> bool(np.array_equal(fresh.params["W"], model.params["W"])), fresh_w_opt.steps
     (True, 1)
     """
-    path = Path(path)
-    arrays = _read_npz(path)
+    path = _check_arguments(path, model, opt, w_opt)
+    # no entry of a checkpoint of this model is larger than its largest parameter (plus a header;
+    # the generator state is JSON text): a member that declares more is refused before it is read
+    largest = max(int(value.size) * value.dtype.itemsize for value in model.params.values())
+    arrays = _read_npz(path, limit=largest + 2**16)
     version = _format_version(path, arrays)
     arrays = _MIGRATIONS.get(version, _same_layout)(arrays)
 
@@ -223,24 +237,84 @@ def load_checkpoint(path: Path, model: URNN, opt: Optimizer, w_opt: UnitaryOptim
         raise fail("meta", "missing")
     meta = _json_object(path, "meta", arrays["meta"])
     step = meta.get("step")
-    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-        raise fail("meta", f"'step' must be an integer >= 0; got {step!r}")
-    elapsed = meta.get("elapsed_s", 0.0)
-    if isinstance(elapsed, bool) or not isinstance(elapsed, (int, float)) or not (0 <= elapsed < math.inf):
-        raise fail("meta", f"'elapsed_s' must be a finite number >= 0; got {elapsed!r}")
+    if not _is_count(step):
+        raise fail("meta", f"'step' must be an integer in [0, 2^63); got {_short(step)}")
+    if not _is_number(meta.get("elapsed_s", 0.0)):
+        raise fail("meta", f"'elapsed_s' must be a finite number >= 0; got {_short(meta.get('elapsed_s'))}")
 
     params = _checked_params(path, model, groups["param"])
     euclidean = {name: value for name, value in model.params.items() if name != "W"}
     opt_state = _checked_optimizer(path, "opt", opt, groups["opt"], euclidean)
     wopt_state = _checked_unitary_optimizer(path, w_opt, groups["wopt"], model.params["W"])
 
-    # everything is valid: commit (each of these is a copy into arrays of the right shape and dtype)
-    for name, value in params.items():
-        model.params[name][...] = to_namespace(value, array_namespace(model.params[name]))
-    opt.load_state_dict(opt_state)
-    w_opt.load_state_dict(wopt_state)
-    _move_moments(opt, w_opt, array_namespace(model.params["W"]))
+    # everything is valid: commit (each of these is a copy into arrays of the right shape and dtype);
+    # should anything still raise, the model and both optimizers are put back as they were
+    saved = _saved_state(model, opt, w_opt)
+    try:
+        for name, value in params.items():
+            model.params[name][...] = to_namespace(value, array_namespace(model.params[name]))
+        opt.load_state_dict(opt_state)
+        w_opt.load_state_dict(wopt_state)
+        _move_moments(opt, w_opt, array_namespace(model.params["W"]))
+    except BaseException:
+        _restore_state(model, opt, w_opt, saved)
+        raise
     return meta
+
+
+def _saved_state(model: URNN, opt: Optimizer, w_opt: UnitaryOptimizer) -> tuple[Any, ...]:
+    """Copies of everything :func:`load_checkpoint` writes, for :func:`_restore_state`."""
+    params = {name: (value, value.copy()) for name, value in model.params.items()}
+    optimizers = [(o, copy.deepcopy(o.__dict__)) for o in (opt, w_opt.base)]
+    return params, optimizers, w_opt.steps, w_opt.rng.bit_generator.state
+
+
+def _restore_state(model: URNN, opt: Optimizer, w_opt: UnitaryOptimizer, saved: tuple[Any, ...]) -> None:
+    params, optimizers, steps, rng_state = saved
+    for name, (array, value) in params.items():
+        array[...] = value
+        model.params[name] = array
+    for o, attributes in optimizers:
+        o.__dict__.clear()
+        o.__dict__.update(attributes)
+    w_opt.steps = steps
+    w_opt.rng.bit_generator.state = rng_state
+
+
+_MAX_COUNT = 2**63
+"""Step counts and steps stored in a checkpoint are below this (they fit an int64)."""
+
+
+def _is_count(value: Any) -> bool:
+    """Whether a JSON value is a step count: an integer (not a bool) in [0, 2^63)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < _MAX_COUNT
+
+
+def _is_number(value: Any) -> bool:
+    """Whether a JSON value is a finite number >= 0 that converts to a float."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return 0 <= float(value) < math.inf
+    except OverflowError:  # an integer too large for a float
+        return False
+
+
+def _short(value: Any) -> str:
+    """``repr(value)``, cut to 80 characters (a tampered file may hold anything)."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _check_arguments(path: Any, model: Any, opt: Any, w_opt: Any) -> Path:
+    """``path`` as a Path; TypeError naming the argument for anything of the wrong type."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a path (str or os.PathLike); got {type(path).__name__}")
+    expected = ((model, URNN, "model", "a URNN"), (opt, Optimizer, "opt", "an Optimizer"))
+    for value, kind, name, what in (*expected, (w_opt, UnitaryOptimizer, "w_opt", "a UnitaryOptimizer")):
+        if not isinstance(value, kind):
+            raise TypeError(f"{name} must be {what}; got {type(value).__name__}")
+    return Path(path)
 
 
 def _same_layout(arrays: dict[str, Any]) -> dict[str, Any]:
@@ -252,8 +326,11 @@ _MIGRATIONS = {1: _same_layout}
 """How a file of an older format version becomes the current layout (version 1: unchanged)."""
 
 
-def _read_npz(path: Path) -> dict[str, np.ndarray]:
-    """Every member of the ``.npz`` at ``path``, read without pickle; corruption is a CheckpointError."""
+def _read_npz(path: Path, limit: int | None = None) -> dict[str, np.ndarray]:
+    """Every member of the ``.npz`` at ``path``, read without pickle; corruption is a CheckpointError.
+
+    A member larger than ``limit`` bytes (uncompressed) is refused before it is decompressed.
+    """
     try:
         archive = zipfile.ZipFile(path)
     except FileNotFoundError:
@@ -269,6 +346,10 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
                 raise CheckpointError(path, key, "unknown entry (not an array)")
             if key in arrays:
                 raise CheckpointError(path, key, "appears twice")
+            if limit is not None and info.file_size > limit:
+                raise CheckpointError(
+                    path, key, f"holds {info.file_size} bytes, more than any entry of this model's checkpoint ({limit})"
+                )
             try:
                 with archive.open(info) as f:
                     _check_header(path, key, f, info.file_size)
@@ -319,8 +400,8 @@ def _json_object(path: Path, key: str, value: Any) -> dict[str, Any]:
         raise CheckpointError(path, key, f"must be a 0-d string of JSON; got {getattr(value, 'dtype', type(value))}")
     try:
         parsed = json.loads(str(value))
-    except json.JSONDecodeError as err:
-        raise CheckpointError(path, key, f"not valid JSON ({err})") from None
+    except (json.JSONDecodeError, RecursionError) as err:  # RecursionError: nested too deeply
+        raise CheckpointError(path, key, f"not valid JSON ({type(err).__name__}: {str(err)[:100]})") from None
     if not isinstance(parsed, dict):
         raise CheckpointError(path, key, f"must be a JSON object; got {type(parsed).__name__}")
     return parsed
@@ -391,16 +472,20 @@ def _checked_optimizer(
         raise CheckpointError(
             path, meta_key, f"is the state of a {meta.get('type')!r} optimizer, not {type(opt).__name__}"
         )
+    fields = set(json.loads(str(opt.state_dict()["meta"])))  # what this library's optimizer writes
+    unknown = sorted(set(meta) - fields)
+    if unknown:
+        raise CheckpointError(path, meta_key, f"unknown field {unknown[0]!r}; it holds {', '.join(sorted(fields))}")
     counts = meta.get("t")
-    if not isinstance(counts, dict) or any(
-        name not in params or isinstance(t, bool) or not isinstance(t, int) or t < 0 for name, t in counts.items()
-    ):
+    if not isinstance(counts, dict) or any(name not in params or not _is_count(t) for name, t in counts.items()):
         raise CheckpointError(
-            path, meta_key, f"'t' must map parameter names {sorted(params)} to step counts >= 0; got {counts!r}"
+            path,
+            meta_key,
+            f"'t' must map parameter names {sorted(params)} to step counts in [0, 2^63); got {_short(counts)}",
         )
     lr = meta.get("lr")
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (0 <= lr < math.inf):
-        raise CheckpointError(path, meta_key, f"'lr' must be a finite number >= 0; got {lr!r}")
+    if not _is_number(lr):
+        raise CheckpointError(path, meta_key, f"'lr' must be a finite number >= 0; got {_short(lr)}")
     host = {name: np.empty(value.shape, dtype=value.dtype) for name, value in params.items()}
     reference = _reference_state(opt, host)
     buffers = {key: value for key, value in stored.items() if key != "meta"}
@@ -427,21 +512,30 @@ def _checked_unitary_optimizer(path: Path, w_opt: UnitaryOptimizer, stored: dict
     if "unitary_meta" not in stored:
         raise CheckpointError(path, "wopt/unitary_meta", "missing")
     meta = _json_object(path, "wopt/unitary_meta", stored.pop("unitary_meta"))
+    fields = set(json.loads(str(w_opt.state_dict()["unitary_meta"])))
+    unknown = sorted(set(meta) - fields)
+    if unknown:
+        raise CheckpointError(
+            path, "wopt/unitary_meta", f"unknown field {unknown[0]!r}; it holds {', '.join(sorted(fields))}"
+        )
     steps = meta.get("steps")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-        raise CheckpointError(path, "wopt/unitary_meta", f"'steps' must be an integer >= 0; got {steps!r}")
+    if not _is_count(steps):
+        raise CheckpointError(
+            path, "wopt/unitary_meta", f"'steps' must be an integer in [0, 2^63); got {_short(steps)}"
+        )
     rng_state = meta.get("rng")
     if not isinstance(rng_state, dict):
         raise CheckpointError(
-            path, "wopt/unitary_meta", f"'rng' must be a generator state (an object); got {rng_state!r}"
+            path, "wopt/unitary_meta", f"'rng' must be a generator state (an object); got {_short(rng_state)}"
         )
     probe = copy.deepcopy(w_opt.rng)
+    kind = type(probe.bit_generator).__name__
     try:
         probe.bit_generator.state = rng_state
     except (TypeError, ValueError, KeyError, OverflowError) as err:
-        raise CheckpointError(
-            path, "wopt/unitary_meta", f"'rng' is not a state of {type(probe.bit_generator).__name__} ({err})"
-        ) from None
+        raise CheckpointError(path, "wopt/unitary_meta", f"'rng' is not a state of {kind} ({err})") from None
+    if json.loads(json.dumps(probe.bit_generator.state)) != rng_state:  # e.g. a float where an integer belongs
+        raise CheckpointError(path, "wopt/unitary_meta", f"'rng' is not a state of {kind} (a value has the wrong type)")
     _checked_optimizer(path, "wopt", w_opt.base, stored, {"W": W})
     return {**stored, "unitary_meta": json.dumps(meta)}
 
@@ -475,6 +569,9 @@ def to_device(model: URNN, opt: Optimizer, w_opt: UnitaryOptimizer, xp: Any) -> 
 
     Raises
     ------
+    TypeError
+        If ``xp`` is not the numpy or cupy module, or the model or an optimizer has the wrong
+        type (nothing is moved).
     MemoryError
         From CuPy (``cupy.cuda.memory.OutOfMemoryError`` is a ``MemoryError``) when the device
         cannot hold the parameters and moments; arrays already moved stay moved.
@@ -488,6 +585,9 @@ def to_device(model: URNN, opt: Optimizer, w_opt: UnitaryOptimizer, xp: Any) -> 
     >>> type(model.params["W"]).__name__
     'ndarray'
     """
+    if not (xp is np or (isinstance(xp, ModuleType) and is_cupy(xp))):
+        raise TypeError(f"xp must be the numpy or cupy module; got {xp!r}")
+    _check_arguments("", model, opt, w_opt)
     for name, value in model.params.items():
         model.params[name] = to_namespace(value, xp)
     _move_moments(opt, w_opt, xp)
@@ -508,6 +608,8 @@ def read_metrics(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
 
     Raises
     ------
+    TypeError
+        If ``run_dir`` is not a path.
     FileNotFoundError
         If the run has no ``metrics.jsonl``.
     ValueError
@@ -523,6 +625,8 @@ def read_metrics(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
     >>> read_metrics(d)[0]["loss"]
     0.5
     """
+    if not isinstance(run_dir, (str, os.PathLike)):
+        raise TypeError(f"run_dir must be a path (str or os.PathLike); got {type(run_dir).__name__}")
     path = Path(run_dir) / "metrics.jsonl"
     records = []
     with open(path) as f:

@@ -160,7 +160,7 @@ class TrainConfig:
     device: str = "cpu"
 
     def __post_init__(self) -> None:
-        self.task = check_choice(self.task, TASKS, "task", phrasing="one of")
+        self.task = _check_choice(self.task, TASKS, "task")
         minimum = 2 if self.task == "adding" else 1
         if self.length is not None:
             meaning = TASK_CLASSES[self.task].length_name or "length"
@@ -170,11 +170,11 @@ class TrainConfig:
         self.batch_size = check_int(self.batch_size, "batch_size", low=1)
         self.hidden_size = None if self.hidden_size is None else check_int(self.hidden_size, "hidden_size", low=1)
         self.complex = _check_bool(self.complex, "complex")
-        self.init = check_choice(self.init, INITS, "init", phrasing="one of")
-        self.dtype = check_choice(_dtype_name(self.dtype), REAL_DTYPES, "dtype", phrasing="one of")
-        self.optimizer = check_choice(self.optimizer, OPTIMIZERS, "optimizer", phrasing="one of")
-        self.lr = check_float(self.lr, "lr", low=0, open_low=True)
-        self.w_lr_divisor = check_float(self.w_lr_divisor, "w_lr_divisor", low=0, open_low=True)
+        self.init = _check_choice(self.init, INITS, "init")
+        self.dtype = _check_choice(_dtype_name(self.dtype), REAL_DTYPES, "dtype")
+        self.optimizer = _check_choice(self.optimizer, OPTIMIZERS, "optimizer")
+        self.lr = _check_float(self.lr, "lr", low=0, open_low=True)
+        self.w_lr_divisor = _check_float(self.w_lr_divisor, "w_lr_divisor", low=0, open_low=True)
         w_lr = self.lr / self.w_lr_divisor
         if not (0 < w_lr < math.inf):
             raise ValueError(
@@ -182,20 +182,23 @@ class TrainConfig:
                 f"got {self.lr!r} / {self.w_lr_divisor!r} = {w_lr!r}"
             )
         milestones = self.lr_milestones
-        if isinstance(milestones, (str, bytes)) or not hasattr(milestones, "__iter__"):
+        if isinstance(milestones, (str, bytes, dict, set, frozenset)) or not hasattr(milestones, "__iter__"):
             raise TypeError(f"lr_milestones must be a sequence of step numbers; got {milestones!r}")
-        milestones = tuple(milestones)  # a list when read back from config.json
+        try:
+            milestones = tuple(milestones)  # a list when read back from config.json
+        except TypeError:  # a 0-d array
+            raise TypeError(f"lr_milestones must be a sequence of step numbers; got {milestones!r}") from None
         if any(isinstance(m, bool) or not isinstance(m, (int, np.integer)) or m < 1 for m in milestones) or list(
             milestones
         ) != sorted(set(milestones)):
             raise ValueError(f"lr_milestones must be increasing positive step numbers; got {self.lr_milestones!r}")
         self.lr_milestones = tuple(int(m) for m in milestones)
-        self.lr_gamma = check_float(self.lr_gamma, "lr_gamma", low=0, high=1, open_low=True, expected="in (0, 1]")
-        self.momentum = check_float(self.momentum, "momentum", low=0, high=1, open_high=True, expected="in [0, 1)")
+        self.lr_gamma = _check_float(self.lr_gamma, "lr_gamma", low=0, high=1, open_low=True, expected="in (0, 1]")
+        self.momentum = _check_float(self.momentum, "momentum", low=0, high=1, open_high=True, expected="in [0, 1)")
         hidden = self.resolved_hidden()
         self.rank = check_int(self.rank, "rank", low=1, high=hidden, expected=f"in [1, hidden size = {hidden}]")
-        self.update = check_choice(self.update, UPDATES, "update", phrasing="one of")
-        self.sketch = check_choice(self.sketch, SKETCH_METHODS, "sketch", phrasing="one of")
+        self.update = _check_choice(self.update, UPDATES, "update")
+        self.sketch = _check_choice(self.sketch, SKETCH_METHODS, "sketch")
         self.retract_every = check_int(self.retract_every, "retract_every", low=0)
         self.seed = check_int(self.seed, "seed", low=0)
         self.eval_every = check_int(self.eval_every, "eval_every", low=0)
@@ -203,7 +206,7 @@ class TrainConfig:
         self.checkpoint_every = check_int(self.checkpoint_every, "checkpoint_every", low=0)
         self.log_every = check_int(self.log_every, "log_every", low=1)
         if self.time_limit_s is not None:
-            self.time_limit_s = check_float(self.time_limit_s, "time_limit_s", low=0)
+            self.time_limit_s = _check_float(self.time_limit_s, "time_limit_s", low=0)
         if not isinstance(self.mnist_dir, (str, os.PathLike)):
             raise TypeError(f"mnist_dir must be a path; got {self.mnist_dir!r} of type {type(self.mnist_dir).__name__}")
         self.mnist_dir = os.fspath(self.mnist_dir)
@@ -245,6 +248,27 @@ class TrainConfig:
         return int(TASK_CLASSES.get(self.task, Task).hidden_size)
 
 
+def _check_float(value: Any, name: str, **bounds: Any) -> float:
+    """:func:`check_float`, with an integer too large for a float refused by name (not OverflowError)."""
+    try:
+        return check_float(value, name, **bounds)
+    except OverflowError:
+        digits = len(str(abs(int(value))))
+        raise ValueError(
+            f"{name} must be a finite number; got an integer of {digits} digits, too large for a float"
+        ) from None
+
+
+def _check_choice(value: Any, valid: Any, name: str) -> str:
+    """:func:`check_choice` for a string; anything else (an array, a number) is a TypeError naming ``name``."""
+    if not isinstance(value, str):
+        raise TypeError(
+            f"{name} must be one of {', '.join(map(repr, valid))} (a string); "
+            f"got {value!r} of type {type(value).__name__}"
+        )
+    return check_choice(value, valid, name, phrasing="one of")
+
+
 def _check_bool(value: Any, name: str) -> bool:
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be a bool (True or False); got {value!r} of type {type(value).__name__}")
@@ -252,8 +276,14 @@ def _check_bool(value: Any, name: str) -> bool:
 
 
 def _dtype_name(value: Any) -> Any:
-    """``np.float32`` or ``np.dtype("float32")`` as ``"float32"``; anything else as it is (to be refused)."""
+    """``np.float32`` or ``np.dtype("float32")`` as ``"float32"``; anything else as it is (to be refused).
+
+    Only names, dtypes and scalar types are read as dtypes: an array or a number (which NumPy
+    would also read as its dtype) is refused.
+    """
     if isinstance(value, str):
+        return value
+    if not isinstance(value, (np.dtype, type)):
         return value
     try:
         return np.dtype(value).name
@@ -287,6 +317,11 @@ def resume_conflicts(stored: TrainConfig, requested: TrainConfig) -> dict[str, t
         ``{field: (stored value, requested value)}``, in field order; empty when the run can
         resume with ``requested``.
 
+    Raises
+    ------
+    TypeError
+        If ``stored`` or ``requested`` is not a :class:`TrainConfig`.
+
     Examples
     --------
     >>> import dataclasses
@@ -295,6 +330,9 @@ def resume_conflicts(stored: TrainConfig, requested: TrainConfig) -> dict[str, t
     >>> resume_conflicts(run, dataclasses.replace(run, steps=5000, hidden_size=64, optimizer="adam"))
     {'hidden_size': (16, 64), 'optimizer': ('rmsprop', 'adam')}
     """
+    for value, name in ((stored, "stored"), (requested, "requested")):
+        if not isinstance(value, TrainConfig):
+            raise TypeError(f"{name} must be a TrainConfig; got {type(value).__name__}")
     conflicts = {}
     for field in dataclasses.fields(TrainConfig):
         if field.name in RESUMABLE:
@@ -329,6 +367,8 @@ def load_config(path: str | os.PathLike[str]) -> TrainConfig:
 
     Raises
     ------
+    TypeError
+        If ``path`` is not a path.
     FileNotFoundError
         If there is no such file.
     ValueError
@@ -344,6 +384,8 @@ def load_config(path: str | os.PathLike[str]) -> TrainConfig:
     >>> load_config(path).steps
     7
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a path (str or os.PathLike); got {type(path).__name__}")
     path = Path(path)
     if path.is_dir():
         path = path / "config.json"
@@ -351,7 +393,7 @@ def load_config(path: str | os.PathLike[str]) -> TrainConfig:
         stored = json.loads(path.read_text())
     except FileNotFoundError:
         raise
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
         raise ValueError(f"{path}: not a readable JSON file of settings ({err})") from None
     if not isinstance(stored, dict):
         raise ValueError(f"{path}: expected a JSON object of settings; got {type(stored).__name__}")

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .._extras import pyplot, require
-from .._validation import check_float, check_int
+from .._validation import NonFiniteError, check_dtype, check_float, check_int
 
 __all__ = ["ConvNet", "downsample", "train_mnist"]
 
@@ -38,6 +40,12 @@ def downsample(images: np.ndarray, factor: int = 2) -> np.ndarray:
     numpy.ndarray, shape (n, H / factor, W / factor), float32
         The block means scaled to [0, 1].
 
+    Raises
+    ------
+    TypeError, ValueError
+        If ``images`` is not a real (n, H, W) array, or ``factor`` is not an integer >= 1 that
+        divides H and W.
+
     Examples
     --------
     >>> import numpy as np
@@ -45,7 +53,15 @@ def downsample(images: np.ndarray, factor: int = 2) -> np.ndarray:
     >>> downsample(np.full((1, 4, 4), 255, dtype=np.uint8)).shape
     (1, 2, 2)
     """
+    if not isinstance(images, np.ndarray) or images.ndim != 3 or images.dtype.kind not in "uif":
+        raise ValueError(
+            f"images must be a real (n, H, W) array; got {getattr(images, 'dtype', type(images).__name__)} "
+            f"of shape {getattr(images, 'shape', None)}"
+        )
+    factor = check_int(factor, "factor", low=1)
     n, h, w = images.shape
+    if h % factor or w % factor:
+        raise ValueError(f"factor must divide the image size {h} x {w}; got {factor}")
     x = images.reshape(n, h // factor, factor, w // factor, factor).astype(np.float32)
     return x.mean(axis=(2, 4)) / np.float32(255)
 
@@ -83,7 +99,8 @@ class ConvNet:
     ------
     TypeError, ValueError
         If ``depth`` is not an integer >= 1, ``channels`` not an even integer >= 2, ``seed`` not
-        an integer >= 0, or the layers refuse ``image_shape`` or ``dtype``.
+        an integer >= 0, ``constrained`` not a bool, ``dtype`` not float32 or float64, the
+        layers refuse ``image_shape``, or the layers would not fit in the machine's memory.
 
     Examples
     --------
@@ -107,13 +124,23 @@ class ConvNet:
         seed: int = 0,
         dtype: Any = np.float32,
     ) -> None:
-        from ..models.conv import OrthogonalConv2d
+        from ..models.conv import OrthogonalConv2d, _check_fits, _check_image_shape, _stack_bytes
 
         depth = check_int(depth, "depth", low=1)
         channels = check_int(channels, "channels", low=2)
         if channels % 2:
             raise ValueError(f"channels must be even (MaxMin pairs channels); got {channels}")
         seed = check_int(seed, "seed", low=0)
+        if not isinstance(constrained, (bool, np.bool_)):
+            raise TypeError(f"constrained must be a bool (True or False); got {constrained!r}")
+        dt = check_dtype(dtype)
+        if dt.kind != "f":
+            raise TypeError(f"dtype must be float32 or float64 (MaxMin orders real values); got {dt}")
+        image_shape = _check_image_shape(image_shape)
+        _check_fits(
+            depth * _stack_bytes(channels, image_shape, dt),
+            f"depth = {depth}, channels = {channels} and image_shape = {image_shape}",
+        )
         rng = np.random.default_rng(seed)
         self.layers = [
             OrthogonalConv2d(1 if i == 0 else channels, channels, image_shape, dtype=dtype, rng=rng)
@@ -122,7 +149,7 @@ class ConvNet:
         features = channels * image_shape[0] * image_shape[1]
         self.W = (rng.standard_normal((features, 10)) / math.sqrt(features)).astype(dtype)
         self.b = np.zeros(10, dtype=dtype)
-        self.constrained = constrained
+        self.constrained = bool(constrained)
 
     def forward(self, x: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
         """Logits and the cache of layer inputs (pre-MaxMin activations included).
@@ -181,11 +208,14 @@ class ConvNet:
         ------
         TypeError, ValueError
             For labels that are not integer classes in [0, 9] (one per image), a bad image
-            batch, or a bad learning rate or rank.  All or nothing: when a layer's step raises,
+            batch, a bad learning rate or rank, ``rng`` not a Generator, or a classifier step
+            that overflows (NonFiniteError).  All or nothing: when a layer's step raises,
             every layer, the classifier and ``rng`` are left as they were.
         """
         from ..models.conv import maxmin_backward
 
+        if not isinstance(rng, np.random.Generator):
+            raise TypeError(f"rng must be a numpy.random.Generator (its state advances); got {type(rng).__name__}")
         labels = np.asarray(labels)
         if labels.dtype.kind not in "iu" or labels.shape != (len(x),):
             raise ValueError(f"labels must be {len(x)} integer classes; got {labels.dtype} of shape {labels.shape}")
@@ -209,7 +239,14 @@ class ConvNet:
             grads.append(grad)
         grads.reverse()
         first_param = grads[0].norm()
-        lr_classifier = check_float(lr_classifier, "lr_classifier", low=0, open_low=True)
+        lr_classifier = _positive(lr_classifier, "lr_classifier")
+        with np.errstate(over="ignore", invalid="ignore"):
+            new_W, new_b = self.W - lr_classifier * g_W, self.b - lr_classifier * g_b
+        if not (np.isfinite(new_W).all() and np.isfinite(new_b).all()):
+            raise NonFiniteError(
+                f"lr_classifier = {lr_classifier!r} times the classifier's gradient overflows {self.W.dtype}; "
+                "nothing was changed"
+            )
         # all or nothing: a layer whose step raises puts every layer, the classifier and rng back
         saved = [(layer.U.copy(), layer.Q.copy(), layer.steps) for layer in self.layers]
         rng_state = rng.bit_generator.state
@@ -224,8 +261,7 @@ class ConvNet:
                 layer.U[...], layer.Q[...], layer.steps = U, Q, steps
             rng.bit_generator.state = rng_state
             raise
-        self.W -= lr_classifier * g_W
-        self.b -= lr_classifier * g_b
+        self.W[...], self.b[...] = new_W, new_b
         return {
             "loss": loss,
             "accuracy": float(np.mean(np.argmax(logits, axis=1) == labels)),
@@ -249,6 +285,9 @@ class ConvNet:
         numpy.ndarray of int, shape (n,)
             The predicted classes.
         """
+        batch = check_int(batch, "batch", low=1)
+        if len(x) == 0:
+            return np.zeros(0, dtype=np.intp)
         return np.concatenate([np.argmax(self.forward(x[i : i + batch])[0], axis=1) for i in range(0, len(x), batch)])
 
     def unitarity_error(self) -> float:
@@ -304,7 +343,8 @@ def train_mnist(
         Learning rates of the unconstrained runs (default: ``(lr,)``, the same as the
         orthogonal network's); one run each.
     eval_every, eval_size : int
-        Test accuracy on the first ``eval_size`` test images every ``eval_every`` steps.
+        Test accuracy on the first ``eval_size`` test images every ``eval_every`` steps (at most
+        the test set; the returned configuration records the number used).
     seed : int
         Seed of the initial weights and of the mini-batch order.
     out, plot : path, optional
@@ -337,13 +377,34 @@ def train_mnist(
     if channels % 2:
         raise ValueError(f"channels must be even (MaxMin pairs channels); got {channels}")
     steps, batch = check_int(steps, "steps", low=1), check_int(batch, "batch", low=1)
-    lr = check_float(lr, "lr", low=0, open_low=True)
-    lr_classifier = check_float(lr_classifier, "lr_classifier", low=0, open_low=True)
+    lr = _positive(lr, "lr")
+    lr_classifier = _positive(lr_classifier, "lr_classifier")
     rank = check_int(rank, "rank", low=1, high=channels)
     if baseline_lrs is not None:
-        baseline_lrs = tuple(check_float(b, "baseline_lrs", low=0, open_low=True) for b in baseline_lrs)
+        if isinstance(baseline_lrs, (str, bytes)) or not isinstance(baseline_lrs, Iterable):
+            raise TypeError(f"baseline_lrs must be a sequence of learning rates or None; got {baseline_lrs!r}")
+        baseline_lrs = tuple(_positive(b, "baseline_lrs") for b in baseline_lrs)
+        if not baseline_lrs:
+            raise ValueError("baseline_lrs must hold at least one learning rate (None: the same as lr)")
     eval_every, eval_size = check_int(eval_every, "eval_every", low=1), check_int(eval_size, "eval_size", low=1)
     seed = check_int(seed, "seed", low=0)
+    if not isinstance(data_dir, (str, os.PathLike)):
+        raise TypeError(f"data_dir must be a path; got {type(data_dir).__name__}")
+    for target, name in ((out, "out"), (plot, "plot")):  # checked now, not after the training
+        if target is None:
+            continue
+        if not isinstance(target, (str, os.PathLike)):
+            raise TypeError(f"{name} must be a path or None; got {type(target).__name__}")
+        if Path(target).is_dir():
+            raise ValueError(f"{name} must be a file to write; {target} is a directory")
+        if not Path(target).resolve().parent.is_dir():
+            raise FileNotFoundError(f"{name}: the folder of {target} does not exist")
+    from ..models.conv import _check_fits, _stack_bytes
+
+    # the layers must fit in memory: checked before the data is read, not by the first ConvNet
+    _check_fits(
+        depth * _stack_bytes(channels, (14, 14), np.dtype(np.float32)), f"depth = {depth}, channels = {channels}"
+    )
     import scipy.linalg  # noqa: F401  (load scipy's OpenBLAS before limiting threads, see bench_table)
     from threadpoolctl import threadpool_limits
 
@@ -354,6 +415,7 @@ def train_mnist(
     mnist = load_mnist(data_dir)
     if batch > len(mnist["train_labels"]):
         raise ValueError(f"batch must be <= {len(mnist['train_labels'])}, the number of training images; got {batch}")
+    eval_size = min(eval_size, len(mnist["test_labels"]))  # the log records the number of images used
     mean, std = 0.1307, 0.3081
     x_train = ((downsample(mnist["train_images"]) - mean) / std)[:, None].astype(np.float32)
     x_test = ((downsample(mnist["test_images"]) - mean) / std)[:, None].astype(np.float32)
@@ -413,6 +475,14 @@ def train_mnist(
     if plot is not None:
         _plot(result, Path(plot))
     return result
+
+
+def _positive(value: Any, name: str) -> float:
+    """A finite learning rate > 0 (an integer too large for a float is a ValueError naming it)."""
+    try:
+        return check_float(value, name, low=0, open_low=True)
+    except OverflowError:
+        raise ValueError(f"{name} must be finite and > 0; got an integer of {len(str(value))} digits") from None
 
 
 def _rounded(obj: Any) -> Any:

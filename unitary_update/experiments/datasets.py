@@ -8,6 +8,7 @@ or raw.
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import zlib
 from pathlib import Path
@@ -42,6 +43,8 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
 
     Raises
     ------
+    TypeError
+        If ``path`` is not a path.
     FileNotFoundError
         If the file does not exist.
     ValueError
@@ -60,6 +63,8 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     array([[0, 1, 2],
            [3, 4, 5]], dtype=uint8)
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a path (str or os.PathLike); got {type(path).__name__}")
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
     try:
@@ -75,7 +80,7 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     header_len = 4 + 4 * ndim
     shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     dtype = np.dtype(_IDX_TYPES[raw[2]])
-    count = int(np.prod(shape, dtype=np.int64))
+    count = math.prod(shape)  # a Python int: a tampered header cannot overflow it
     if len(raw) < header_len + count * dtype.itemsize:
         raise ValueError(f"{path} is truncated: header declares shape {shape}")
     data = np.frombuffer(raw, dtype=dtype, count=count, offset=header_len)
@@ -106,6 +111,8 @@ def load_mnist(directory: str | os.PathLike[str]) -> dict[str, np.ndarray]:
 
     Raises
     ------
+    TypeError
+        If ``directory`` is not a path.
     FileNotFoundError
         Naming the first missing file.
     ValueError
@@ -120,6 +127,8 @@ def load_mnist(directory: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     ...
     FileNotFoundError: MNIST file train-images-idx3-ubyte(.gz) not found in /nonexistent; nothing is downloaded
     """
+    if not isinstance(directory, (str, os.PathLike)):
+        raise TypeError(f"directory must be a path (str or os.PathLike); got {type(directory).__name__}")
     directory = Path(directory)
     data = {key: read_idx(_find(directory, stem)) for key, stem in MNIST_FILES.items()}
     for split in ("train", "test"):

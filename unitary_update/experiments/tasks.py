@@ -90,10 +90,13 @@ class Task:
         Raises
         ------
         ValueError
-            If ``batch_size`` is not an integer >= 1.
+            If ``batch_size`` is not an integer >= 1, or the batch would not fit in the
+            machine's memory.
         """
         gen = normalize_rng(rng)
-        return self._draw(_check_size(batch_size, "batch_size"), gen)
+        batch_size = _check_size(batch_size, "batch_size")
+        _check_fits(batch_size * self.length * (self.input_size * 4 + 8), "batch_size", batch_size)
+        return self._draw(batch_size, gen)
 
     def _draw(self, batch_size: int, gen: np.random.Generator) -> tuple[Any, Any]:
         """The batch of :meth:`batch`, from a checked size and a generator."""
@@ -119,6 +122,7 @@ class Task:
         x, y : numpy.ndarray
             As :meth:`batch` returns them.
         """
+        step, seed = _check_size(step, "step", 0), _check_size(seed, "seed", 0)
         return self.batch(batch_size, np.random.default_rng([seed, 1, step]))
 
     def eval_set(self, size: int, seed: int) -> tuple[Any, Any]:
@@ -136,7 +140,7 @@ class Task:
         x, y : numpy.ndarray
             As :meth:`batch` returns them.
         """
-        return self.batch(size, np.random.default_rng([seed, 2]))
+        return self.batch(size, np.random.default_rng([_check_size(seed, "seed", 0), 2]))
 
     def check_sizes(self, batch_size: int, eval_size: int) -> None:
         """Check that the task can give training batches and a held-out set of these sizes.
@@ -179,6 +183,18 @@ class Task:
         if cls.length_name is None:
             return cls.name
         return f"{cls.name} {cls.length_name} {cls.default_length if length is None else length}"
+
+
+def _check_fits(nbytes: int, name: str, value: int) -> None:
+    """Refuse, naming ``name``, a batch that no array can hold or that exceeds the machine's memory."""
+    try:
+        memory = int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):  # pragma: no cover - not POSIX
+        memory = np.iinfo(np.intp).max
+    if nbytes > min(memory, np.iinfo(np.intp).max):
+        raise ValueError(
+            f"{name} = {value} is too large: the batch would need {nbytes:,} bytes, more than this machine has"
+        )
 
 
 def _check_size(value: int, name: str, minimum: int = 1) -> int:
@@ -348,6 +364,8 @@ class PermutedMNIST(Task):
         self.permutation = np.random.default_rng(permutation_seed).permutation(784)
         train = data["train_images"].reshape(-1, 784).astype(np.float32) / 255
         mean, std = float(train.mean()), float(train.std())
+        if not std > 0:
+            raise ValueError(f"the training images in {directory} are all equal; they cannot be normalised")
 
         def prepare(images: np.ndarray) -> np.ndarray:
             flat = images.reshape(-1, 784).astype(np.float32) / 255
@@ -407,12 +425,14 @@ class PermutedMNIST(Task):
             If ``batch_size`` is not an integer in [1, number of training images].
         """
         batch_size = _check_size(batch_size, "batch_size")
+        step = _check_size(step, "step", 0)
+        seed = _check_size(seed, "seed", 0)
         per_epoch = len(self.train[1]) // batch_size
         if per_epoch < 1:
             raise ValueError(
                 f"batch_size must be <= {len(self.train[1])}, the number of training images; got {batch_size}"
             )
-        epoch, i = divmod(int(step), per_epoch)
+        epoch, i = divmod(step, per_epoch)
         order = np.random.default_rng([seed, epoch]).permutation(len(self.train[1]))
         idx = order[i * batch_size : (i + 1) * batch_size]
         return self.train[0][idx, :, None], self.train[1][idx]
@@ -423,9 +443,9 @@ class PermutedMNIST(Task):
         Parameters
         ----------
         which : {"train", "test"}
-            The split (anything other than ``"train"`` means the test set).
+            The split.
         limit : int, optional
-            Number of images (default: all).
+            Number of images, >= 0 (default: all; at most all there are).
 
         Returns
         -------
@@ -433,7 +453,16 @@ class PermutedMNIST(Task):
             Normalised pixels in permuted order.
         y : numpy.ndarray, shape (n,), int64
             Digit labels.
+
+        Raises
+        ------
+        ValueError
+            If ``which`` is neither ``"train"`` nor ``"test"``, or ``limit`` is not an integer >= 0.
         """
+        if which not in ("train", "test"):
+            raise ValueError(f"which must be 'train' or 'test'; got {which!r}")
+        if limit is not None:
+            limit = _check_size(limit, "limit", 0)
         images, labels = self.train if which == "train" else self.test
         return images[:limit, :, None], labels[:limit]
 
@@ -548,6 +577,6 @@ def task_class(name: str) -> type[Task]:
     >>> task_class("pmnist").hidden_size, task_class("copy").label(1000)
     (170, 'copy delay 1000')
     """
-    if name not in TASK_CLASSES:
+    if not isinstance(name, str) or name not in TASK_CLASSES:
         raise ValueError(f"task must be one of {', '.join(map(repr, TASKS))}; got {name!r}")
     return TASK_CLASSES[name]

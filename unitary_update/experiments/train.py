@@ -96,7 +96,9 @@ def build(config: TrainConfig) -> tuple[Task, URNN, Optimizer, UnitaryOptimizer]
     Raises
     ------
     ValueError
-        For an invalid setting (task, length, optimizer, update, sketch, dtype, ...).
+        For an invalid setting (task, length, optimizer, update, sketch, dtype, ...), or sizes
+        (``hidden_size``, ``length``, ``batch_size``, ``eval_size``) whose arrays no array can
+        hold or that need more than the machine's physical memory (the message names them).
     FileNotFoundError
         For pmnist, if an MNIST file is missing from ``config.mnist_dir``.
 
@@ -108,6 +110,7 @@ def build(config: TrainConfig) -> tuple[Task, URNN, Optimizer, UnitaryOptimizer]
     ((8, 8), 'RMSprop', 'project')
     """
     task = make_task(config.task, length=config.length, mnist_dir=config.mnist_dir)
+    _check_memory(config, task)
     model = URNN(
         task.input_size,
         config.resolved_hidden(),
@@ -138,6 +141,51 @@ def build(config: TrainConfig) -> tuple[Task, URNN, Optimizer, UnitaryOptimizer]
     return task, model, opt, w_opt
 
 
+def _physical_memory() -> int | None:
+    """The machine's physical memory in bytes (None where the OS does not say)."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):  # pragma: no cover - not POSIX
+        return None
+
+
+def _gib(nbytes: int) -> str:
+    """A byte count in GiB, also for integers too large for a float."""
+    return f"{nbytes / 2**30:.3g} GiB" if nbytes.bit_length() < 1000 else f"about 10^{len(str(nbytes)) - 10} GiB"
+
+
+def _check_memory(config: TrainConfig, task: Task) -> None:
+    """Refuse sizes whose arrays cannot exist, or need more than the machine's memory, by name.
+
+    Called before the model is made and before the run directory exists: without it a huge
+    ``hidden_size``, ``length``, ``batch_size`` or ``eval_size`` ends in NumPy's "array is too
+    big" or a MemoryError naming no setting, after the run directory was written.
+    """
+    n, T, n_in = config.resolved_hidden(), int(task.length), int(task.input_size)
+    item = np.dtype(config.dtype).itemsize * (2 if config.complex else 1)
+    chunk = min(config.eval_size, 512)
+    parts = [
+        ("hidden_size", n * n * item, f"W ({n} x {n})"),
+        ("length, batch_size and hidden_size", 2 * (T + 1) * config.batch_size * n * item, "a step's states"),
+        ("length and batch_size", config.batch_size * T * (n_in * 4 + 8), "a training batch"),
+        ("length and eval_size", config.eval_size * T * (n_in * 4 + 8), "the held-out set"),
+        ("length, eval_size and hidden_size", (T + 1) * chunk * n * item, "an evaluation's states"),
+    ]
+    sizes = f"length {T}, batch_size {config.batch_size}, eval_size {config.eval_size}, hidden_size {n}"
+    for names, nbytes, what in parts:
+        if nbytes > np.iinfo(np.intp).max:
+            raise ValueError(
+                f"{names} too large: {what} would need {_gib(nbytes)}, more than an array can hold ({sizes})"
+            )
+    total, memory = sum(nbytes for _, nbytes, _ in parts), _physical_memory()
+    if memory is not None and total > memory:
+        largest = max(parts, key=lambda part: part[1])
+        raise ValueError(
+            f"{largest[0]} too large: the run needs at least {_gib(total)} ({largest[2]}: "
+            f"{_gib(largest[1])}), more than this machine's {_gib(memory)} ({sizes})"
+        )
+
+
 def evaluate(model: URNN, x: Any, y: Any, chunk: int = 512) -> dict[str, float]:
     """Loss and accuracy over ``(x, y)`` in chunks of ``chunk`` sequences (bounded memory).
 
@@ -161,7 +209,7 @@ def evaluate(model: URNN, x: Any, y: Any, chunk: int = 512) -> dict[str, float]:
     TypeError, ValueError
         For a non-real ``x`` or a shape that does not fit the model (from
         :meth:`~unitary_update.models.urnn.URNN.evaluate`), an empty ``x``, ``x`` and ``y`` of
-        different lengths, or ``chunk`` not an integer >= 1.
+        different lengths, ``x`` or ``y`` not an array, or ``chunk`` not an integer >= 1.
 
     Examples
     --------
@@ -172,6 +220,9 @@ def evaluate(model: URNN, x: Any, y: Any, chunk: int = 512) -> dict[str, float]:
     """
     if isinstance(chunk, bool) or not isinstance(chunk, numbers.Integral) or chunk < 1:
         raise ValueError(f"chunk must be an integer >= 1; got {chunk!r}")
+    for value, name in ((x, "x"), (y, "y")):
+        if not hasattr(value, "__len__") or not hasattr(value, "__getitem__") or getattr(value, "ndim", 1) == 0:
+            raise TypeError(f"{name} must be an array of sequences; got {type(value).__name__}")
     if len(x) < 1:
         raise ValueError(f"x must hold at least one sequence; got shape {tuple(getattr(x, 'shape', (len(x),)))}")
     if len(y) != len(x):
@@ -241,7 +292,9 @@ def train(
         (a ValueError) On ``resume``, if the checkpoint is corrupt, tampered or of another run
         (see :func:`load_checkpoint`); nothing in ``run_dir`` is changed.
     TypeError, ValueError
-        For an invalid setting (checked before ``run_dir`` is created), on ``resume`` a
+        For an invalid setting or argument (``run_dir`` not a path, ``resume`` or ``progress``
+        not a bool, ``on_step`` not callable, sizes beyond the machine's memory: all checked
+        before ``run_dir`` is created), on ``resume`` a
         ``config`` that differs from the stored run outside :data:`RESUMABLE` (every such
         setting is listed) or ``steps`` below the checkpoint's step, or a ``config.json`` that
         cannot be read back.
@@ -274,8 +327,15 @@ def train(
     >>> train(cfg, tempfile.mkdtemp(), progress=False)["status"]
     'completed'
     """
+    if not isinstance(run_dir, (str, os.PathLike)):
+        raise TypeError(f"run_dir must be a path (str or os.PathLike); got {type(run_dir).__name__}")
+    for flag, name in ((resume, "resume"), (progress, "progress")):
+        if not isinstance(flag, (bool, np.bool_)):
+            raise TypeError(f"{name} must be a bool (True or False); got {flag!r} of type {type(flag).__name__}")
+    if on_step is not None and not callable(on_step):
+        raise TypeError(f"on_step must be a callable on_step(step, loss) or None; got {type(on_step).__name__}")
     run = Path(run_dir)
-    config = _run_config(config, run, resume, steps, time_limit_s, device, lr_milestones)
+    config = _run_config(config, run, bool(resume), steps, time_limit_s, device, lr_milestones)
     xp = get_namespace(config.device)  # before anything is written: a bad device or setting fails here
     task, model, opt, w_opt = build(config)
     task.check_sizes(config.batch_size, config.eval_size)
@@ -349,7 +409,7 @@ def _run_config(
         "steps": steps,
         "time_limit_s": time_limit_s,
         "device": device,
-        "lr_milestones": None if lr_milestones is None else tuple(lr_milestones),
+        "lr_milestones": lr_milestones,  # TrainConfig checks it (a sequence of step numbers)
     }
     # dataclasses.replace builds a new TrainConfig: every setting (overrides included) is checked again
     return dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
@@ -383,7 +443,8 @@ def training_step(
     FloatingPointError
         If the loss is NaN or infinite (checked on the CPU; nothing is updated).
     TypeError, ValueError
-        From the model (bad x or y) or an optimizer; nothing is updated.
+        From the model (bad x or y) or an optimizer, or arguments of the wrong type
+        (``factored`` not a bool, ``opt`` not an Optimizer, ...); nothing is updated.
 
     Notes
     -----
@@ -410,9 +471,15 @@ def training_step(
     >>> w_opt.steps
     1
     """
+    expected = ((model, URNN, "model", "a URNN"), (opt, Optimizer, "opt", "an Optimizer"))
+    for value, kind, name, what in (*expected, (w_opt, UnitaryOptimizer, "w_opt", "a UnitaryOptimizer")):
+        if not isinstance(value, kind):
+            raise TypeError(f"{name} must be {what}; got {type(value).__name__}")
+    if not isinstance(factored, (bool, np.bool_)):
+        raise TypeError(f"factored must be a bool (True or False); got {factored!r} of type {type(factored).__name__}")
     saved = _Snapshot(model, opt, w_opt)
     try:
-        loss, grads = model.loss_and_grads(x, y, factored=factored)
+        loss, grads = model.loss_and_grads(x, y, factored=bool(factored))
         if isinstance(loss, float) and not math.isfinite(loss):
             raise FloatingPointError(f"loss is {loss}; nothing was updated")
         w_opt.step(model.params["W"], grads.pop("W"))

@@ -40,7 +40,9 @@ factored sketch of :func:`unitary_update.sketch`.
 
 from __future__ import annotations
 
+import copy
 import math
+import os
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -61,6 +63,7 @@ from .._validation import (
     check_float_dtype,
     check_int,
     check_rank,
+    max_abs,
 )
 from .._xp import array_namespace, from_compute, hconj, is_cupy, to_compute
 from ..random import normalize_rng, random_unitary
@@ -93,28 +96,20 @@ def _layout(shape: tuple[int, int], real: bool) -> _Layout:
     if not real:
         return _Layout(shape, False, np.arange(h_size * w_size, dtype=np.intp), empty, empty, empty)
     wr = w_size // 2 + 1
-    paired, self_conj, mirror, mirror_of = [], [], [], []
-    for h in range(h_size):
-        for w in range(wr):
-            flat = h * wr + w
-            if (2 * w) % w_size != 0:  # 0 < w < W/2: the conjugate (-h, W - w) lies outside the half-plane
-                paired.append(flat)
-            elif (2 * h) % h_size == 0:  # h in {0, H/2} and w in {0, W/2}: f = -f
-                self_conj.append(flat)
-            elif 2 * h < h_size:  # first of the pair (h, w), (H - h, w) in a self-conjugate column
-                paired.append(flat)
-            else:
-                mirror.append(flat)
-                mirror_of.append(((h_size - h) % h_size) * wr + w)
-    position = {f: i for i, f in enumerate(paired)}
-    return _Layout(
-        shape,
-        True,
-        np.asarray(paired, dtype=np.intp),
-        np.asarray(self_conj, dtype=np.intp),
-        np.asarray(mirror, dtype=np.intp),
-        np.asarray([position[f] for f in mirror_of], dtype=np.intp),
-    )
+    # vectorised over the (H, W') half-plane, in row-major order (a Python loop took minutes on
+    # large images before any check could run)
+    grid_h, grid_w = np.meshgrid(np.arange(h_size, dtype=np.intp), np.arange(wr, dtype=np.intp), indexing="ij")
+    h, w = grid_h.ravel(), grid_w.ravel()
+    flat = h * wr + w
+    inner = (2 * w) % w_size != 0  # 0 < w < W/2: the conjugate (-h, W - w) lies outside the half-plane
+    self_conj = ~inner & ((2 * h) % h_size == 0)  # h in {0, H/2} and w in {0, W/2}: f = -f
+    first = ~inner & ~self_conj & (2 * h < h_size)  # first of the pair (h, w), (H - h, w) in such a column
+    mirror = ~inner & ~self_conj & ~first
+    paired = flat[inner | first]
+    position = np.full(h_size * wr, -1, dtype=np.intp)
+    position[paired] = np.arange(paired.size, dtype=np.intp)
+    mirror_of = ((h_size - h[mirror]) % h_size) * wr + w[mirror]
+    return _Layout(shape, True, paired, flat[self_conj], flat[mirror], position[mirror_of])
 
 
 def frequency_layout(image_shape: tuple[int, int], *, real: bool = True) -> dict[str, int]:
@@ -155,6 +150,8 @@ def frequency_layout(image_shape: tuple[int, int], *, real: bool = True) -> dict
     >>> frequency_layout((5, 5), real=False)
     {'complex': 25, 'real': 0, 'half_plane': 25}
     """
+    if not isinstance(real, (bool, np.bool_)):
+        raise TypeError(f"real must be a bool (True or False); got {real!r} of type {type(real).__name__}")
     layout = _layout(_check_image_shape(image_shape), bool(real))
     h_size = layout.shape[0]
     return {
@@ -170,6 +167,39 @@ def _check_image_shape(image_shape: Any) -> tuple[int, int]:
     except (TypeError, ValueError):
         raise ValueError(f"image_shape must be a pair (H, W) of positive integers; got {image_shape!r}") from None
     return check_int(h_size, "image_shape H", low=1), check_int(w_size, "image_shape W", low=1)
+
+
+def _check_name(value: Any, valid: Any, name: str) -> str:
+    """:func:`check_choice` for a string; anything else (an array compares elementwise) is a TypeError."""
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be one of {', '.join(map(repr, valid))}; got {type(value).__name__}")
+    return check_choice(value, valid, name)
+
+
+def _stack_bytes(channels: int, image_shape: tuple[int, int], dtype: np.dtype) -> int:
+    """About the bytes of a layer's stacks: ``H W C^2`` complex entries (an exact int, never overflowing)."""
+    h_size, w_size = image_shape
+    return h_size * w_size * channels * channels * np.result_type(dtype, np.complex64).itemsize
+
+
+def _physical_memory() -> int | None:
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):  # pragma: no cover - not POSIX
+        return None
+
+
+def _check_fits(nbytes: int, settings: str) -> None:
+    """Refuse, naming ``settings``, parameters that no array can hold or that exceed the machine's memory.
+
+    Without it a huge size ends in NumPy's "array is too big", a MemoryError, or a Python loop
+    over every frequency that runs for hours before either.
+    """
+    memory = _physical_memory()
+    limit = np.iinfo(np.intp).max if memory is None else min(memory, np.iinfo(np.intp).max)
+    if nbytes > limit:
+        size = f"{nbytes / 2**30:.3g} GiB" if nbytes.bit_length() < 1000 else f"about 10^{len(str(nbytes)) - 10} GiB"
+        raise ValueError(f"{settings} too large: the parameters would need {size}, more than this machine can hold")
 
 
 @dataclass(frozen=True)
@@ -278,11 +308,12 @@ class OrthogonalConv2d:
     Raises
     ------
     TypeError
-        If a channel count or image size is not an integer or ``dtype`` is not one of the four
-        floating dtypes.
+        If a channel count or image size is not an integer, ``dtype`` is not one of the four
+        floating dtypes, or ``init`` is not a string.
     ValueError
-        If ``in_channels > out_channels``, a size is not positive, ``init`` is unknown, or ``xp``
-        is neither NumPy nor CuPy.
+        If ``in_channels > out_channels``, a size is not positive, ``init`` is unknown, ``xp``
+        is neither NumPy nor CuPy, or the stacks (``H W C^2`` complex entries) would not fit in
+        the machine's memory.
 
     Notes
     -----
@@ -328,7 +359,8 @@ class OrthogonalConv2d:
             )
         shape = _check_image_shape(image_shape)
         dt = check_dtype(dtype)
-        init = check_choice(init, _INITS, "init")
+        _check_fits(_stack_bytes(c, shape, dt), f"out_channels = {c} and image_shape = {shape}")
+        init = _check_name(init, _INITS, "init")
         xp = np if xp is None else xp
         if not (xp is np or (isinstance(xp, ModuleType) and is_cupy(xp))):
             raise ValueError(f"xp must be the numpy or cupy module; got {xp!r}")
@@ -390,6 +422,11 @@ class OrthogonalConv2d:
         array, shape (H, W or W // 2 + 1, C, C)
             Complex, in the layer's array library.
 
+        Raises
+        ------
+        TypeError
+            If ``full`` is not a bool.
+
         Examples
         --------
         >>> import numpy as np
@@ -398,6 +435,8 @@ class OrthogonalConv2d:
         >>> bool(np.array_equal(K[1, 3], K[3, 1].conj()))     # Hermitian symmetry, exactly
         True
         """
+        if not isinstance(full, (bool, np.bool_)):
+            raise TypeError(f"full must be a bool (True or False); got {full!r} of type {type(full).__name__}")
         xp = self._xp
         h_size, w_size = self.image_shape
         c = self.out_channels
@@ -445,6 +484,13 @@ class OrthogonalConv2d:
         if array_namespace(x) is not self._xp:
             raise TypeError(f"{name} lives in {array_namespace(x).__name__} but the layer in {self._xp.__name__}")
         check_finite(x, name)
+        if x.dtype.itemsize > self.dtype.itemsize and x.size and get_options().check_finite:
+            largest = float(max_abs(self._xp, x))
+            if largest > float(np.finfo(self.dtype).max):
+                raise ValueError(
+                    f"{name} overflows the layer's dtype {self.dtype}: |{name}| reaches {largest:.3g} > "
+                    f"{float(np.finfo(self.dtype).max):.3g}"
+                )
         return x.astype(self.dtype, copy=False), library
 
     def _fft(self, x: Any) -> Any:
@@ -490,7 +536,8 @@ class OrthogonalConv2d:
             If x is not a floating array, is complex for a real layer, or lives in another array
             library than the layer.
         ValueError
-            If the shape does not end in ``(C_in, H, W)`` or x contains NaN or Inf.
+            If the shape does not end in ``(C_in, H, W)``, x contains NaN or Inf, or a finite x
+            overflows the layer's dtype when cast to it (float64 values beyond float32's range).
         """
         x, library = self._input(x, "x", self.in_channels)
         batch = tuple(x.shape[:-3])
@@ -635,7 +682,7 @@ class OrthogonalConv2d:
             complex for the real stack ``Q``).
         ValueError
             If ``lr`` is not a positive finite number, ``rank`` is out of range, a name is
-            unknown, or the gradient's shapes do not match the layer.
+            unknown, the gradient's shapes do not match the layer, or a stack is read-only.
         NonFiniteError
             (a ValueError) If a gradient factor contains NaN or Inf, or the step overflows,
             while the ``check_finite`` option is on.
@@ -652,9 +699,12 @@ class OrthogonalConv2d:
         """
         if not isinstance(grad, ConvGradient):
             raise TypeError(f"grad must be a ConvGradient from OrthogonalConv2d.backward; got {type(grad).__name__}")
-        lr = check_float(lr, "lr", low=0, open_low=True, expected="a positive finite number")
-        update = check_choice(update, CONV_UPDATES, "update")
-        sketch = check_choice(sketch, SKETCH_METHODS, "sketch")
+        try:
+            lr = check_float(lr, "lr", low=0, open_low=True, expected="a positive finite number")
+        except OverflowError:  # an integer too large for a float
+            raise ValueError(f"lr must be a positive finite number; got an integer of {len(str(lr))} digits") from None
+        update = _check_name(update, CONV_UPDATES, "update")
+        sketch = _check_name(sketch, SKETCH_METHODS, "sketch")
         rank = check_rank(rank, self.out_channels)
         check_drift(drift)
         gen = normalize_rng(rng)
@@ -665,9 +715,14 @@ class OrthogonalConv2d:
             pairs.append((self.Q, self._check_factors(grad.Q, self.Q, "grad.Q"), "Q"))
         elif grad.Q is not None:
             raise ValueError("grad.Q must be None for a complex layer (it has no real stack Q)")
+        for stack, _, name in pairs:
+            flags = getattr(stack, "flags", None)
+            if flags is not None and not getattr(flags, "writeable", True):
+                raise ValueError(f"the layer's stack {name} is read-only; nothing was written")
         # All or nothing: both results are computed into new arrays before either stack is
-        # written, and the generator is put back if anything raises.
+        # written, and the generator and the drift policy's state are put back if anything raises.
         saved_rng = gen.bit_generator.state
+        saved_drift = copy.deepcopy(drift.__dict__) if hasattr(drift, "__dict__") else None
         policy = drift_at(drift, self.steps + 1)  # the layer's clock: both stacks at the same step
         try:
             results = [
@@ -676,6 +731,9 @@ class OrthogonalConv2d:
             ]
         except BaseException:
             gen.bit_generator.state = saved_rng
+            if saved_drift is not None:
+                drift.__dict__.clear()
+                drift.__dict__.update(saved_drift)
             raise
         for (stack, _, _), result in zip(pairs, results, strict=True):
             if result is not None:
@@ -692,10 +750,12 @@ class OrthogonalConv2d:
             label = name + which
             if not hasattr(part, "dtype") or not hasattr(part, "shape"):
                 raise TypeError(f"{label} must be an array; got {type(part).__name__}")
-            if array_namespace(part) is not self._xp:
-                raise TypeError(
-                    f"{label} lives in {array_namespace(part).__name__} but the layer in {self._xp.__name__}"
-                )
+            try:
+                library = array_namespace(part).__name__
+            except TypeError:  # a torch or JAX tensor, ...
+                library = type(part).__module__.split(".")[0]
+            if library != self._xp.__name__:
+                raise TypeError(f"{label} lives in {library} but the layer in {self._xp.__name__}")
             check_float_dtype(part, label)
             if stack.dtype.kind != "c" and part.dtype.kind == "c":
                 raise TypeError(f"{label} is complex ({part.dtype}) but the stack it updates is real ({stack.dtype})")
@@ -729,7 +789,20 @@ class OrthogonalConv2d:
             if policy is not None:
                 policy.maybe_retract(new)
         elif update != "euclidean":
-            new = _step(stack, (-lr * P, X), rank=rank, update=update, sketch=sketch, rng=gen, drift=policy)
+            with np.errstate(over="ignore", invalid="ignore"):
+                A = -lr * P
+            if not bool(self._xp.isfinite(A).all()):
+                # lr times the gradient overflows the stack's dtype: hand the factors over in double
+                # precision, where the update rescales them (A B^H = (sA)(B/s)^H) before casting
+                wide = np.result_type(P.dtype, np.float64)
+                with np.errstate(over="ignore", invalid="ignore"):
+                    A = -lr * P.astype(wide)
+                if not bool(self._xp.isfinite(A).all()):
+                    raise NonFiniteError(
+                        f"lr = {lr!r} times the gradient of {name} overflows even in {wide}; nothing was written"
+                    )
+                X = X.astype(np.result_type(X.dtype, np.float64))
+            new = _step(stack, (A, X), rank=rank, update=update, sketch=sketch, rng=gen, drift=policy)
         else:
             with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported below, by name
                 new = stack - lr * (P @ hconj(X)).astype(stack.dtype, copy=False)
@@ -747,9 +820,17 @@ class OrthogonalConv2d:
 # ---------------------------------------------------------------------------------------------
 # a pointwise norm-preserving nonlinearity
 # ---------------------------------------------------------------------------------------------
+def _check_axis(axis: Any, ndim: int) -> int:
+    """``axis`` as a non-negative axis of an ``ndim``-dimensional array (TypeError / ValueError naming it)."""
+    axis = check_int(axis, "axis")
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"axis must be in [-{ndim}, {ndim}) for x of {ndim} dimensions; got {axis}")
+    return axis % ndim
+
+
 def _pairs(x: Any, axis: int) -> tuple[Any, Any, int]:
     xp = array_namespace(x)
-    axis = axis % x.ndim
+    axis = _check_axis(axis, x.ndim)
     c = x.shape[axis]
     if c % 2:
         raise ValueError(f"maxmin needs an even number of channels along axis {axis}; got {c}")

@@ -36,6 +36,8 @@ On CuPy the same code runs with ``matmul`` in place of the direct BLAS calls.
 
 from __future__ import annotations
 
+import math
+import os
 from types import ModuleType
 from typing import Any
 
@@ -47,8 +49,8 @@ import scipy.linalg.blas  # noqa: F401
 
 from .._blas import gemm as _gemm
 from .._config import get_options
-from .._validation import NonFiniteError, check_choice, check_dtype, check_int
-from .._xp import array_namespace
+from .._validation import NonFiniteError, check_choice, check_dtype, check_int, overlaps
+from .._xp import array_namespace, to_compute
 from ..random import normalize_rng
 from ._kernels import modrelu_, modrelu_backward_
 
@@ -97,8 +99,10 @@ def init_recurrent(n: int, method: str, *, complex: bool = False, rng: Any = Non
 
     Raises
     ------
+    TypeError
+        If ``n`` is not an integer or ``complex`` not a bool.
     ValueError
-        For an unknown method.
+        For an unknown method or ``n < 1``.
 
     Notes
     -----
@@ -114,7 +118,10 @@ def init_recurrent(n: int, method: str, *, complex: bool = False, rng: Any = Non
     """
     from ..random import random_unitary
 
+    n = check_int(n, "n", low=1)
     check_choice(method, INITS, "init", phrasing="one of")
+    if not isinstance(complex, (bool, np.bool_)):
+        raise TypeError(f"complex must be a bool; got {complex!r} of type {type(complex).__name__}")
     gen = normalize_rng(rng)
     if method == "henaff":
         theta = gen.uniform(-np.pi, np.pi, n // 2)
@@ -138,6 +145,15 @@ def init_recurrent(n: int, method: str, *, complex: bool = False, rng: Any = Non
 # --------------------------------------------------------------------------------------------
 # Helpers
 # --------------------------------------------------------------------------------------------
+def _memory_limit() -> int:
+    """The most bytes the parameters may take: the machine's physical memory (and what an array can hold)."""
+    largest = int(np.iinfo(np.intp).max)
+    try:
+        return min(largest, int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES")))
+    except (AttributeError, ValueError, OSError):  # pragma: no cover - not POSIX
+        return largest
+
+
 def _scalar(xp: ModuleType, value: Any) -> Any:
     """A reduction's result as a Python float on NumPy; left on the device (0-d) elsewhere."""
     return float(value) if xp is np else value
@@ -195,7 +211,8 @@ class URNN:
         If a size is not an integer, ``complex`` is not a bool, ``dtype`` is not float32 or
         float64, or ``rng`` is not a generator, an int seed or None.
     ValueError
-        If a size is below 1, or ``output``, ``loss`` or ``init`` is unknown.  ``hidden_size = 1``
+        If a size is below 1, or the parameters would not fit in the machine's memory, or
+        ``output``, ``loss`` or ``init`` is unknown (TypeError when not a string).  ``hidden_size = 1``
         is valid (W is the 1 x 1 matrix ``[[1]]`` or ``[[e^{i theta}]]``).
 
     Notes
@@ -237,12 +254,23 @@ class URNN:
             check_int(value, name, low=1, expected="a positive integer")
             for value, name in ((input_size, "input_size"), (hidden_size, "hidden_size"), (output_size, "output_size"))
         )
-        self.output = check_choice(output, OUTPUTS, "output", phrasing="one of")
-        self.loss = check_choice(loss, LOSSES, "loss", phrasing="one of")
-        check_choice(init, INITS, "init", phrasing="one of")
+        for value, valid, name in ((output, OUTPUTS, "output"), (loss, LOSSES, "loss"), (init, INITS, "init")):
+            if not isinstance(value, str):  # an array would compare elementwise
+                raise TypeError(f"{name} must be one of {', '.join(map(repr, valid))}; got {type(value).__name__}")
+            check_choice(value, valid, name, phrasing="one of")
+        self.output, self.loss = str(output), str(loss)
         if not isinstance(complex, (bool, np.bool_)):
             raise TypeError(f"complex must be a bool; got {complex!r} of type {type(complex).__name__}")
+        if dtype is not None and not isinstance(dtype, (str, type, np.dtype)):
+            raise TypeError(f"dtype must be float32 or float64 (a dtype or its name); got {type(dtype).__name__}")
         real = check_dtype(np.float64 if dtype is None else dtype, allowed=(np.float32, np.float64))
+        entries = hidden_size * (hidden_size + input_size) + output_size * (2 * hidden_size + 1)
+        nbytes = entries * np.dtype(real).itemsize * (2 if complex else 1)
+        if nbytes > _memory_limit():
+            raise ValueError(
+                f"input_size, hidden_size and output_size too large: the parameters would need about "
+                f"10^{len(str(nbytes)) - 1} bytes, more than this machine has (hidden_size {hidden_size})"
+            )
         self.complex = bool(complex)
         self.real_dtype = real
         self.dtype = np.dtype(np.complex64 if real == np.float32 else np.complex128) if self.complex else real
@@ -266,8 +294,36 @@ class URNN:
         self._workspaces: dict[tuple[Any, ...], _Workspace] = {}
 
     # ---------------------------------------------------------------------------- validation
+    def _expected_params(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+        """The shape and dtype of every parameter."""
+        n, real = self.hidden_size, self.real_dtype
+        readout = 2 * n if self.complex else n
+        return {
+            "W": ((n, n), self.dtype),
+            "V": ((n, self.input_size), self.dtype),
+            "b": ((n,), real),
+            "O": ((self.output_size, readout), real),
+            "c": ((self.output_size,), real),
+        }
+
     def _check_params(self, xp: ModuleType) -> None:
-        """While ``check_finite`` is on: every parameter is finite (a NaN weight would reach every output)."""
+        """Every parameter has its shape and dtype and lives with W (they may be replaced); while
+        ``check_finite`` is on, every parameter is finite (a NaN weight would reach every output)."""
+        expected = self._expected_params()
+        if not isinstance(self.params, dict) or set(self.params) != set(expected):
+            keys = sorted(self.params) if isinstance(self.params, dict) else type(self.params).__name__
+            raise ValueError(f"params must hold exactly {sorted(expected)}; got {keys}")
+        for name, (shape, dtype) in expected.items():
+            value = self.params[name]
+            if not hasattr(value, "dtype") or not hasattr(value, "shape") or _namespace_or_none(value) is not xp:
+                raise TypeError(
+                    f"params[{name!r}] must be a {xp.__name__} array like params['W']; got {type(value).__name__}"
+                )
+            if tuple(value.shape) != shape or value.dtype != dtype:
+                raise ValueError(
+                    f"params[{name!r}] must have shape {shape} and dtype {dtype}; "
+                    f"got {tuple(value.shape)} {value.dtype}"
+                )
         if not get_options().check_finite:
             return
         for name, value in self.params.items():
@@ -275,13 +331,14 @@ class URNN:
                 raise NonFiniteError(f"params[{name!r}] contains NaN or Inf")
 
     def _check_x(self, x: Any) -> tuple[ModuleType, Any]:
-        xp = array_namespace(self.params["W"])
-        if isinstance(x, np.ma.MaskedArray) or (isinstance(x, np.ndarray) and type(x) is not np.ndarray):
-            raise TypeError(f"x must be a plain array; got {type(x).__name__} (masks and subclasses are not supported)")
+        W = self.params.get("W") if isinstance(self.params, dict) else None
+        if not hasattr(W, "dtype"):
+            raise TypeError(f"params['W'] must be an array; got {type(W).__name__}")
         try:
-            x = xp.asarray(x)
-        except (TypeError, ValueError) as err:
-            raise TypeError(f"x must be a real array of shape (batch, T, {self.input_size}); {err}") from None
+            xp = array_namespace(W)
+        except TypeError:  # a torch or JAX tensor: the model's parameters are NumPy or CuPy arrays
+            raise TypeError(f"params['W'] must be a NumPy or CuPy array; got {type(W).__name__}") from None
+        x = _as_array(xp, x, "x", f"a real array of shape (batch, T, {self.input_size})")
         if x.dtype.kind not in "fiub":
             raise TypeError(f"x must be real (batch, T, input_size); got dtype {x.dtype}")
         if x.ndim != 3 or x.shape[2] != self.input_size:
@@ -306,12 +363,7 @@ class URNN:
         return xp, x
 
     def _check_y(self, xp: ModuleType, y: Any, batch: int, T: int) -> Any:
-        if isinstance(y, np.ma.MaskedArray) or (isinstance(y, np.ndarray) and type(y) is not np.ndarray):
-            raise TypeError(f"y must be a plain array; got {type(y).__name__} (masks and subclasses are not supported)")
-        try:
-            y = xp.asarray(y)
-        except (TypeError, ValueError) as err:
-            raise TypeError(f"y must be an array of targets; {err}") from None
+        y = _as_array(xp, y, "y", "an array of targets")
         steps = (T,) if self.output == "sequence" else ()
         checked = xp is np or get_options().check_finite
         if self.loss == "cross_entropy":
@@ -332,9 +384,35 @@ class URNN:
                 raise TypeError(f"y must be real targets of shape {expected}; got dtype {y.dtype}")
             if tuple(y.shape) != expected:
                 raise ValueError(f"y must have shape {expected} (real targets); got {tuple(y.shape)}")
-            if y.dtype.kind == "f" and get_options().check_finite and not bool(xp.isfinite(y).all()):
-                raise NonFiniteError("y contains NaN or Inf")
+            if get_options().check_finite:
+                if y.dtype.kind == "f" and not bool(xp.isfinite(y).all()):
+                    raise NonFiniteError("y contains NaN or Inf")
+                # the squared error of a target beyond sqrt(max) overflows the loss
+                limit = float(np.sqrt(np.finfo(self.real_dtype).max))
+                largest = float(xp.max(xp.abs(y.astype(np.float64)))) if y.size else 0.0
+                if largest > limit:
+                    raise ValueError(
+                        f"y is too large for the model's dtype {self.real_dtype}: |y| reaches {largest:.3g}, and "
+                        f"squared errors overflow beyond {limit:.3g} (scale the targets down)"
+                    )
         return y
+
+    def _unshared(self, xp: ModuleType, x: Any, *targets: Any) -> tuple[Any, ...]:
+        """``x`` and ``targets`` with each array that shares memory with the work buffers of this
+        call's shape replaced by a copy (the buffers are overwritten while they are read); a
+        parameter sharing memory with them is a ValueError."""
+        T, batch = x.shape[1], x.shape[0]
+        ws = self._workspaces.get((xp.__name__, T, batch, self.dtype, self.hidden_size))
+        if ws is None:  # new buffers share memory with nothing
+            return (x, *targets)
+        buffers = [buf for buf in (ws.H, ws.G) if buf is not None]
+        for name, value in self.params.items():
+            if any(overlaps(value, buf) for buf in buffers):
+                raise ValueError(f"params[{name!r}] shares memory with the model's work buffers")
+        return tuple(
+            xp.array(a, copy=True) if isinstance(a, type(ws.H)) and any(overlaps(a, buf) for buf in buffers) else a
+            for a in (x, *targets)
+        )
 
     def _workspace(self, xp: ModuleType, T: int, batch: int) -> _Workspace:
         key = (xp.__name__, T, batch, self.dtype, self.hidden_size)
@@ -390,7 +468,10 @@ class URNN:
         Parameters
         ----------
         x : array, shape (batch, T, input_size)
-            Real inputs.
+            Real inputs: floating, integer or bool (cast to the model's real dtype; a finite
+            float64 x beyond float32's range is refused); a NumPy array, a nested list or a
+            torch/JAX tensor (read by DLPack, detached).  Masked arrays and ndarray
+            subclasses are a TypeError.
 
         Returns
         -------
@@ -412,6 +493,7 @@ class URNN:
         (5, 3)
         """
         xp, x = self._check_x(x)
+        (x,) = self._unshared(xp, x)
         ws, _ = self._run(xp, x)
         logits = self._readout(xp, self._states_read(ws.H))
         return xp.swapaxes(logits, 0, 1) if self.output == "sequence" else logits[0]
@@ -465,6 +547,13 @@ class URNN:
             ``{"loss": float}`` plus ``"accuracy"`` (fraction of labelled positions whose arg-max
             logit is the label) for cross-entropy.
 
+        Raises
+        ------
+        TypeError, ValueError
+            As :meth:`loss_and_grads`, for bad x or y (NaN, overflowing targets, wrong shapes).
+        FloatingPointError
+            While ``check_finite`` is on: if the loss of finite inputs overflows.
+
         Examples
         --------
         >>> import numpy as np
@@ -475,9 +564,16 @@ class URNN:
         """
         xp, x = self._check_x(x)
         y = self._check_y(xp, y, x.shape[0], x.shape[1])
+        x, y = self._unshared(xp, x, y)
         ws, _ = self._run(xp, x)
         loss, _, metrics = self._loss(xp, self._readout(xp, self._states_read(ws.H)), y)
-        return {key: float(value) for key, value in {"loss": loss, **metrics}.items()}
+        result = {key: float(value) for key, value in {"loss": loss, **metrics}.items()}
+        if get_options().check_finite and not math.isfinite(result["loss"]):
+            raise FloatingPointError(
+                f"the loss is {result['loss']} although x, y and the parameters are finite: the values overflow "
+                f"{self.real_dtype} (scale the inputs down)"
+            )
+        return result
 
     # ---------------------------------------------------------------------------- backward
     def loss_and_grads(self, x: Any, y: Any, *, factored: bool = False) -> tuple[float, dict[str, Any]]:
@@ -486,7 +582,10 @@ class URNN:
         Parameters
         ----------
         x : array, shape (batch, T, input_size)
-            Real inputs.
+            Real inputs: floating, integer or bool (cast to the model's real dtype; a finite
+            float64 x beyond float32's range is refused); a NumPy array, a nested list or a
+            torch/JAX tensor (read by DLPack, detached).  Masked arrays and ndarray
+            subclasses are a TypeError.
         y : array
             ``(batch, T)`` integer labels (sequence cross-entropy; negative labels are ignored),
             ``(batch,)`` integer labels (last-step cross-entropy), ``(batch, output_size)`` real
@@ -537,9 +636,14 @@ class URNN:
         >>> X.shape, Y.shape, grads["b"].dtype, grads["V"].dtype
         ((6, 36), (6, 36), dtype('float64'), dtype('complex128'))
         """
+        if not isinstance(factored, (bool, np.bool_)):
+            raise TypeError(
+                f"factored must be a bool (True or False); got {factored!r} of type {type(factored).__name__}"
+            )
         xp, x = self._check_x(x)
         batch, T, _ = x.shape
         y = self._check_y(xp, y, batch, T)
+        x, y = self._unshared(xp, x, y)  # x may be a view of the states buffer, e.g. of grads["W"]
         p = self.params
         W, b, out_w = p["W"], p["b"], p["O"]
         n = self.hidden_size
@@ -590,6 +694,29 @@ class URNN:
         if get_options().check_finite:
             _check_results(xp, loss, grads, self.real_dtype)
         return loss, {k: grads[k] for k in ("W", "V", "b", "O", "c")}
+
+
+def _namespace_or_none(value: Any) -> ModuleType | None:
+    """The array namespace of ``value`` (NumPy or CuPy), None for anything else."""
+    try:
+        return array_namespace(value)
+    except TypeError:
+        return None
+
+
+def _as_array(xp: ModuleType, value: Any, name: str, expected: str) -> Any:
+    """``value`` as an array of ``xp``: NumPy arrays, nested lists, torch/JAX tensors (detached, by
+    DLPack); masked arrays and ndarray subclasses are a TypeError naming ``name``."""
+    if isinstance(value, np.ma.MaskedArray) or (isinstance(value, np.ndarray) and type(value) is not np.ndarray):
+        raise TypeError(
+            f"{name} must be a plain array; got {type(value).__name__} (masks and subclasses are not supported)"
+        )
+    if type(value).__module__.split(".")[0] in ("torch", "jax", "jaxlib"):
+        value, _ = to_compute(value, name)  # a tensor that requires grad is detached, never refused
+    try:
+        return xp.asarray(value)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise TypeError(f"{name} must be {expected}; {err}") from None
 
 
 def _check_results(xp: ModuleType, loss: Any, grads: dict[str, Any], dtype: np.dtype) -> None:
