@@ -12,7 +12,9 @@ import importlib.util
 
 
 def _missing(*libraries: str) -> bool:
-    return any(importlib.util.find_spec(library) is None for library in libraries)
+    # a namespace package (a bare folder of that name on sys.path) is not the library
+    specs = [importlib.util.find_spec(library) for library in libraries]
+    return any(spec is None or spec.origin is None for spec in specs)
 
 
 collect_ignore_glob: list[str] = []

@@ -76,7 +76,7 @@ INTEGRATIONS = {"unitary_update.jax": ("jax", "optax"), "unitary_update.torch": 
 def _missing_extra(module: str) -> bool:
     return any(
         (module == prefix or module.startswith(prefix + "."))
-        and any(importlib.util.find_spec(library) is None for library in libraries)
+        and any(getattr(importlib.util.find_spec(library), "origin", None) is None for library in libraries)
         for prefix, libraries in INTEGRATIONS.items()
     )
 
@@ -154,3 +154,11 @@ def test_no_import_cycles_in_the_source():
     for module in MODULES:
         if module not in state:
             visit(module, [module])
+
+
+def test_no_test_folder_shadows_a_library():
+    # pyproject's pythonpath puts tests/ on sys.path: a folder tests/jax would import as an empty
+    # namespace package named jax wherever JAX is not installed
+    libraries = {"jax", "jaxlib", "optax", "torch", "cupy", "numba", "scipy", "numpy", "matplotlib", "hypothesis"}
+    tests_dir = Path(__file__).parent
+    assert not {p.name for p in tests_dir.iterdir() if p.is_dir()} & libraries

@@ -229,7 +229,7 @@ def retract_every(n: int, *, unitary_labels: Any, method: str = "polar") -> opta
     -----
     Float32 matrices updated by addition drift from the manifold like a random walk of
     ``eps`` per step; retracting every 100 steps keeps the unitarity error of small matrices
-    near ``N eps`` indefinitely (see ``tests/jax/test_optax.py``).
+    near ``N eps`` indefinitely (see ``tests/jax_integration/test_optax.py``).
 
     Examples
     --------
