@@ -9,6 +9,7 @@ failing calls.
 from __future__ import annotations
 
 import copy
+import json
 from typing import Any
 
 import numpy as np
@@ -226,3 +227,79 @@ def test_sketch_restores_the_generator_when_it_fails(monkeypatch):
     with pytest.raises(uu.SingularUpdateError, match="randomized sketch of G failed"):
         uu.sketch(np.ones((5, 5)), 1, rng=gen)
     assert gen.bit_generator.state == before
+
+
+def _adam_state() -> dict[str, Any]:
+    opt = Adam(0.01)
+    opt.step({"w": np.ones(3)}, {"w": np.arange(3.0)})
+    return opt.state_dict()
+
+
+def _meta(**t: Any) -> str:
+    return json.dumps({"t": t, "lr": 0.01, "type": "Adam"})
+
+
+@pytest.mark.parametrize(
+    ("change", "exc", "match"),
+    [
+        ({"meta": _meta(w=-3)}, ValueError, r"step count t\['w'\]"),
+        ({"meta": _meta(w=1.5)}, ValueError, r"step count t\['w'\]"),
+        ({"meta": _meta(w=True)}, ValueError, r"step count t\['w'\]"),
+        ({"meta": _meta(w=0)}, ValueError, r"t\['w'\] \(in meta\) is 0"),
+        ({"w/m": np.full(3, np.nan)}, uu.NonFiniteError, r"state\['w/m'\] contains NaN"),
+        ({"w/v": -np.ones(3)}, ValueError, r"state\['w/v'\] \(a second moment\) has negative entries"),
+        ({"w/m": np.ones(3, complex)}, TypeError, r"state\['w/m'\] has dtype complex128; buffers are real"),
+        ({"w/m": np.ones(2)}, ValueError, "buffers for 'w' differ in shape"),
+        ({"w/zzz": np.ones(3)}, ValueError, "Adam has no buffer 'zzz'"),
+        ({"w/v": None}, ValueError, r"state has \['m'\] for 'w' but not \['v'\]"),
+    ],
+)
+def test_load_state_dict_checks_step_counts_and_buffers_before_changing_anything(change, exc, match):
+    # each of these was accepted before and made every later step fail (or KeyError 'v')
+    state = {k: v for k, v in {**_adam_state(), **change}.items() if v is not None}
+    opt = Adam(0.01)
+    opt.step({"w": np.ones(3)}, {"w": np.ones(3)})
+    before = copy.deepcopy((opt.state, opt.t, opt.lr))
+    with pytest.raises(exc, match=match):
+        opt.load_state_dict(state)
+    assert_same((opt.state, opt.t, opt.lr), before)
+    opt.load_state_dict(_adam_state())  # the untouched state loads and steps
+    opt.step({"w": np.ones(3)}, {"w": np.ones(3)})
+
+
+@pytest.mark.parametrize("bit_generator", [np.random.MT19937, np.random.Philox, np.random.PCG64])
+def test_unitary_optimizer_state_round_trips_any_bit_generator(bit_generator):
+    # an MT19937 state (its key is an array) made state_dict raise TypeError before
+    a = UnitaryOptimizer(SGD(0.1), rng=np.random.Generator(bit_generator(1)))
+    U = uu.random_unitary(N, dtype=np.float64, rng=0)
+    a.step(U, np.ones((N, N)))
+    b = UnitaryOptimizer(SGD(0.1), rng=np.random.Generator(bit_generator(2)))
+    b.load_state_dict(a.state_dict())
+    assert b.steps == 1
+    assert b.rng.random() == a.rng.random()
+    other = UnitaryOptimizer(SGD(0.1), rng=np.random.Generator(np.random.SFC64(3)))
+    with pytest.raises(ValueError, match="unitary_meta"):  # another generator's state: refused first
+        other.load_state_dict(a.state_dict())
+    assert other.steps == 0
+    assert other.base.t == {}
+    assert other.rng.random() == np.random.Generator(np.random.SFC64(3)).random()  # generator untouched
+
+
+@pytest.mark.parametrize("kind", ["read-only", "overlapping"])
+@pytest.mark.parametrize("caller", ["UnitaryOptimizer", "DriftControl"])
+def test_in_place_callers_name_u_for_a_bad_u(caller, kind):
+    # the user passed U, not out: the message names U (it said "out is read-only" before)
+    base = uu.random_unitary(N, dtype=np.float64, rng=3)
+    if kind == "read-only":
+        U = base.copy()
+        U.flags.writeable = False
+    else:
+        U = np.lib.stride_tricks.as_strided(base, (2, N, N), (0, *base.strides))
+    before = np.array(U)
+    call = {
+        "UnitaryOptimizer": lambda: UnitaryOptimizer(SGD(0.1), rng=0).step(U, np.ones(U.shape)),
+        "DriftControl": lambda: uu.DriftControl(every=1).maybe_retract(U),
+    }[caller]
+    with pytest.raises(ValueError, match="U is read-only" if kind == "read-only" else "U has overlapping memory"):
+        call()
+    np.testing.assert_array_equal(U, before)

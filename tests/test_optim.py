@@ -187,6 +187,8 @@ BAD_SETTINGS = [
     (lambda: uu.DriftControl(tol=float("inf")), ValueError, r"tol must be a positive finite number"),
     (lambda: uu.DriftControl(method="svd"), ValueError, r"unknown retraction method 'svd'"),
     (lambda: uu.DriftControl(rng=-2), ValueError, r"rng must be a non-negative integer seed"),
+    (lambda: SGD(10**400), ValueError, r"lr must be finite and >= 0; got inf"),  # not OverflowError
+    (lambda: RMSprop(0.1, alpha=-(10**400)), ValueError, r"alpha must lie in \[0, 1\)"),
 ]
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 from helpers import ALL_DTYPES, random_factors
@@ -329,3 +331,72 @@ def test_u_with_entries_near_overflow_is_refused_before_anything_is_written(back
     with uu.options(backend=backend_option), pytest.raises(uu.NonFiniteError, match="U\\^H A overflows"):
         fn(U, A, A, out=U)
     np.testing.assert_array_equal(U, kept)
+
+
+N_SMALL = 6
+
+
+def test_a_wider_step_that_overflows_the_parameter_s_dtype_is_refused_before_anything_changes():
+    # SGD's float64 step of 1e299 cast into a float32 parameter would be -inf
+    from unitary_update.optim import SGD
+
+    opt = SGD(0.1, momentum=0.5)
+    params = {"ok": np.ones(2), "w": np.ones(3, dtype=np.float32)}
+    with pytest.raises(ValueError, match=r"the step for params\['w'\] overflows float32"):
+        opt.step(params, {"ok": np.ones(2), "w": np.full(3, 1e300)})
+    assert opt.state == {}
+    assert opt.t == {}
+    np.testing.assert_array_equal(params["w"], 1.0)
+    np.testing.assert_array_equal(params["ok"], 1.0)
+    opt.step(params, {"ok": np.ones(2), "w": np.full(3, 1e30)})  # in range: applied, finite
+    np.testing.assert_allclose(params["w"], 1 - 0.1e30, rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.complex64])
+@pytest.mark.parametrize("update", ["project", "transport"])
+def test_step_with_factored_gradient_beyond_the_square_of_single_precision(dtype, update):
+    # X Y^H ~ 1e77: its rank-k factors overflow float32 (sketch refuses, naming G); step sketches
+    # in double precision and the update rescales the factors for the float32 U
+    top = np.finfo(dtype).max
+    X, Y = np.full((N_SMALL, 2), top, dtype), np.full((N_SMALL, 2), top, dtype)
+    with pytest.raises(ValueError, match="G is too large for"):
+        uu.sketch((X, Y), 2, rng=0)
+    U = uu.random_unitary(N_SMALL, dtype=dtype, rng=40)
+    V = uu.step(U, (X, Y), rank=2, update=update, rng=0)
+    assert V.dtype == dtype
+    assert uu.unitarity_error(V) < 1e-5
+    wide = np.complex128 if np.dtype(dtype).kind == "c" else np.float64
+    reference = uu.step(U, (X.astype(wide), Y.astype(wide)), rank=2, update=update, rng=0)
+    np.testing.assert_allclose(V, reference, atol=1e-5)
+
+
+NON_FINITE_OFF_CALLS = {
+    "project": lambda U, G: uu.project(U, G[:, :2], U[:, :2]),
+    "transport": lambda U, G: uu.transport(U, U[:, :2], G[:, :2]),
+    "project U": lambda U, G: uu.project(G, U[:, :1], U[:, :1]),
+    "transport U": lambda U, G: uu.transport(G, U[:, :1], U[:, :1]),
+    "batched A": lambda U, G: uu.project(np.stack([U] * 17), np.stack([G[:, :1]] * 17), np.stack([U[:, :1]] * 17)),
+    "sketch exact": lambda U, G: uu.sketch(G, 2, method="exact")[0],
+    "sketch randomized": lambda U, G: uu.sketch(G, 2, rng=0)[0],
+    "sketch factored": lambda U, G: uu.sketch((G[:, :3], U[:, :3]), 2, method="exact")[0],
+    "step": lambda U, G: uu.step(U, G, rank=2, rng=0),
+    "retract polar": lambda U, G: uu.retract(G, method="polar"),
+    "retract qr": lambda U, G: uu.retract(G, method="qr"),
+    "retract newton_schulz": lambda U, G: uu.retract(G, method="newton_schulz"),
+    "unitarity_error": lambda U, G: np.array(uu.unitarity_error(G)),
+    "drift estimate": lambda U, G: np.array(uu.DriftControl().estimate(G)),
+}
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("call", list(NON_FINITE_OFF_CALLS))
+def test_non_finite_input_with_check_finite_off_gives_nan_without_warnings_or_hangs(call, bad):
+    # NaN/Inf in, NaN/Inf out: never a finite (wrong) answer, a warning (an error under -W error), or a
+    # LAPACK SVD that loops forever on Inf (sketch "exact" and retract "polar" hung before)
+    U = uu.random_unitary(N_SMALL, dtype=np.float64, rng=41)
+    G = U.copy()
+    G[0, 0] = bad
+    with uu.options(check_finite=False), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = NON_FINITE_OFF_CALLS[call](U, G)
+    assert not np.isfinite(result).all()  # NaN (or Inf for the two diagnostics of an Inf U)

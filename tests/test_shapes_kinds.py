@@ -172,3 +172,27 @@ def test_sketch_rng_errors_name_rng():
         uu.step(np.eye(4), G, rng=-3)
     with pytest.raises(ValueError, match="rng must be a non-negative integer seed"):
         UnitaryOptimizer(SGD(0.1), rng=-1)
+
+
+def _unitary_optimizer_step(U: np.ndarray, grad: object) -> None:
+    UnitaryOptimizer(SGD(0.1), rng=0).step(U, grad)
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        # the user passed G: the message named the sketch's A and B before
+        (lambda U: uu.step(np.stack([U, U]), np.ones((3, 4, 4)), rng=0), r"U \(2, 4, 4\), G \(3, 4, 4\)"),
+        (lambda U: uu.step(np.stack([U, U]), (np.ones((3, 4, 1)), np.ones((4, 1))), rng=0), r"G\[0\] \(3, 4, 1\)"),
+        (lambda U: uu.step(U, (np.ones((2, 4, 1)), np.ones((3, 4, 1))), rng=0), "of X .* and Y .* do not broadcast"),
+        # U is updated in place: a factored grad with more batch dimensions named out before
+        (lambda U: _unitary_optimizer_step(U, (np.ones((3, 4, 1)), np.ones((4, 1)))), "grad's batch dimensions"),
+        (lambda U: _unitary_optimizer_step(np.stack([U, U]), (np.ones((3, 4, 1)), np.ones((4, 1)))), "grad's batch"),
+    ],
+)
+def test_batch_mismatches_name_the_arguments_the_caller_passed(call, match):
+    U = uu.random_unitary(4, dtype=np.float64, rng=5)
+    before = U.copy()
+    with pytest.raises(ValueError, match=match):
+        call(U)
+    np.testing.assert_array_equal(U, before)

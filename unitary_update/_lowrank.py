@@ -53,6 +53,7 @@ from . import _kernels
 from ._blas import add_lowrank_
 from ._config import get_options, use_numba
 from ._validation import NonFiniteError, SingularUpdateError, check_finite, max_abs
+from ._validation import svd as guarded_svd
 from ._xp import hconj
 
 __all__ = ["adjoint_matmul", "apply_update", "balance", "basis", "lowrank_update", "project_core", "transport_core"]
@@ -160,7 +161,7 @@ def transport_core(xp: ModuleType, a: Any, b: Any, e: Any = None) -> Any:
 def _svd(xp: ModuleType, T: Any) -> tuple[Any, Any, Any]:
     """``svd(T)``; NaN factors for a non-finite T (reached only with check_finite off), else errors wrapped."""
     try:
-        return xp.linalg.svd(T)
+        return guarded_svd(xp, T)
     except np.linalg.LinAlgError as err:
         if not bool(xp.isfinite(T).all()):  # NaN in, NaN out (the check_finite=False contract)
             nan = xp.full(T.shape, xp.nan, dtype=T.dtype)
@@ -295,6 +296,9 @@ def lowrank_update(xp: ModuleType, kind: str, U: Any, A: Any, B: Any, target: An
         # the kernel writes as it goes: U must be finite and of unitary size (|U_ij| <= 2^S; the
         # two reductions replace the NaN check), else the NumPy path checks and raises first
         and (not get_options().check_finite or _moderate(U, _SAFE_EXPONENT[U.real.dtype.itemsize]))
+        # with check_finite off, NaN/Inf factors must still give NaN (the kernel would skip them):
+        # they take the NumPy path (a pass over the thin A and B only, O(N k))
+        and (get_options().check_finite or bool(np.isfinite(A).all() and np.isfinite(B).all()))
     ):
         U3, A3, B3 = (
             np.ascontiguousarray(np.broadcast_to(x, (*shape[:-2], *x.shape[-2:])).reshape(-1, *x.shape[-2:]))

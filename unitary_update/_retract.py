@@ -31,6 +31,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from ._config import get_options
 from ._validation import (
     NonFiniteError,
     SingularUpdateError,
@@ -38,9 +39,12 @@ from ._validation import (
     check_finite,
     check_float,
     check_int,
+    check_no_internal_overlap,
     check_out,
     check_square,
+    quiet_when_unchecked,
 )
+from ._validation import svd as guarded_svd
 from ._xp import array_namespace, from_compute, hconj, mark_written, to_compute
 from .random import normalize_rng, standard_normal
 
@@ -103,7 +107,7 @@ def _polar(xp: ModuleType, U: Any, target: Any) -> None:
     # in double precision: a float32 LAPACK SVD leaves X Y^H about N eps from unitary
     Ud = _unit_scaled(xp, _double(U))
     try:
-        X, _, Yh = xp.linalg.svd(Ud)
+        X, _, Yh = guarded_svd(xp, Ud)  # NaN (not a hang) for Inf, reached only with check_finite off
     except np.linalg.LinAlgError as err:
         if not bool(xp.isfinite(Ud).all()):  # NaN in, NaN out (reached only with check_finite off)
             target[...] = xp.nan
@@ -135,10 +139,12 @@ def _qr(xp: ModuleType, U: Any, target: Any) -> None:
         raise SingularUpdateError(f"the QR decomposition of U failed ({err}); U was not retracted") from None
     d = xp.diagonal(R, axis1=-2, axis2=-1)
     magnitude = xp.abs(d)
-    phase = xp.where(magnitude == 0, 1, d / xp.where(magnitude == 0, 1, magnitude))
+    with np.errstate(invalid="ignore"):  # NaN in R (check_finite off): NaN out, no warning
+        phase = xp.where(magnitude == 0, 1, d / xp.where(magnitude == 0, 1, magnitude))
     target[...] = Q * phase[..., None, :].astype(Q.dtype)
 
 
+@quiet_when_unchecked
 def retract(U: Any, *, method: str = "polar", out: Any = None) -> Any:
     r"""Map a (nearly) unitary matrix onto the unitary (or, for real U, orthogonal) group.
 
@@ -377,6 +383,7 @@ class DriftControl:
             self._probes[key] = x / xp.linalg.norm(x)
         return self._probes[key]
 
+    @quiet_when_unchecked
     def estimate(self, U: Any) -> float:
         r"""Estimate ``unitarity_error(U)`` as ``sqrt(N) ||U^H (U x) - x||`` (max over a stack), O(N^2).
 
@@ -395,7 +402,8 @@ class DriftControl:
         TypeError, ValueError
             If U is not a stack of square floating-point matrices.
         NonFiniteError
-            If the estimate is NaN or Inf (U contains NaN or Inf, or overflows).
+            If the estimate is NaN or Inf (U contains NaN or Inf, or overflows); with
+            ``check_finite`` off a NaN/Inf U gives a NaN/Inf estimate instead.
 
         Examples
         --------
@@ -420,11 +428,14 @@ class DriftControl:
             z = hconj(U) @ (U @ x) - x
             value = math.sqrt(n) * float(xp.max(xp.linalg.norm(z, axis=(-2, -1))))
         if not math.isfinite(value):
+            if not get_options().check_finite:
+                return value  # NaN/Inf in, NaN/Inf out (check_finite off): no check, no host read of U
             if not bool(xp.isfinite(U).all()):
                 raise NonFiniteError("U contains NaN or Inf (its drift estimate is not finite); U was not retracted")
             value = math.inf  # finite U whose drift overflows U's dtype: as far from unitary as it gets
         return value
 
+    @quiet_when_unchecked
     def maybe_retract(self, U: Any, *, step: int | None = None) -> bool:
         """Retract ``U`` in place if the policy says so at this step; return whether it did.
 
@@ -466,6 +477,13 @@ class DriftControl:
                 estimate = self._estimate(target, n)
                 due = limit is not None and estimate > limit
             if due:
+                # U is written in place: refuse a read-only or self-overlapping U under its own name
+                flags = getattr(target, "flags", None)
+                if flags is not None and not getattr(flags, "writeable", True):
+                    raise ValueError(
+                        "U is read-only; maybe_retract retracts U in place (retract(U, out=U): out is read-only)"
+                    )
+                check_no_internal_overlap(target, "U")
                 retract(U, method=self.method, out=U)
         except BaseException:
             self._rng.bit_generator.state, self._probes = saved

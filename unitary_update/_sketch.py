@@ -43,7 +43,9 @@ from ._validation import (
     check_int,
     check_rank,
     max_abs,
+    quiet_when_unchecked,
 )
+from ._validation import svd as guarded_svd
 from ._xp import array_namespace, compute_context, from_compute, hconj, is_cupy, is_jax, to_compute
 from .random import normalize_rng, standard_normal, uniform
 
@@ -90,7 +92,7 @@ class _Dense:
         return xp.take_along_axis(self.G, idx, axis=-1)
 
     def svd(self) -> tuple[Any, Any, Any]:
-        L, s, Rh = self.xp.linalg.svd(self.G, full_matrices=False)
+        L, s, Rh = guarded_svd(self.xp, self.G, full_matrices=False)  # Inf: NaN, not a LAPACK hang
         return L, s, hconj(Rh)
 
 
@@ -124,7 +126,7 @@ class _Factored:
         xp = self.xp
         Qx, Rx = xp.linalg.qr(self.X, mode="reduced")
         Qy, Ry = xp.linalg.qr(self.Y, mode="reduced")
-        Lc, s, Rch = xp.linalg.svd(Rx @ hconj(Ry), full_matrices=False)
+        Lc, s, Rch = guarded_svd(xp, Rx @ hconj(Ry), full_matrices=False)
         return Qx @ Lc, s, Qy @ hconj(Rch)
 
 
@@ -149,7 +151,7 @@ def _randomized(
     for _ in range(power_iterations):
         Q = _orth(xp, op.matmul(_orth(xp, op.rmatmul(Q))))
     Z = op.rmatmul(Q)  # G^H Q, (..., M, width); G ~= Q Z^H
-    Lz, s, Rzh = xp.linalg.svd(Z, full_matrices=False)  # Z = Lz s Rz^H  =>  G ~= (Q Rz) s Lz^H
+    Lz, s, Rzh = guarded_svd(xp, Z, full_matrices=False)  # Z = Lz s Rz^H  =>  G ~= (Q Rz) s Lz^H
     return _split(xp, Q @ hconj(Rzh), s, Lz, rank)
 
 
@@ -229,6 +231,7 @@ def _as_operator(G: Any) -> tuple[Any, str]:
     return _Dense(array_namespace(G), G), library
 
 
+@quiet_when_unchecked
 def sketch(
     G: Any, rank: int, *, method: str = "randomized", rng: np.random.Generator | int | None = None, **options: int
 ) -> tuple[Any, Any]:
@@ -368,6 +371,10 @@ def _limit(dtype: Any) -> int:
     return _SAFE_EXPONENT[dt.itemsize if dt.kind == "f" else dt.itemsize // 2]
 
 
+class FactorsOverflowError(ValueError):
+    """The rank-k factors of G overflow G's dtype (``||G||`` above the square of its largest value)."""
+
+
 class _OutOfRange(Exception):
     """Raised inside a first, unscaled try when G turns out too large for its dtype's arithmetic."""
 
@@ -421,7 +428,7 @@ def _unscaled(xp: ModuleType, A: Any, B: Any, e: Any) -> tuple[Any, Any]:
         return A, B  # no host read on a device hot path; NaN in, NaN out
     with np.errstate(invalid="ignore"):
         if not (bool(xp.isfinite(A).all()) and bool(xp.isfinite(B).all())):
-            raise ValueError(
+            raise FactorsOverflowError(
                 f"G is too large for {np.dtype(A.dtype).name}: its rank-k factors (each of about sqrt(||G||) in "
                 "norm) overflow; scale G down"
             )

@@ -11,10 +11,10 @@ from typing import Any
 
 import numpy as np
 
-from ._sketch import SKETCH_METHODS
+from ._sketch import SKETCH_METHODS, FactorsOverflowError
 from ._sketch import sketch as _sketch
 from ._update import project, transport
-from ._validation import check_choice, check_drift, check_out, check_rank, check_square
+from ._validation import check_choice, check_drift, check_out, check_rank, check_square, quiet_when_unchecked
 from ._xp import compute_context, is_jax, to_compute
 
 __all__ = ["UPDATES", "drift_at", "step"]
@@ -23,6 +23,7 @@ UPDATES = ("project", "transport")
 _UPDATE_FUNCTIONS = {"project": project, "transport": transport}
 
 
+@quiet_when_unchecked
 def step(
     U: Any,
     G: Any,
@@ -119,9 +120,13 @@ def step(
         n = check_square(Uc, "U")
         parts = G if isinstance(G, tuple) else (G,)
         batches: list[tuple[int, ...]] = [tuple(Uc.shape[:-2])]
+        names: list[str] = []
+        full_shapes: list[tuple[int, ...]] = []
         for i, part in enumerate(parts):
             name = "G" if len(parts) == 1 else f"G[{i}]"
             Gc, _ = to_compute(part, name)
+            names.append(name)
+            full_shapes.append(tuple(Gc.shape))
             if Gc.ndim >= 2 and Gc.shape[-2] != n:
                 raise ValueError(f"{name} has shape {tuple(Gc.shape)} but U is {n} x {n}")
             if not isinstance(G, tuple) and Gc.ndim >= 2 and Gc.shape[-1] != n:
@@ -130,18 +135,27 @@ def step(
                 raise TypeError(f"{name} is complex ({Gc.dtype}) but U is real ({Uc.dtype})")
             batches.append(tuple(Gc.shape[:-2]) if Gc.ndim >= 2 else ())
         check_rank(rank, n)
+        batch = _broadcast(batches)
+        if batch is None and len(parts) <= 2 and _broadcast(batches[1:]) is not None:
+            # G's batch against U's (X against Y, or a bad pair, is reported by the sketch, naming them)
+            found = ", ".join(f"{name} {shape}" for name, shape in zip(names, full_shapes, strict=True))
+            raise ValueError(f"batch dimensions do not broadcast: U {tuple(Uc.shape)}, {found}")
         if out is not None:  # out is checked before the sketch draws from rng
             target, _ = to_compute(out, "out", writable=True)
-            try:
-                batch = np.broadcast_shapes(*batches)
-            except ValueError:
-                batch = None  # reported by the sketch / the update, with the shapes
             if batch is not None:
                 check_out(target, Uc, (*batch, n, n))
         generator = rng if isinstance(rng, np.random.Generator) else None
         saved: Any = None if generator is None else generator.bit_generator.state
         try:
-            A, B = _sketch(G, rank, method=sketch, rng=rng)
+            try:
+                A, B = _sketch(G, rank, method=sketch, rng=rng)
+            except FactorsOverflowError:
+                # a factored G = X Y^H beyond the square of single precision's range: its factors fit
+                # in double precision, and the update rescales double factors for a single-precision U
+                wide = _widened(G)
+                if wide is None:
+                    raise
+                A, B = _sketch(wide, rank, method=sketch, rng=rng)  # the failed try restored rng
             result = _UPDATE_FUNCTIONS[update](U, A, B, out=out)
         except BaseException:
             if generator is not None:
@@ -150,6 +164,24 @@ def step(
         if drift is not None:
             drift.maybe_retract(result)
         return result
+
+
+def _broadcast(batches: list[tuple[int, ...]]) -> tuple[int, ...] | None:
+    """The broadcast of the batch shapes, or None when they do not broadcast."""
+    try:
+        return tuple(np.broadcast_shapes(*batches))
+    except ValueError:
+        return None
+
+
+def _widened(G: Any) -> Any:
+    """A factored single-precision G as float64/complex128 NumPy/CuPy arrays (O(N m)); None otherwise."""
+    if not isinstance(G, tuple):
+        return None
+    parts = [to_compute(part, "G")[0] for part in G]
+    if any(np.dtype(p.dtype) not in (np.float32, np.complex64) for p in parts):
+        return None
+    return tuple(p.astype(np.complex128 if p.dtype.kind == "c" else np.float64) for p in parts)
 
 
 class _AtStep:

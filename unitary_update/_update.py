@@ -9,7 +9,15 @@ from __future__ import annotations
 from typing import Any
 
 from . import _lowrank
-from ._validation import check_factor_pair, check_finite, check_out, check_square, same_view, unshare
+from ._validation import (
+    check_factor_pair,
+    check_finite,
+    check_out,
+    check_square,
+    quiet_when_unchecked,
+    same_view,
+    unshare,
+)
 from ._xp import array_namespace, compute_context, from_compute, is_jax, mark_written, to_compute
 
 __all__ = ["project", "transport"]
@@ -52,6 +60,7 @@ def _update(kind: str, U: Any, A: Any, B: Any, out: Any) -> Any:
         return from_compute(result, library)
 
 
+@quiet_when_unchecked
 def project(U: Any, A: Any, B: Any, *, out: Any = None) -> Any:
     r"""projUNN-D: the closest unitary matrix to ``U + A B^H``.
 
@@ -122,6 +131,7 @@ def project(U: Any, A: Any, B: Any, *, out: Any = None) -> Any:
     return _update("project", U, A, B, out)
 
 
+@quiet_when_unchecked
 def transport(U: Any, A: Any, B: Any, *, out: Any = None) -> Any:
     r"""projUNN-T: ``U expm(skew(U^H A B^H))``, the update transported along the manifold.
 

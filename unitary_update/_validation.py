@@ -7,11 +7,12 @@ what was expected.
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import ModuleType
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 
@@ -36,7 +37,9 @@ __all__ = [
     "has_internal_overlap",
     "max_abs",
     "overlaps",
+    "quiet_when_unchecked",
     "same_view",
+    "svd",
     "unshare",
 ]
 
@@ -292,6 +295,46 @@ def same_view(a: Any, b: Any) -> bool:
     return data_a is not None and data_b is not None and getattr(data_a, "ptr", None) == getattr(data_b, "ptr", 0)
 
 
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def quiet_when_unchecked(fn: _F) -> _F:
+    """Run ``fn`` with NumPy's invalid/overflow/divide warnings silenced while ``check_finite`` is off.
+
+    With the checks off, NaN/Inf inputs propagate into the result by contract (NaN in, NaN out);
+    the floating-point warnings they raise on the way (``invalid value encountered``) are that
+    contract, not a problem to report (and would be errors under ``-W error``).  With the checks
+    on nothing changes: non-finite input is refused before any arithmetic.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if get_options().check_finite:
+            return fn(*args, **kwargs)
+        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+            return fn(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def svd(xp: ModuleType, M: Any, *, full_matrices: bool = True) -> tuple[Any, Any, Any]:
+    """``xp.linalg.svd(M)``, but NaN factors for a NumPy ``M`` with NaN/Inf, without calling LAPACK.
+
+    LAPACK's SVD (``gesdd``) loops forever on some matrices containing Inf; with
+    ``check_finite`` off such input must give NaN (NaN in, NaN out), never hang.  The check is
+    one pass over M, negligible next to the SVD's O(n^3).  Other namespaces call the SVD directly.
+    """
+    if xp is np and not bool(np.isfinite(M).all()):
+        m, n = M.shape[-2], M.shape[-1]
+        k = min(m, n)
+        batch = M.shape[:-2]
+        real = np.finfo(M.dtype).dtype
+        left = np.full((*batch, m, m if full_matrices else k), np.nan, dtype=M.dtype)
+        right = np.full((*batch, n if full_matrices else k, n), np.nan, dtype=M.dtype)
+        return left, np.full((*batch, k), np.nan, dtype=real), right
+    return xp.linalg.svd(M, full_matrices=full_matrices)
+
+
 _FINITE_CHUNK = 1 << 16
 
 
@@ -373,7 +416,10 @@ def check_float(
     """
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number; got {value!r} of type {type(value).__name__}")
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an int beyond float range (lr=10**400)
+        number = math.inf if value > 0 else -math.inf
     below = low is not None and (number <= low if open_low else number < low)
     above = high is not None and (number >= high if open_high else number > high)
     if not math.isfinite(number) or below or above:

@@ -6,12 +6,13 @@ from typing import Any
 
 import numpy as np
 
-from ._validation import check_finite, check_square
+from ._validation import check_finite, check_square, quiet_when_unchecked
 from ._xp import array_namespace, hconj, to_compute
 
 __all__ = ["unitarity_error"]
 
 
+@quiet_when_unchecked
 def unitarity_error(U: Any) -> float:
     """Largest Frobenius norm ``||U^H U - I||_F`` over a stack of matrices.
 
@@ -37,7 +38,8 @@ def unitarity_error(U: Any) -> float:
     ValueError
         If U is not a stack of square matrices.
     NonFiniteError
-        If U contains NaN or Inf (a ValueError): a NaN matrix has no distance to report.
+        If U contains NaN or Inf (a ValueError): a NaN matrix has no distance to report.  With
+        ``check_finite`` off the value is NaN instead.
 
     Examples
     --------
@@ -61,4 +63,6 @@ def unitarity_error(U: Any) -> float:
         safe = xp.where((scale > 0) & xp.isfinite(scale), scale, 1.0)
         norms = safe[..., 0, 0] * xp.sqrt(xp.sum(xp.abs(E / safe) ** 2, axis=(-2, -1)))
         norms = xp.where(xp.isfinite(scale[..., 0, 0]), norms, xp.inf)  # V^H V itself overflowed
+        # NaN in, NaN out (reached only with check_finite off): not the inf of an overflow
+        norms = xp.where(xp.isnan(scale[..., 0, 0]), xp.nan, norms)
     return float(xp.max(norms))

@@ -30,6 +30,7 @@ from ._step import UPDATES
 from ._step import step as _step
 from ._validation import (
     NonFiniteError,
+    cast_to,
     check_choice,
     check_drift,
     check_finite,
@@ -37,7 +38,6 @@ from ._validation import (
     check_float_dtype,
     check_int,
     check_no_internal_overlap,
-    check_out,
     check_square,
     max_abs,
     overlaps,
@@ -100,6 +100,8 @@ class Optimizer:
     >>> fresh.t
     {'w': 2}
     """
+
+    _BUFFERS: tuple[str, ...] = ()  # the names of the per-parameter moment buffers of the rule
 
     def __init__(self, lr: float) -> None:
         self.lr = check_float(lr, "lr", low=0)
@@ -241,11 +243,20 @@ class Optimizer:
                 if overlaps(p, buf):
                     raise ValueError(f"{label} shares memory with the optimizer's state {key}")
             planned.append((name, p, g))
-        results = [(name, p, *self._compute(name, g)) for name, p, g in planned]
+        results = []
+        for name, p, g in planned:
+            direction, new, t = self._compute(name, g)
+            # a step in a wider dtype than the parameter's (float64 grad, float32 param) must fit it
+            # (a device array with check_finite off is cast unchecked: no host read on a hot path)
+            if get_options().check_finite or array_namespace(direction) is np:
+                direction = cast_to(direction, p.dtype, f"the step for params[{name!r}]", f"params[{name!r}]")
+            else:
+                direction = direction.astype(p.dtype, copy=False)
+            results.append((name, p, direction, new, t))
         # everything that can fail has run: commit moments, step counts, then the parameters
         for name, p, direction, new, t in results:
             self._commit(name, new, t)
-            p += direction.astype(p.dtype, copy=False)
+            p += direction
 
     def state_dict(self) -> dict[str, Any]:
         """The optimizer's state, for a checkpoint.
@@ -275,16 +286,20 @@ class Optimizer:
         ------
         ValueError
             If ``state`` was saved by an optimizer of another type, or its ``"meta"`` entry is
-            missing or malformed, or a key is not ``"<param>/<buffer>"``.
+            missing or malformed (a step count that is not an integer >= 0), a key is not
+            ``"<param>/<buffer>"`` with one of this optimizer's buffers, a parameter lacks one of
+            its buffers or has buffers of different shapes, a buffer has NaN/Inf
+            (:class:`~unitary_update.NonFiniteError`, while ``check_finite`` is on) or a
+            negative second moment, or a parameter with buffers has a step count of 0.
         TypeError
-            If a buffer is not an array of a floating dtype.
+            If a buffer is not an array of a real floating dtype (float32 or float64).
         """
         if "meta" not in state:
             raise ValueError("state has no 'meta' entry; expected what state_dict returned")
         try:
             meta = json.loads(str(state["meta"]))
             kind = meta["type"]
-            t = {str(k): int(v) for k, v in meta["t"].items()}
+            t = {str(k): check_int(v, f"step count t[{k!r}] (in meta)", low=0) for k, v in meta["t"].items()}
             lr = check_float(meta["lr"], "lr (in meta)", low=0)
         except (ValueError, TypeError, KeyError, AttributeError) as err:
             raise ValueError(f"state's 'meta' entry is malformed ({type(err).__name__}: {err})") from None
@@ -297,9 +312,31 @@ class Optimizer:
             if not isinstance(key, str) or "/" not in key:
                 raise ValueError(f"state key {key!r} is not '<param>/<buffer>'")
             p, buf = key.rsplit("/", 1)
-            array, _ = to_compute(value, f"state[{key!r}]")
-            check_float_dtype(array, f"state[{key!r}]")
+            if buf not in self._BUFFERS:
+                expected = ", ".join(repr(b) for b in self._BUFFERS) or "none"
+                raise ValueError(
+                    f"state key {key!r}: {type(self).__name__} has no buffer {buf!r} (its buffers: {expected})"
+                )
+            label = f"state[{key!r}]"
+            array, _ = to_compute(value, label)
+            check_float_dtype(array, label)
+            if array.dtype.kind == "c":
+                raise TypeError(f"{label} has dtype {array.dtype}; buffers are real (float32 or float64)")
+            check_finite(array, label)
+            if buf == "v" and array.size and float(array_namespace(array).min(array)) < 0:
+                raise ValueError(f"{label} (a second moment) has negative entries; expected >= 0")
             buffers.setdefault(p, {})[buf] = array_namespace(array).array(array, copy=True)
+        for p, bufs in buffers.items():
+            missing = [b for b in self._BUFFERS if b not in bufs]
+            if missing:
+                raise ValueError(
+                    f"state has {sorted(bufs)} for {p!r} but not {missing}; expected all of {list(self._BUFFERS)}"
+                )
+            layouts = {(tuple(b.shape), b.dtype) for b in bufs.values()}
+            if len(layouts) > 1:
+                raise ValueError(f"state's buffers for {p!r} differ in shape or dtype: {sorted(map(str, layouts))}")
+            if t.get(p, 0) < 1:
+                raise ValueError(f"state has buffers for {p!r} but its step count t[{p!r}] (in meta) is {t.get(p, 0)}")
         self.t, self.lr, self.state = t, lr, buffers
 
 
@@ -342,6 +379,8 @@ class SGD(Optimizer):
     array([0.5, 1.5])
     """
 
+    _BUFFERS = ("m",)
+
     def __init__(self, lr: float, momentum: float = 0.0) -> None:
         super().__init__(lr)
         self.momentum = check_float(momentum, "momentum", low=0, high=1, open_high=True)
@@ -382,6 +421,8 @@ class RMSprop(Optimizer):
     array([-1.,  1.])
     """
 
+    _BUFFERS = ("v",)
+
     def __init__(self, lr: float, alpha: float = 0.99, eps: float = 1e-8) -> None:
         super().__init__(lr)
         self.alpha = check_float(alpha, "alpha", low=0, high=1, open_high=True)
@@ -420,6 +461,8 @@ class Adam(Optimizer):
     >>> np.round(Adam(0.01).direction("w", np.array([5.0, -0.1])), 6)   # first step: -lr sign(g)
     array([-0.01,  0.01])
     """
+
+    _BUFFERS = ("m", "v")
 
     def __init__(self, lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
         super().__init__(lr)
@@ -583,7 +626,10 @@ class UnitaryOptimizer:
         """
         Uc, _ = to_compute(U, "U", writable=True)
         n = check_square(Uc, "U")
-        check_out(Uc, Uc, tuple(Uc.shape))  # U is written in place: writable, no internal overlap
+        flags = getattr(Uc, "flags", None)  # U is written in place: writable, no internal overlap
+        if flags is not None and not getattr(flags, "writeable", True):
+            raise ValueError("U is read-only; UnitaryOptimizer.step updates U in place")
+        check_no_internal_overlap(Uc, "U")
         X: Any = None
         Y: Any = None
         G: Any = None
@@ -600,6 +646,15 @@ class UnitaryOptimizer:
                 check_finite(x, label)
             if X.shape[-1] != Y.shape[-1]:
                 raise ValueError(f"grad's X and Y must have the same number of columns; got {X.shape}, {Y.shape}")
+            try:  # U is updated in place: X Y^H must broadcast to U's batch exactly
+                batch = np.broadcast_shapes(Uc.shape[:-2], X.shape[:-2], Y.shape[:-2])
+            except ValueError:
+                batch = None
+            if batch != tuple(Uc.shape[:-2]):
+                raise ValueError(
+                    f"grad's batch dimensions must broadcast to U's: U {tuple(Uc.shape)}, X {tuple(X.shape)}, "
+                    f"Y {tuple(Y.shape)}"
+                )
         else:
             G, _ = to_compute(grad, "grad")
             check_float_dtype(G, "grad")
@@ -638,7 +693,7 @@ class UnitaryOptimizer:
             string of the step count and the sketch generator's state.
         """
         out = self.base.state_dict()
-        out["unitary_meta"] = json.dumps({"steps": self.steps, "rng": self.rng.bit_generator.state})
+        out["unitary_meta"] = json.dumps({"steps": self.steps, "rng": self.rng.bit_generator.state}, default=_jsonable)
         return out
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -660,13 +715,22 @@ class UnitaryOptimizer:
         try:
             meta = json.loads(str(state.pop("unitary_meta")))
             steps = check_int(meta["steps"], "steps (in unitary_meta)", low=0)
-            probe = np.random.default_rng()
-            probe.bit_generator.state = meta["rng"]  # checks the generator state before committing
+            probe = type(self.rng.bit_generator)()  # the generator's own kind (PCG64, MT19937, ...)
+            probe.state = meta["rng"]  # checks the generator state before committing
         except (ValueError, TypeError, KeyError, AttributeError) as err:
             raise ValueError(f"state's 'unitary_meta' entry is malformed ({type(err).__name__}: {err})") from None
         self.base.load_state_dict(state)  # all or nothing itself
         self.steps = steps
         self.rng.bit_generator.state = meta["rng"]
+
+
+def _jsonable(x: Any) -> Any:
+    """JSON for the NumPy values inside a bit generator's state (MT19937's key array, NumPy ints)."""
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    if isinstance(x, np.generic):
+        return x.item()
+    raise TypeError(f"Object of type {type(x).__name__} is not JSON serializable")
 
 
 def _in_dtype(direction: Any, dtype: Any) -> Any:

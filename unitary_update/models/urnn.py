@@ -706,11 +706,13 @@ def _namespace_or_none(value: Any) -> ModuleType | None:
 
 def _as_array(xp: ModuleType, value: Any, name: str, expected: str) -> Any:
     """``value`` as an array of ``xp``: NumPy arrays, nested lists, torch/JAX tensors (detached, by
-    DLPack); masked arrays and ndarray subclasses are a TypeError naming ``name``."""
-    if isinstance(value, np.ma.MaskedArray) or (isinstance(value, np.ndarray) and type(value) is not np.ndarray):
-        raise TypeError(
-            f"{name} must be a plain array; got {type(value).__name__} (masks and subclasses are not supported)"
-        )
+    DLPack).  As in the core (``unitary_update._xp.to_compute``): other ndarray subclasses
+    (``np.memmap``, ...) are read as plain arrays, and a masked array is a TypeError naming ``name``
+    (its mask would be ignored)."""
+    if isinstance(value, np.ma.MaskedArray):
+        raise TypeError(f"{name} must be a plain array; got {type(value).__name__} (masks are not supported)")
+    if isinstance(value, np.ndarray) and type(value) is not np.ndarray and type(value).__module__ != "cupy":
+        value = value.view(np.ndarray)
     if type(value).__module__.split(".")[0] in ("torch", "jax", "jaxlib"):
         value, _ = to_compute(value, name)  # a tensor that requires grad is detached, never refused
     try:
