@@ -72,9 +72,9 @@ SMALL = {"task": "adding", "length": 6, "steps": 2, "hidden_size": 8, "batch_siz
         ({"length": 1}, ValueError, r"length must be an integer >= 2 \(the adding task's length\)"),
         ({"mnist_dir": 3}, TypeError, "mnist_dir must be a path"),
         # hostile values: integers too large for a float, arrays and numbers where names belong
-        ({"lr": 10**400}, ValueError, "lr must be a finite number; got an integer of 401 digits"),
-        ({"momentum": -(10**400)}, ValueError, "momentum must be a finite number; got an integer"),
-        ({"time_limit_s": 10**400}, ValueError, "time_limit_s must be a finite number"),
+        ({"lr": 10**400}, ValueError, r"lr must be finite and > 0; got inf"),
+        ({"momentum": -(10**400)}, ValueError, r"momentum must (lie|be) in \[0, 1\); got -inf"),
+        ({"time_limit_s": 10**400}, ValueError, r"time_limit_s must be (a )?finite"),
         ({"lr_milestones": np.array(3)}, TypeError, "lr_milestones must be a sequence"),
         ({"lr_milestones": {4: 5}}, TypeError, "lr_milestones must be a sequence"),
         ({"dtype": np.ones(2)}, TypeError, r"dtype must be one of 'float32', 'float64' \(a string\)"),
@@ -678,7 +678,7 @@ def test_conv_mnist_hostile_arguments_are_refused_by_name(tmp_path):
         ({"depth": 10**30}, ValueError, "depth = 1000.* too large"),  # refused at once, not a loop over layers
         ({"baseline_lrs": 0.1}, TypeError, "baseline_lrs must be a sequence"),
         ({"baseline_lrs": ()}, ValueError, "baseline_lrs must hold at least one"),
-        ({"lr": 10**400}, ValueError, "lr must be finite and > 0; got an integer of 401 digits"),
+        ({"lr": 10**400}, ValueError, "lr must be finite and > 0; got (inf|an integer of 401 digits)"),
         ({"out": tmp_path}, ValueError, "out must be a file to write"),
         ({"out": tmp_path / "missing" / "log.json"}, FileNotFoundError, "out: the folder of"),
         ({"plot": 5}, TypeError, "plot must be a path"),

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from types import ModuleType
 from typing import NoReturn
 
-from . import bench, bench_gpu, bench_rnn, conv_bench, conv_demo, demo, plot, soak, train
+from . import bench, bench_gpu, bench_jax, bench_rnn, bench_torch, conv_bench, conv_demo, demo, plot, soak, train
 from ._common import MissingExtraError, UsageError
 
 __all__ = ["COMMANDS", "main"]
@@ -40,6 +40,8 @@ COMMANDS: dict[str, ModuleType] = {
     "soak": soak,
     "bench": bench,
     "bench-gpu": bench_gpu,
+    "bench-jax": bench_jax,
+    "bench-torch": bench_torch,
     "conv-bench": conv_bench,
     "conv-demo": conv_demo,
     "train": train,
