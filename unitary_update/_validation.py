@@ -419,7 +419,7 @@ def check_float(
     try:
         number = float(value)
     except OverflowError:  # an int beyond float range (lr=10**400)
-        number = math.inf if value > 0 else -math.inf
+        number = math.inf if str(value)[0] != "-" else -math.inf
     below = low is not None and (number <= low if open_low else number < low)
     above = high is not None and (number >= high if open_high else number > high)
     if not math.isfinite(number) or below or above:

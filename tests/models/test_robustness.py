@@ -289,7 +289,7 @@ def test_conv_step_hostile_settings_and_read_only_stacks_write_nothing(real_laye
     layer, grad = real_layer_and_grad
     gen = np.random.default_rng(3)
     before = _layer_state(layer, gen)
-    with pytest.raises(ValueError, match="lr must be a positive finite number; got (inf|an integer of 401 digits)"):
+    with pytest.raises(ValueError, match=r"lr must be a positive finite number; got (inf|an integer of 401 digits)"):
         layer.step(grad, lr=10**400, rng=gen)
     layer.Q.flags.writeable = False  # the second stack: U was written before the fix
     with pytest.raises(ValueError, match="stack Q is read-only; nothing was written"):
