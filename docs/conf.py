@@ -79,7 +79,15 @@ numpydoc_class_members_toctree = False
 numpydoc_xref_param_type = False
 
 # Public functions that cannot raise, so need no Raises section (checked by docs/_ext/uu_docs.py).
-uu_docs_raises_nothing = ["unitary_update.get_options"]
+uu_docs_raises_nothing = [
+    "unitary_update.get_options",
+    # formatters and benchmark drivers that raise nothing of their own
+    "unitary_update.bench.cpu.format_markdown",
+    "unitary_update.bench.jax_compare.add_arguments",
+    "unitary_update.bench.jax_compare.to_markdown",
+    "unitary_update.bench.rnn.breakdown",
+    "unitary_update.bench.rnn.run_benchmark",
+]
 
 # ---- Math: macros defined once, used by the theory page and the docstrings ----------------------
 # MathJax 3 from the local copy (the sphinx-mathjax-offline extension above puts it in _static).

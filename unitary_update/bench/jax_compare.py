@@ -321,6 +321,11 @@ def main(args: argparse.Namespace, command: str = "") -> list[JaxRow]:
     list of JaxRow
         The measurements.
 
+    Raises
+    ------
+    MissingExtraError
+        If jax is not installed (the ``jax`` extra).
+
     Examples
     --------
     >>> import argparse

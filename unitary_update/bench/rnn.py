@@ -263,6 +263,11 @@ def make_step(kind: str, model: URNN, rank: int = 1, update: str = "project") ->
     callable
         ``step(x, y) -> float``: one training step on the batch ``(x, y)``, returning the loss.
 
+    Raises
+    ------
+    MissingExtraError
+        For ``torch_autograd`` when torch is not installed (the ``torch`` extra).
+
     Examples
     --------
     >>> from unitary_update.bench.rnn import make_step
