@@ -82,6 +82,10 @@ def test_labels_as_callable_or_prefix_and_errors(x32):
         update_with({"rnn": True, "out": True})
     with pytest.raises(ValueError, match="needs the parameters"):
         update_with(prefix, with_params=False)
+    # bad labels are found by init already, before any step (both transformations)
+    for transformation in (uj.scale_by_projunn, lambda **kw: uj.retract_every(10, **kw)):
+        with pytest.raises(ValueError, match=r"unitary leaf params\['out'\] must have shape"):
+            transformation(unitary_labels={"rnn": True, "out": True}).init(params)
     with pytest.raises(TypeError, match="unitary_labels must hold Python bools"):
         update_with({"rnn": jnp.array(True), "out": False})
     with pytest.raises(ValueError, match="unitary_labels must be a pytree of bools"):

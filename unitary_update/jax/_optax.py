@@ -178,7 +178,7 @@ def scale_by_projunn(
     _core._check_options(sketch, sketch_options)
 
     def init_fn(params: Any) -> ProjUNNState:
-        del params
+        _unitary_leaves(unitary_labels, params, params, "scale_by_projunn")  # bad labels fail here, not later
         return ProjUNNState(count=jnp.zeros([], jnp.int32), key=jax.random.key(seed))
 
     def update_fn(updates: Any, state: ProjUNNState, params: Any = None) -> tuple[Any, ProjUNNState]:
@@ -245,7 +245,7 @@ def retract_every(n: int, *, unitary_labels: Any, method: str = "polar") -> opta
     method = check_choice(method, _core.RETRACT_METHODS, "retraction method")
 
     def init_fn(params: Any) -> RetractState:
-        del params
+        _unitary_leaves(unitary_labels, params, params, "retract_every")  # bad labels fail here, not later
         return RetractState(count=jnp.zeros([], jnp.int32))
 
     def update_fn(updates: Any, state: RetractState, params: Any = None) -> tuple[Any, RetractState]:
