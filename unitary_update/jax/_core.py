@@ -36,6 +36,7 @@ from .._kernels import REAL_CORE_IMAG_TOL
 from .._validation import (
     NonFiniteError,
     check_choice,
+    check_factor_pair,
     check_float_dtype,
     check_int,
     check_rank,
@@ -119,26 +120,8 @@ def _core_dtype(dtype: Any, *, complex_: bool = False) -> Any:
 
 
 def _check_factors(U: Any, A: Any, B: Any) -> tuple[tuple[int, ...], Any, Any]:
-    """The checks of :func:`unitary_update._validation.check_factor_pair`, on JAX arrays."""
-    n = U.shape[-1]
-    for x, name in ((A, "A"), (B, "B")):
-        check_float_dtype(x, name)
-        if x.ndim < 2:
-            raise ValueError(f"{name} must have shape (..., N, k); got {tuple(x.shape)}")
-        if x.shape[-2] != n:
-            raise ValueError(f"{name} has shape {tuple(x.shape)} but U is {n} x {n}")
-        if x.dtype.kind == "c" and U.dtype.kind != "c":
-            raise TypeError(f"{name} is complex ({x.dtype}) but U is real ({U.dtype}); a real U needs real factors")
-    if A.shape[-1] != B.shape[-1]:
-        raise ValueError(f"A and B must have the same number of columns k; got A {tuple(A.shape)}, B {tuple(B.shape)}")
-    if A.shape[-1] < 1:
-        raise ValueError(f"A and B must have at least one column; got k = {A.shape[-1]}")
-    try:
-        batch = np.broadcast_shapes(U.shape[:-2], A.shape[:-2], B.shape[:-2])
-    except ValueError:
-        raise ValueError(
-            f"batch dimensions do not broadcast: U {tuple(U.shape)}, A {tuple(A.shape)}, B {tuple(B.shape)}"
-        ) from None
+    """:func:`unitary_update._validation.check_factor_pair` on JAX arrays, then the cast to U's dtype."""
+    batch, A, B = check_factor_pair(U, A, B, cast=False)  # shapes and dtypes only: traceable
     return batch, A.astype(U.dtype), B.astype(U.dtype)
 
 
