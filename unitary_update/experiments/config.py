@@ -173,8 +173,8 @@ class TrainConfig:
         self.init = _check_choice(self.init, INITS, "init")
         self.dtype = _check_choice(_dtype_name(self.dtype), REAL_DTYPES, "dtype")
         self.optimizer = _check_choice(self.optimizer, OPTIMIZERS, "optimizer")
-        self.lr = _check_float(self.lr, "lr", low=0, open_low=True)
-        self.w_lr_divisor = _check_float(self.w_lr_divisor, "w_lr_divisor", low=0, open_low=True)
+        self.lr = check_float(self.lr, "lr", low=0, open_low=True)
+        self.w_lr_divisor = check_float(self.w_lr_divisor, "w_lr_divisor", low=0, open_low=True)
         w_lr = self.lr / self.w_lr_divisor
         if not (0 < w_lr < math.inf):
             raise ValueError(
@@ -193,8 +193,8 @@ class TrainConfig:
         ) != sorted(set(milestones)):
             raise ValueError(f"lr_milestones must be increasing positive step numbers; got {self.lr_milestones!r}")
         self.lr_milestones = tuple(int(m) for m in milestones)
-        self.lr_gamma = _check_float(self.lr_gamma, "lr_gamma", low=0, high=1, open_low=True, expected="in (0, 1]")
-        self.momentum = _check_float(self.momentum, "momentum", low=0, high=1, open_high=True, expected="in [0, 1)")
+        self.lr_gamma = check_float(self.lr_gamma, "lr_gamma", low=0, high=1, open_low=True, expected="in (0, 1]")
+        self.momentum = check_float(self.momentum, "momentum", low=0, high=1, open_high=True, expected="in [0, 1)")
         hidden = self.resolved_hidden()
         self.rank = check_int(self.rank, "rank", low=1, high=hidden, expected=f"in [1, hidden size = {hidden}]")
         self.update = _check_choice(self.update, UPDATES, "update")
@@ -206,7 +206,7 @@ class TrainConfig:
         self.checkpoint_every = check_int(self.checkpoint_every, "checkpoint_every", low=0)
         self.log_every = check_int(self.log_every, "log_every", low=1)
         if self.time_limit_s is not None:
-            self.time_limit_s = _check_float(self.time_limit_s, "time_limit_s", low=0)
+            self.time_limit_s = check_float(self.time_limit_s, "time_limit_s", low=0)
         if not isinstance(self.mnist_dir, (str, os.PathLike)):
             raise TypeError(f"mnist_dir must be a path; got {self.mnist_dir!r} of type {type(self.mnist_dir).__name__}")
         self.mnist_dir = os.fspath(self.mnist_dir)
@@ -246,17 +246,6 @@ class TrainConfig:
         if self.hidden_size is not None:
             return int(self.hidden_size)
         return int(TASK_CLASSES.get(self.task, Task).hidden_size)
-
-
-def _check_float(value: Any, name: str, **bounds: Any) -> float:
-    """:func:`check_float`, with an integer too large for a float refused by name (not OverflowError)."""
-    try:
-        return check_float(value, name, **bounds)
-    except OverflowError:
-        digits = len(str(abs(int(value))))
-        raise ValueError(
-            f"{name} must be a finite number; got an integer of {digits} digits, too large for a float"
-        ) from None
 
 
 def _check_choice(value: Any, valid: Any, name: str) -> str:

@@ -239,7 +239,7 @@ class ConvNet:
             grads.append(grad)
         grads.reverse()
         first_param = grads[0].norm()
-        lr_classifier = _positive(lr_classifier, "lr_classifier")
+        lr_classifier = check_float(lr_classifier, "lr_classifier", low=0, open_low=True)
         with np.errstate(over="ignore", invalid="ignore"):
             new_W, new_b = self.W - lr_classifier * g_W, self.b - lr_classifier * g_b
         if not (np.isfinite(new_W).all() and np.isfinite(new_b).all()):
@@ -377,13 +377,13 @@ def train_mnist(
     if channels % 2:
         raise ValueError(f"channels must be even (MaxMin pairs channels); got {channels}")
     steps, batch = check_int(steps, "steps", low=1), check_int(batch, "batch", low=1)
-    lr = _positive(lr, "lr")
-    lr_classifier = _positive(lr_classifier, "lr_classifier")
+    lr = check_float(lr, "lr", low=0, open_low=True)
+    lr_classifier = check_float(lr_classifier, "lr_classifier", low=0, open_low=True)
     rank = check_int(rank, "rank", low=1, high=channels)
     if baseline_lrs is not None:
         if isinstance(baseline_lrs, (str, bytes)) or not isinstance(baseline_lrs, Iterable):
             raise TypeError(f"baseline_lrs must be a sequence of learning rates or None; got {baseline_lrs!r}")
-        baseline_lrs = tuple(_positive(b, "baseline_lrs") for b in baseline_lrs)
+        baseline_lrs = tuple(check_float(b, "baseline_lrs", low=0, open_low=True) for b in baseline_lrs)
         if not baseline_lrs:
             raise ValueError("baseline_lrs must hold at least one learning rate (None: the same as lr)")
     eval_every, eval_size = check_int(eval_every, "eval_every", low=1), check_int(eval_size, "eval_size", low=1)
@@ -475,14 +475,6 @@ def train_mnist(
     if plot is not None:
         _plot(result, Path(plot))
     return result
-
-
-def _positive(value: Any, name: str) -> float:
-    """A finite learning rate > 0 (an integer too large for a float is a ValueError naming it)."""
-    try:
-        return check_float(value, name, low=0, open_low=True)
-    except OverflowError:
-        raise ValueError(f"{name} must be finite and > 0; got an integer of {len(str(value))} digits") from None
 
 
 def _rounded(obj: Any) -> Any:

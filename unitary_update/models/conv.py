@@ -699,10 +699,7 @@ class OrthogonalConv2d:
         """
         if not isinstance(grad, ConvGradient):
             raise TypeError(f"grad must be a ConvGradient from OrthogonalConv2d.backward; got {type(grad).__name__}")
-        try:
-            lr = check_float(lr, "lr", low=0, open_low=True, expected="a positive finite number")
-        except OverflowError:  # an integer too large for a float
-            raise ValueError(f"lr must be a positive finite number; got an integer of {len(str(lr))} digits") from None
+        lr = check_float(lr, "lr", low=0, open_low=True, expected="a positive finite number")
         update = _check_name(update, CONV_UPDATES, "update")
         sketch = _check_name(sketch, SKETCH_METHODS, "sketch")
         rank = check_rank(rank, self.out_channels)

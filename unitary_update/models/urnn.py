@@ -470,8 +470,8 @@ class URNN:
         x : array, shape (batch, T, input_size)
             Real inputs: floating, integer or bool (cast to the model's real dtype; a finite
             float64 x beyond float32's range is refused); a NumPy array, a nested list or a
-            torch/JAX tensor (read by DLPack, detached).  Masked arrays and ndarray
-            subclasses are a TypeError.
+            torch/JAX tensor (read by DLPack, detached).  Other ndarray subclasses are read as
+            plain arrays; a masked array is a TypeError.
 
         Returns
         -------
@@ -584,8 +584,8 @@ class URNN:
         x : array, shape (batch, T, input_size)
             Real inputs: floating, integer or bool (cast to the model's real dtype; a finite
             float64 x beyond float32's range is refused); a NumPy array, a nested list or a
-            torch/JAX tensor (read by DLPack, detached).  Masked arrays and ndarray
-            subclasses are a TypeError.
+            torch/JAX tensor (read by DLPack, detached).  Other ndarray subclasses are read as
+            plain arrays; a masked array is a TypeError.
         y : array
             ``(batch, T)`` integer labels (sequence cross-entropy; negative labels are ignored),
             ``(batch,)`` integer labels (last-step cross-entropy), ``(batch, output_size)`` real
