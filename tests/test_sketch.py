@@ -9,6 +9,7 @@ import pytest
 from helpers import ALL_DTYPES, random_factors
 
 import unitary_update as uu
+from unitary_update import _sketch
 from unitary_update._xp import hconj
 
 METHODS = ["randomized", "lsi", "column", "exact"]
@@ -124,6 +125,58 @@ def test_factored_sketch_never_allocates_n_by_n(method):
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert peak < n * n * 8 / 50, f"peak {peak} bytes is not O(N m)"
+
+
+@pytest.mark.parametrize("scale", [1.0, 2.0**-30], ids=["moderate", "rescaled"])
+@pytest.mark.parametrize("dtype", [np.float32, np.complex64])
+@pytest.mark.parametrize("method", ["randomized", "lsi", "column"])
+def test_factored_sketch_extra_memory_is_thin(method, dtype, scale):
+    """O((N + m) k) extra memory: no copy of X or Y (each 1/6 of N x N here), no m x m Gram, no QR of X.
+
+    A tiny Y (``2^-30``) sends G through the rescaling, which scales thin products, not X and Y.
+    """
+    n, m, k = 1500, 250, 4
+    rng = np.random.default_rng(18)
+    X = random_factors(rng, (n, m), dtype)
+    Y = (scale * random_factors(rng, (n, m), dtype)).astype(dtype)
+    X0, Y0 = X.copy(), Y.copy()
+    uu.sketch((X, Y), k, method=method, rng=0)
+    tracemalloc.start()
+    uu.sketch((X, Y), k, method=method, rng=0)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < 0.1 * n * n * np.dtype(dtype).itemsize, f"peak {peak} bytes is not O((N + m) k)"
+    np.testing.assert_array_equal(X, X0)
+    np.testing.assert_array_equal(Y, Y0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.complex128])
+@pytest.mark.parametrize("method", METHODS)
+def test_rescaled_factored_sketch_equals_the_one_with_scaled_copies(monkeypatch, method, dtype):
+    rng = np.random.default_rng(19)
+    big = 2.0**40 if dtype == np.float32 else 2.0**300
+    X = (big * random_factors(rng, (2, 1, 40, 35), dtype)).astype(dtype)
+    Y = (random_factors(rng, (3, 30, 35), dtype) / big**1.25).astype(dtype)
+    A1, B1 = uu.sketch((X, Y), 3, method=method, rng=1)
+    monkeypatch.setattr(_sketch, "_LAZY_LIMIT", {4: -1, 8: -1})  # X and Y copied, scaled
+    A2, B2 = uu.sketch((X, Y), 3, method=method, rng=1)
+    np.testing.assert_array_equal(A1, A2)
+    np.testing.assert_array_equal(B1, B2)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.complex128])
+def test_factored_operator_products_match_the_dense_g(dtype):
+    rng = np.random.default_rng(20)
+    X, Y = random_factors(rng, (2, 1, 30, 70), dtype), random_factors(rng, (3, 25, 70), dtype)  # m = 70: 3 blocks
+    sx, sy = np.array([[-3], [4]]), np.array([5, 0, -7])
+    op = _sketch._Factored(np, X, Y, sx, sy)
+    G = (X * 2.0 ** sx[..., None, None]) @ hconj(Y * 2.0 ** sy[..., None, None])  # (2, 3, 30, 25)
+    x, q = random_factors(rng, (2, 3, 25, 4), dtype), random_factors(rng, (2, 3, 30, 4), dtype)
+    idx = np.broadcast_to(np.array([7, 0, 24]), (2, 3, 3))
+    np.testing.assert_allclose(op.matmul(x), G @ x, rtol=1e-12)
+    np.testing.assert_allclose(op.rmatmul(q), hconj(G) @ q, rtol=1e-12)
+    np.testing.assert_allclose(op.column_norms2(2), (np.abs(G) ** 2).sum(axis=-2), rtol=1e-12)
+    np.testing.assert_allclose(op.columns(idx), G[..., [7, 0, 24]], rtol=1e-12)
 
 
 @pytest.mark.parametrize("method", ["randomized", "lsi", "column"])

@@ -52,6 +52,7 @@ import numpy as np
 from . import _kernels
 from ._blas import add_lowrank_
 from ._config import get_options, use_numba
+from ._threads import single_threaded_blas
 from ._validation import NonFiniteError, SingularUpdateError, check_finite, max_abs
 from ._validation import svd as guarded_svd
 from ._xp import hconj
@@ -86,8 +87,54 @@ def basis(xp: ModuleType, U: Any, A: Any, B: Any, A_hat: Any = None) -> tuple[An
             [xp.broadcast_to(B, (*batch, *B.shape[-2:])), xp.broadcast_to(A_hat, (*batch, *A_hat.shape[-2:]))],
             axis=-1,
         )
+    if xp is np and X.ndim == 2:
+        factors = _cholesky_qr2(X)
+        if factors is not None:
+            W, R = factors
+            return W, R[:, k:], R[:, :k]
     W, R = xp.linalg.qr(X, mode="reduced")
     return W, R[..., :, k:], R[..., :, :k]
+
+
+# CholeskyQR2 is used only while every column of [B, A_hat] keeps at least this sine of an angle
+# to the span of the columns before it (the Cholesky factor's diagonal over the column's norm);
+# then the first pass leaves W orthonormal to eps * cond << 1 and the second pass to rounding.
+_CHOLESKY_MIN_SINE = {4: 1e-4, 8: 1e-7}
+
+
+def _cholesky_qr2(X: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """``X = W R`` (thin, N x r with r <= N) by CholeskyQR2; None when X is (nearly) rank deficient.
+
+    Two passes of ``G = Y^H Y`` (double precision, r x r), ``G = L L^H``,
+    ``Y <- Y L^{-H}``: BLAS-3 products over the thin block instead of Householder's many
+    BLAS-2 steps (at N = 1024, r = 128: a few times faster).  The tall products run in X's
+    dtype, the Gram matrices and ``R`` in double precision.  Returns None, for the Householder
+    QR to take over, when ``r > N``, when a Cholesky fails, or when a column lies within
+    :data:`_CHOLESKY_MIN_SINE` of the span of the others (A or B zero, ``A_hat`` parallel to
+    ``B``): there CholeskyQR would lose orthogonality.
+    """
+    n, r = X.shape
+    if r > n or r == 0:
+        return None
+    dt = _core_dtype(X.dtype)
+    min_sine = _CHOLESKY_MIN_SINE[X.real.dtype.itemsize]
+    R = np.eye(r, dtype=dt)
+    Y = X
+    for _ in range(2):
+        Yd = Y.astype(dt)
+        G = hconj(Yd) @ Yd
+        norms = np.sqrt(np.diagonal(G).real)
+        try:
+            L = np.linalg.cholesky(G)
+        except np.linalg.LinAlgError:
+            return None
+        sines = np.diagonal(L).real / np.where(norms > 0, norms, 1.0)
+        if not (norms.min() > 0 and sines.min() > min_sine):  # also False for NaN
+            return None
+        Rinv = np.linalg.inv(hconj(L))  # upper triangular, r x r
+        Y = Yd @ Rinv if Y.dtype == dt else Y @ Rinv.astype(Y.dtype)
+        R = hconj(L) @ R
+    return Y, R
 
 
 def _core_dtype(dtype: Any) -> Any:
@@ -107,6 +154,10 @@ def project_core(xp: ModuleType, a: Any, b: Any, e: Any = None) -> Any:
     factors by :func:`balance`.  For ``e > 0`` the core is computed as
     ``polar(2^-e I + a b^H)`` (the polar factor is invariant to positive scaling), so nothing
     overflows at any scale; for ``e < 0`` the term ``2^e a b^H`` underflows gracefully.
+
+    On NumPy, a T within ``||T^H T - I||_F <= 1/2`` of the unitary group (every training step of
+    moderate size) takes :func:`_newton_schulz_polar`: r x r products only, 5-10x faster than
+    the SVD at r = 128.  Other T, and other namespaces, take the SVD ``T = X S Y^H``, ``X Y^H``.
     """
     dt = _core_dtype(a.dtype)
     a = a.astype(dt)
@@ -119,8 +170,41 @@ def project_core(xp: ModuleType, a: Any, b: Any, e: Any = None) -> Any:
     else:
         e = xp.asarray(e)[..., None, None]
         T = _powers_of_two(xp, -xp.maximum(e, 0)) * eye + _powers_of_two(xp, xp.minimum(e, 0)) * ab
+    if xp is np:
+        polar = _newton_schulz_polar(T, eye)
+        if polar is not None:
+            return polar - eye
     X, _, Yh = _svd(xp, T)
     return X @ Yh - eye
+
+
+def _frobenius_max(x: np.ndarray) -> float:
+    """The largest Frobenius norm over a stack of matrices (NaN propagates)."""
+    return float(np.sqrt(np.max(np.sum(np.abs(x) ** 2, axis=(-2, -1)), initial=0.0)))
+
+
+def _newton_schulz_polar(T: np.ndarray, eye: np.ndarray) -> np.ndarray | None:
+    """The polar factor of each T of a stack by Newton-Schulz, or None where it is not the fast way.
+
+    ``Y <- Y (3 I - Y^H Y) / 2`` converges quadratically to ``polar(T)`` when
+    ``||T^H T - I||_2 < 1``; it is run only from ``||T^H T - I||_F <= 1/2`` (at most six
+    iterations to double precision) and stopped one step after ``||Y^H Y - I||_F <= 1e-8``, which
+    leaves rounding error only.
+    None (the caller takes the SVD) when T is farther from unitary, non-finite, or does not
+    converge in 8 iterations.
+    """
+    E = hconj(T) @ T - eye
+    err = _frobenius_max(E)
+    if not err <= 0.5:
+        return None
+    Y = T
+    for _ in range(8):
+        if err <= 1e-8:  # quadratic convergence: one more step reaches rounding (~0.75 err^2)
+            return Y @ (eye - 0.5 * E)
+        Y = Y @ (eye - 0.5 * E)
+        E = hconj(Y) @ Y - eye
+        err = _frobenius_max(E)
+    return None
 
 
 # Angles beyond 2^1000 radians are known to no digit (eps * theta >> 2 pi); capping the exponent
@@ -129,12 +213,21 @@ _MAX_ANGLE_EXPONENT = 1000
 
 
 def transport_core(xp: ModuleType, a: Any, b: Any, e: Any = None) -> Any:
-    """``expm(K) - I`` with ``K = 2^e (a b^H - b a^H)/2`` for projUNN-T, via ``eigh(-iK)``.
+    """``expm(K) - I`` with ``K = 2^e (a b^H - b a^H)/2`` for projUNN-T.
 
-    The exponent ``e`` (see :func:`project_core`) scales the eigenvalues of the unit-scale
-    ``K``, exactly; exponents above 1000 are capped (the angle is then known to no digit).
+    On NumPy, a K of 1-norm up to ``2^6 theta_13`` (about 340) with no exponent apart takes
+    :func:`_expm_minus_identity_pade`: Pade products and one solve in double precision, real
+    for real inputs.  Otherwise ``expm(K)`` comes from ``eigh(-iK)``; the exponent ``e`` (see
+    :func:`project_core`) then scales the eigenvalues of the unit-scale ``K``, exactly, and
+    exponents above 1000 are capped (the angle is then known to no digit).
     """
     real = a.dtype.kind != "c"
+    if xp is np and e is None:
+        dt = _core_dtype(a.dtype)
+        ab = a.astype(dt) @ hconj(b.astype(dt))
+        D = _expm_minus_identity_pade(0.5 * (ab - hconj(ab)))
+        if D is not None:
+            return D
     a = a.astype(np.complex128)
     b = b.astype(np.complex128)
     ab = a @ hconj(b)
@@ -156,6 +249,78 @@ def transport_core(xp: ModuleType, a: Any, b: Any, e: Any = None) -> Any:
     e1 = -2.0 * xp.sin(0.5 * theta) ** 2 + 1j * xp.sin(theta)
     D = (V * e1[..., None, :]) @ hconj(V)
     return _nearest_rotation(xp, D) if real else D
+
+
+# Pade approximants of expm (Higham, SIAM J. Matrix Anal. Appl. 26 (2005) 1179-1193): the
+# numerator coefficients b_j of degree m, and the 1-norm up to which degree m is accurate to
+# double precision without scaling.
+_PADE_COEFFICIENTS = {
+    3: (120.0, 60.0, 12.0, 1.0),
+    5: (30240.0, 15120.0, 3360.0, 420.0, 30.0, 1.0),
+    7: (17297280.0, 8648640.0, 1995840.0, 277200.0, 25200.0, 1512.0, 56.0, 1.0),
+    9: (17643225600.0, 8821612800.0, 2075673600.0, 302702400.0, 30270240.0, 2162160.0, 110880.0, 3960.0, 90.0, 1.0),
+    13: (
+        64764752532480000.0,
+        32382376266240000.0,
+        7771770303897600.0,
+        1187353796428800.0,
+        129060195264000.0,
+        10559470521600.0,
+        670442572800.0,
+        33522128640.0,
+        1323241920.0,
+        40840800.0,
+        960960.0,
+        16380.0,
+        182.0,
+        1.0,
+    ),
+}
+_PADE_THETA = {
+    3: 1.495585217958292e-2,
+    5: 2.539398330063230e-1,
+    7: 9.504178996162932e-1,
+    9: 2.097847961257068e0,
+    13: 5.371920351148152e0,
+}
+_PADE_MAX_SQUARINGS = 6
+
+
+def _expm_minus_identity_pade(K: np.ndarray) -> np.ndarray | None:
+    """``expm(K) - I`` for a stack of skew-Hermitian K by scaling and squaring a Pade approximant.
+
+    The diagonal Pade approximant ``r_m(K) = (V - U)^{-1} (V + U)`` (``U`` the odd, ``V`` the
+    even part) of a skew-Hermitian K is unitary in exact arithmetic (``V - U = (V + U)^H``), and
+    ``r_m(K) - I = 2 (V - U)^{-1} U`` keeps the accuracy of a small K.  Squarings use
+    ``D <- D (2 I + D)`` (``(I + D)^2 - I``).  Real K stays real.  Returns None (the caller
+    takes ``eigh``) for a non-finite K or a 1-norm above ``2^6 theta_13``.
+    """
+    norm = float(np.max(np.sum(np.abs(K), axis=-2), initial=0.0))  # the largest 1-norm of the stack
+    if not norm <= _PADE_THETA[13] * 2.0**_PADE_MAX_SQUARINGS:
+        return None
+    squarings = 0
+    degree = next((m for m in (3, 5, 7, 9) if norm <= _PADE_THETA[m]), 13)
+    if degree == 13 and norm > _PADE_THETA[13]:
+        squarings = int(np.ceil(np.log2(norm / _PADE_THETA[13])))
+        K = K * 2.0**-squarings
+    c = _PADE_COEFFICIENTS[degree]
+    eye = np.eye(K.shape[-1], dtype=K.dtype)
+    K2 = K @ K
+    if degree == 13:
+        K4 = K2 @ K2
+        K6 = K4 @ K2
+        odd = K @ (K6 @ (c[13] * K6 + c[11] * K4 + c[9] * K2) + c[7] * K6 + c[5] * K4 + c[3] * K2 + c[1] * eye)
+        even = K6 @ (c[12] * K6 + c[10] * K4 + c[8] * K2) + c[6] * K6 + c[4] * K4 + c[2] * K2 + c[0] * eye
+    else:
+        powers = [eye, K2]
+        for _ in range(2, degree // 2 + 1):
+            powers.append(powers[-1] @ K2)
+        odd = K @ sum(c[2 * j + 1] * P for j, P in enumerate(powers))
+        even = sum(c[2 * j] * P for j, P in enumerate(powers))
+    D = 2.0 * np.linalg.solve(even - odd, odd)
+    for _ in range(squarings):
+        D = D @ (2.0 * eye + D)
+    return D
 
 
 def _svd(xp: ModuleType, T: Any) -> tuple[Any, Any, Any]:
@@ -254,6 +419,22 @@ def apply_update(xp: ModuleType, U: Any, W: Any, D: Any, out: Any) -> None:
     add_lowrank_(out, P, W)
 
 
+def _as_stack(x: np.ndarray, batch: tuple[int, ...]) -> np.ndarray:
+    """``x`` broadcast to ``batch`` as a C-contiguous ``(count, rows, cols)`` stack (a view when it can be)."""
+    if x.ndim == 2 and len(batch) <= 1 and int(np.prod(batch, dtype=np.int64)) == 1 and x.flags.c_contiguous:
+        return x[None]  # one matrix: no broadcast, no copy
+    return np.ascontiguousarray(np.broadcast_to(x, (*batch, *x.shape[-2:])).reshape(-1, *x.shape[-2:]))
+
+
+def _batched_kernel_wins(count: int, n: int, k: int) -> bool:
+    """Whether the one-call Numba kernel beats the BLAS path (measured: bench and conv-bench).
+
+    Stacks of many small matrices (conv-bench: NumPy wins from k = 4), and single small
+    matrices at low rank, where the BLAS path is mostly per-call overhead.
+    """
+    return (count >= 16 and n <= 64 and k <= 2) or (count <= 4 and n <= 256 and k <= 4)
+
+
 def _fused_eligible(U: Any, target: Any, r: int) -> bool:
     n = U.shape[-1]
     auto = n >= 256 and r <= 8
@@ -292,7 +473,7 @@ def lowrank_update(xp: ModuleType, kind: str, U: Any, A: Any, B: Any, target: An
         e is None
         and xp is np
         and (target is None or target.flags.c_contiguous)
-        and use_numba(count >= 16 and n <= 64 and k <= 2)  # conv-bench: NumPy wins from k = 4
+        and use_numba(_batched_kernel_wins(count, n, k))
         # the kernel writes as it goes: U must be finite and of unitary size (|U_ij| <= 2^S; the
         # two reductions replace the NaN check), else the NumPy path checks and raises first
         and (not get_options().check_finite or _moderate(U, _SAFE_EXPONENT[U.real.dtype.itemsize]))
@@ -300,10 +481,7 @@ def lowrank_update(xp: ModuleType, kind: str, U: Any, A: Any, B: Any, target: An
         # they take the NumPy path (a pass over the thin A and B only, O(N k))
         and (get_options().check_finite or bool(np.isfinite(A).all() and np.isfinite(B).all()))
     ):
-        U3, A3, B3 = (
-            np.ascontiguousarray(np.broadcast_to(x, (*shape[:-2], *x.shape[-2:])).reshape(-1, *x.shape[-2:]))
-            for x in (U, A, B)
-        )
+        U3, A3, B3 = (_as_stack(x, shape[:-2]) for x in (U, A, B))
         if target is None:
             target = np.empty(shape, dtype=U.dtype)
         out3 = target.reshape(-1, n, n)
@@ -319,7 +497,9 @@ def lowrank_update(xp: ModuleType, kind: str, U: Any, A: Any, B: Any, target: An
         check_finite(U, "U")
         with np.errstate(over="ignore", invalid="ignore"):  # a U far too large: checked below
             A_hat = adjoint_matmul(xp, U, A)
-    with np.errstate(over="ignore", invalid="ignore"):
+    r = min(n, 2 * k)
+    # the thin QR and the r x r core: small LAPACK work, faster on one BLAS thread (_threads)
+    with np.errstate(over="ignore", invalid="ignore"), single_threaded_blas(count * n * r * r if xp is np else 0):
         W, a, b = basis(xp, U, A, B, A_hat)
         D = project_core(xp, a, b, e) if kind == "project" else transport_core(xp, a, b, e)
     if xp is np and get_options().check_finite and not (np.isfinite(D).all() and np.isfinite(W).all()):

@@ -4,7 +4,9 @@ r"""Rank-k sketches of a gradient: ``G ~= A B^H``.
 ``G = X Y^H`` with ``X: (..., N, m)`` and ``Y: (..., M, m)`` -- the form in which gradients of
 linear layers arrive (a sum of outer products over time steps and batch).  Every method touches
 G only through products with thin blocks (:class:`_Dense` / :class:`_Factored`), so a dense G is
-read but never copied, and a factored G costs O((N + M) m k) without forming the N x M matrix.
+read but never copied, and a factored G costs O((N + M) m k) without forming the N x M matrix
+or copying X or Y: extra memory O((N + M + m) k) for every method but ``exact``, whose QRs of X
+and Y take O((N + M) m).
 
 Methods
 -------
@@ -23,7 +25,8 @@ column
     basis of the sampled columns.
 exact
     Truncated SVD, the optimal rank-k approximation (dense: O(N M min(N, M)); factored: QR of
-    X and Y and the SVD of the m x m core).
+    X and Y and the SVD of the m x m core -- the one method whose extra memory on a factored G
+    is O((N + M) m), not O((N + M) k)).
 """
 
 from __future__ import annotations
@@ -80,7 +83,7 @@ class _Dense:
             return xp.swapaxes(self.G, -1, -2) @ q
         return xp.conj(xp.swapaxes(self.G, -1, -2) @ xp.conj(q))
 
-    def column_norms2(self) -> Any:
+    def column_norms2(self, rank: int) -> Any:
         """Squared column norms, accumulated in float64 (no copy of G, no overflow)."""
         xp, G = self.xp, self.G
         parts = (G.real, G.imag) if self.dtype.kind == "c" else (G,)
@@ -97,37 +100,107 @@ class _Dense:
 
 
 class _Factored:
-    """G = X Y^H, never formed."""
+    """G = (2^sx X)(2^sy Y)^H, never formed; X and Y are copied only by :meth:`svd` (``exact``).
 
-    def __init__(self, xp: ModuleType, X: Any, Y: Any) -> None:
-        self.xp, self.X, self.Y = xp, X, Y
+    ``sx``, ``sy``: integer exponents over X's and Y's stacks (None: 0), left out of X and Y by
+    :func:`_rescaled` so that scaling them needs no copy; every product scales its thin operand
+    instead (``(2^s X) t = X (2^s t)``, the same numbers as with a scaled copy of X).  Every
+    product goes through :func:`_ah_matmul` (``X^H q`` as ``conj(X^T conj(q))``: the conjugate is
+    taken of the thin operand, not of X or Y, whose ``np.conj`` would be a copy even for real
+    arrays), so the extra memory of a product is that of its thin operands and result.
+    """
+
+    def __init__(self, xp: ModuleType, X: Any, Y: Any, sx: Any = None, sy: Any = None) -> None:
+        self.xp, self.X, self.Y, self.sx, self.sy = xp, X, Y, sx, sy
         self.batch = np.broadcast_shapes(X.shape[:-2], Y.shape[:-2])
         self.shape, self.dtype = (X.shape[-2], Y.shape[-2]), X.dtype
 
-    def matmul(self, x: Any) -> Any:
-        return self.X @ (hconj(self.Y) @ x)
+    def _times(self, t: Any, *exponents: Any) -> Any:
+        """``2^(sum of exponents) t`` (exponents over the stack; t itself when all are None)."""
+        present = [e for e in exponents if e is not None]
+        return _ldexp(self.xp, t, sum(present[1:], present[0])) if present else t
 
-    def rmatmul(self, q: Any) -> Any:
-        return self.Y @ (hconj(self.X) @ q)
+    def matmul(self, x: Any) -> Any:  # G @ x = X 2^sx (Y^H (2^sy x))
+        return self.X @ self._times(_ah_matmul(self.xp, self.Y, self._times(x, self.sy)), self.sx)
 
-    def column_norms2(self) -> Any:
-        xp = self.xp
-        Rx = xp.linalg.qr(self.X, mode="r")
-        Z = (Rx @ hconj(self.Y)).astype(np.complex128 if self.dtype.kind == "c" else np.float64)
-        return xp.sum(xp.abs(Z) ** 2, axis=-2)
+    def rmatmul(self, q: Any) -> Any:  # G^H @ q = Y 2^sy (X^H (2^sx q))
+        return self.Y @ self._times(_ah_matmul(self.xp, self.X, self._times(q, self.sx)), self.sy)
+
+    def column_norms2(self, rank: int) -> Any:
+        """Squared column norms ``||X conj(y_j)||^2 = Re sum_b (Y C)_jb conj(Y_jb)``, ``C = X^H X``.
+
+        C is formed a block of ``w`` columns at a time (``C_B = X^H X_B``, m x w, then
+        ``Y C_B``, M x w) and the products are reduced into a float64 accumulator: extra memory
+        O((M + m) w) with ``w = max(k, 32)`` rather than the m x m Gram matrix, the QR of X
+        (a copy of X) or G itself; O(N m^2 + M m^2) work.  The products are in G's dtype (the
+        factors are within ``2^+-20`` in single, ``2^+-100`` in double precision, see
+        :func:`_rescaled`, so nothing overflows), the sum in float64.
+        """
+        xp, X, Y, sx, sy = self.xp, self.X, self.Y, self.sx, self.sy
+        m = X.shape[-1]
+        Y = xp.broadcast_to(Y, (*self.batch, *Y.shape[-2:]))
+        total = xp.zeros((*self.batch, Y.shape[-2]), dtype=np.float64)
+        width = min(m, max(rank, _NORM_BLOCK))
+        for start in range(0, m, width):
+            block = slice(start, min(start + width, m))
+            C = _ah_matmul(xp, X, self._times(X[..., :, block], sx, sx))  # (2^sx X)^H (2^sx X_B)
+            P = Y @ self._times(C, sy)  # (2^sy Y) C_B
+            Yb = self._times(Y[..., :, block], sy)
+            pairs = ((P.real, Yb.real), (P.imag, Yb.imag)) if self.dtype.kind == "c" else ((P, Yb),)
+            for p, y in pairs:
+                total += xp.einsum("...jb,...jb->...j", p, y, dtype=np.float64)
+        return total
 
     def columns(self, idx: Any) -> Any:
         xp = self.xp
         Y = xp.broadcast_to(self.Y, (*self.batch, *self.Y.shape[-2:]))
         idx = xp.broadcast_to(idx[..., :, None], (*self.batch, idx.shape[-1], Y.shape[-1]))
-        return self.X @ hconj(xp.take_along_axis(Y, idx, axis=-2))
+        picked = self._times(xp.take_along_axis(Y, idx, axis=-2), self.sx, self.sy)  # k x m rows of Y
+        return self.X @ hconj(picked)
 
     def svd(self) -> tuple[Any, Any, Any]:
+        """The SVD of G from the thin QRs of X and Y and the SVD of the m x m core.
+
+        Unlike the other products this takes O((N + M) m) extra memory, not O((N + M) k): the
+        QR factors of X and Y (which NumPy computes in double precision for single-precision
+        input), and scaled copies of X and Y first when ``sx``, ``sy`` are set.
+        """
         xp = self.xp
-        Qx, Rx = xp.linalg.qr(self.X, mode="reduced")
-        Qy, Ry = xp.linalg.qr(self.Y, mode="reduced")
+        Qx, Rx = xp.linalg.qr(self._times(self.X, self.sx), mode="reduced")
+        Qy, Ry = xp.linalg.qr(self._times(self.Y, self.sy), mode="reduced")
         Lc, s, Rch = guarded_svd(xp, Rx @ hconj(Ry), full_matrices=False)
         return Qx @ Lc, s, Qy @ hconj(Rch)
+
+
+_NORM_BLOCK = 32  # columns of X^H X formed at a time by _Factored.column_norms2
+
+
+def _ldexp(xp: ModuleType, t: Any, e: Any) -> Any:
+    """``t 2^e`` in t's dtype, e an integer array over the stack: exact, one rounding if subnormal.
+
+    The same numbers as ``_lowrank._scaled`` (exact in double, then cast), without its
+    double-precision temporaries.
+    """
+    e = xp.asarray(e).astype(np.int32)[..., None, None]  # int32: an ldexp loop on every platform
+    if t.dtype.kind != "c":
+        return xp.ldexp(t, e)
+    out = xp.empty(np.broadcast_shapes(t.shape, e.shape), dtype=t.dtype)
+    xp.ldexp(t.real, e, out=out.real)
+    xp.ldexp(t.imag, e, out=out.imag)
+    return out
+
+
+def _ah_matmul(xp: ModuleType, a: Any, b: Any) -> Any:
+    """``a^H @ b`` for a large ``a`` and a thin ``b``, without a copy of ``a``.
+
+    Real: ``a^T b`` (a transposed view).  Complex: ``conj(a^T conj(b))``, conjugating only the
+    thin ``b`` and the result.
+    """
+    at = xp.swapaxes(a, -1, -2)
+    if a.dtype.kind != "c":
+        return at @ b
+    out = at @ xp.conj(b)
+    return xp.conj(out, out=out)
 
 
 def _split(xp: ModuleType, L: Any, s: Any, R: Any, rank: int) -> tuple[Any, Any]:
@@ -163,7 +236,7 @@ def _lsi(xp: ModuleType, op: Any, rank: int, rng: np.random.Generator) -> tuple[
 
 
 def _column(xp: ModuleType, op: Any, rank: int, rng: np.random.Generator) -> tuple[Any, Any]:
-    norms2 = op.column_norms2()
+    norms2 = op.column_norms2(rank)
     if xp is np and bool(np.isinf(norms2).any()):
         raise _OutOfRange  # squared norms overflow float64: G is sketched again, rescaled
     tiny = np.finfo(np.float64).tiny
@@ -285,7 +358,11 @@ def sketch(
 
     Cost with a dense N x N G: randomized O(N^2 (k + p)(1 + 2q)), lsi and column O(N^2 k),
     exact O(N^3).  Factored G: O(N m (k + p)) for randomized and lsi, O(N m^2) for column (its
-    column norms come from the QR of X) and exact.  Extra memory O(N (k + p)).
+    column norms come from ``X^H X``, formed 32 columns at a time) and exact.  Extra memory
+    O(N (k + p)); for a factored G O((N + m)(k + p)) (column: O((N + m) max(k, 32))), X and Y
+    are never copied (nor scaled copies made, unless a factor's largest entry is beyond
+    ``2^+-64`` in single or ``2^+-768`` in double precision, or G is on a GPU), except by
+    ``exact``, which needs the thin QRs of X and Y: O(N m) extra memory.
 
     Examples
     --------
@@ -400,7 +477,11 @@ def _rescaled(op: Any) -> tuple[Any, Any]:
     """``op`` scaled by a power of two per matrix when its entries are out of the safe range.
 
     Returns ``(op', e)`` with ``G = 2^e G'`` (``e`` None: unchanged, no copy).  A dense G is
-    copied only in that case; a factored G's thin X and Y are scaled separately.
+    copied only in that case.  A factored G is not copied: on NumPy its X and Y keep their own
+    exponents, applied to the thin operands of each product (:class:`_Factored`), unless a
+    factor's largest entry is beyond ``2^+-64`` in single or ``2^+-768`` in double precision
+    (:func:`_lazy_limit`) or the arrays are on a device (deciding would read a value back to the
+    host); then X and Y are copied, scaled.
     """
     xp = op.xp
     limit = _limit(op.dtype)
@@ -409,7 +490,23 @@ def _rescaled(op: Any) -> tuple[Any, Any]:
     if xp is np and all(_moderate(x, limit) and _not_tiny(x, limit) for x in (op.X, op.Y)):
         return op, None
     eX, eY = _exponents(xp, op.X), _exponents(xp, op.Y)
+    if xp is np and all(e.size == 0 or int(np.abs(e).max()) <= _lazy_limit(op.dtype) for e in (eX, eY)):
+        return _Factored(xp, op.X, op.Y, -eX, -eY), eX + eY  # no copies: products scale thin operands
     return _Factored(xp, _scaled(xp, op.X, -eX, op.dtype), _scaled(xp, op.Y, -eY, op.dtype)), eX + eY
+
+
+_LAZY_LIMIT = {4: 64, 8: 768}
+
+
+def _lazy_limit(dtype: Any) -> int:
+    """Largest ``|e|`` for which a factored G's scaling ``2^-e`` is left to its thin products.
+
+    The products then scale thin arrays (their significant entries between about ``2^-40`` and
+    ``2^20``) by up to ``2^(2|e|)``: within this limit those stay normal numbers, so each product
+    gives the same numbers as with scaled copies of X and Y.  Beyond it X and Y are copied, scaled.
+    """
+    dt = np.dtype(dtype)
+    return _LAZY_LIMIT[dt.itemsize if dt.kind == "f" else dt.itemsize // 2]
 
 
 def _not_tiny(x: np.ndarray, limit: int) -> bool:

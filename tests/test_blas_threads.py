@@ -1,0 +1,182 @@
+"""The in-place BLAS products (NumPy's own BLAS, SciPy's as fallback), the thread policy, and the fast r x r cores."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import scipy.linalg
+from helpers import ALL_DTYPES
+
+import unitary_update as uu
+from unitary_update import _blas, _lowrank, _threads
+
+
+def _operands(rng, dtype, m, k, n, trans_a, trans_b):
+    def draw(shape):
+        x = rng.standard_normal(shape)
+        if np.dtype(dtype).kind == "c":
+            x = x + 1j * rng.standard_normal(shape)
+        return x.astype(dtype)
+
+    A = draw((k, m)).T if trans_a else draw((m, k))
+    B = draw((n, k)).T if trans_b else draw((k, n))
+    return A, B, draw((m, n))
+
+
+@pytest.fixture(params=["numpy-blas", "scipy-blas"])
+def blas_library(request, monkeypatch):
+    """Run a test with NumPy's BLAS (the default) and with the SciPy fallback."""
+    if request.param == "scipy-blas":
+        monkeypatch.setattr(_blas, "numpy_cblas_gemm", lambda dtype: None)
+    elif _blas.numpy_cblas_gemm(np.dtype(np.float64)) is None:  # pragma: no cover - another NumPy build
+        pytest.skip("NumPy's BLAS exposes no recognised CBLAS gemm")
+    return request.param
+
+
+@pytest.mark.parametrize("dtype", ALL_DTYPES)
+@pytest.mark.parametrize("order", ["C", "F"])
+@pytest.mark.parametrize(("trans_a", "trans_b", "conj_b"), [(0, 0, 0), (1, 1, 0), (0, 1, 1), (1, 0, 1)])
+@pytest.mark.parametrize(("m", "k", "n"), [(5, 3, 7), (1, 2, 4), (4, 1, 1), (6, 6, 6)])
+def test_addmm_matches_matmul(blas_library, dtype, order, trans_a, trans_b, conj_b, m, k, n):
+    rng = np.random.default_rng(m * 100 + k * 10 + n)
+    A, B, C = _operands(rng, dtype, m, k, n, trans_a, trans_b)
+    C = np.asarray(C, order=order)
+    A_before, B_before = A.copy(), B.copy()
+    expected = C + A @ (np.conj(B) if conj_b else B)
+    _blas.addmm_(C, A, B, conj_b=bool(conj_b))
+    np.testing.assert_allclose(C, expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(A, A_before)  # operands are read, never written
+    np.testing.assert_array_equal(B, B_before)
+
+
+def test_addmm_on_row_panels_and_column_slices(blas_library):
+    """Views with a leading dimension larger than their width (a panel of U, columns of P)."""
+    rng = np.random.default_rng(3)
+    U = rng.standard_normal((9, 9))
+    P = rng.standard_normal((9, 6))
+    W = rng.standard_normal((9, 4))
+    expected = U.copy()
+    expected[2:7] += P[2:7, 1:5] @ W.T
+    _blas.addmm_(U[2:7], P[2:7, 1:5], W.T)
+    np.testing.assert_allclose(U, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_numpy_cblas_gemm_is_numpys_library():
+    """The products of an update run in the BLAS that NumPy's matmul uses (one library, one thread pool)."""
+    call = _blas.numpy_cblas_gemm(np.dtype(np.float32))
+    if call is None:  # pragma: no cover - another NumPy build
+        pytest.skip("NumPy's BLAS exposes no recognised CBLAS gemm")
+    assert _blas.numpy_cblas_gemm(np.dtype(np.int32)) is None
+
+
+def test_update_agrees_with_both_blas_libraries(monkeypatch):
+    rng = np.random.default_rng(4)
+    U = uu.random_unitary(40, dtype=np.complex128, rng=1)
+    A, B = rng.standard_normal((2, 40, 12)) + 1j * rng.standard_normal((2, 40, 12))
+    with uu.options(backend="numpy"):
+        first = uu.project(U, A, B)
+        monkeypatch.setattr(_blas, "numpy_cblas_gemm", lambda dtype: None)
+        second = uu.project(U, A, B)
+    np.testing.assert_allclose(first, second, rtol=0, atol=1e-13)
+    np.testing.assert_allclose(first, scipy.linalg.polar(U + A @ B.conj().T)[0], rtol=0, atol=1e-12)
+
+
+def test_single_threaded_blas_restores_counts_when_nested_and_concurrent():
+    libraries = _threads._blas_libraries()
+    before = [lib.num_threads for lib in libraries]
+    entered = threading.Barrier(2)
+    seen = []
+
+    def worker():
+        with _threads.single_threaded_blas(1 << 30):
+            entered.wait()
+            seen.append([lib.num_threads for lib in libraries])
+            entered.wait()
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    with _threads.single_threaded_blas(1 << 30):
+        with _threads.single_threaded_blas(1 << 30):
+            entered.wait()
+            inside = [lib.num_threads for lib in libraries]
+            entered.wait()
+        still = [lib.num_threads for lib in libraries]
+    thread.join()
+    assert inside == seen[0] == still == [1] * len(libraries)
+    assert [lib.num_threads for lib in libraries] == before
+
+
+def test_single_threaded_blas_restores_counts_after_an_error():
+    libraries = _threads._blas_libraries()
+    before = [lib.num_threads for lib in libraries]
+    with pytest.raises(RuntimeError), _threads.single_threaded_blas(1 << 30):
+        raise RuntimeError
+    assert [lib.num_threads for lib in libraries] == before
+
+
+def test_small_work_changes_no_thread_count(monkeypatch):
+    monkeypatch.setattr(_threads, "_blas_libraries", lambda: pytest.fail("small work must not touch BLAS"))
+    with _threads.single_threaded_blas(_threads.MIN_WORK - 1):
+        pass
+
+
+# ---- the fast r x r cores against SciPy's polar and expm, and their fallbacks -----------------
+@pytest.mark.parametrize("complex_", [False, True])
+@pytest.mark.parametrize("scale", [1e-8, 1e-2, 0.3, 3.0, 40.0, 1e4])
+def test_fast_cores_match_scipy(complex_, scale):
+    rng = np.random.default_rng(int(scale * 1000) % 997)
+    r, k = 16, 8
+    a = rng.standard_normal((r, k)) * scale
+    b = rng.standard_normal((r, k)) / np.sqrt(r)
+    if complex_:
+        a = a + 1j * rng.standard_normal((r, k)) * scale
+        b = b * (1 - 2j)
+    ab = a @ b.conj().T
+    eye = np.eye(r)
+    D = _lowrank.project_core(np, a, b)
+    np.testing.assert_allclose(D, scipy.linalg.polar(eye + ab)[0] - eye, rtol=0, atol=1e-11 * max(1.0, scale))
+    D = _lowrank.transport_core(np, a, b)
+    assert D.dtype == (np.complex128 if complex_ else np.float64)  # real inputs: a real core
+    np.testing.assert_allclose(
+        D, scipy.linalg.expm(0.5 * (ab - ab.conj().T)) - eye, rtol=0, atol=1e-10 * max(1.0, scale)
+    )
+    Q = eye + D
+    np.testing.assert_allclose(Q.conj().T @ Q, eye, rtol=0, atol=1e-12)
+
+
+def test_newton_schulz_declines_far_from_unitary_and_singular_cores():
+    eye = np.eye(4)
+    assert _lowrank._newton_schulz_polar(3.0 * eye, eye) is None  # ||T^H T - I|| = 8: the SVD's job
+    T = eye.copy()
+    T[0, 0] = 0.0  # singular: any polar factor is a nearest unitary; the SVD picks one
+    assert _lowrank._newton_schulz_polar(T, eye) is None
+    assert _lowrank._newton_schulz_polar(np.full((4, 4), np.nan), eye) is None
+    T = eye + 0.05 * np.triu(np.ones((4, 4)))
+    Q = _lowrank._newton_schulz_polar(T, eye)
+    np.testing.assert_allclose(Q, scipy.linalg.polar(T)[0], atol=1e-14)
+
+
+def test_pade_declines_large_and_non_finite_angles():
+    K = np.array([[0.0, 1e3], [-1e3, 0.0]])
+    assert _lowrank._expm_minus_identity_pade(K) is None  # beyond 2^6 theta_13: eigh's job
+    assert _lowrank._expm_minus_identity_pade(np.full((2, 2), np.nan)) is None
+    K = np.array([[0.0, 50.0], [-50.0, 0.0]])  # within reach after squarings
+    np.testing.assert_allclose(_lowrank._expm_minus_identity_pade(K), scipy.linalg.expm(K) - np.eye(2), atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", ALL_DTYPES)
+def test_single_small_matrices_take_the_numba_kernel_and_agree(dtype):
+    """At N <= 256, k <= 4 one matrix goes to the one-call Numba kernel: same result as the BLAS path."""
+    rng = np.random.default_rng(7)
+    U = uu.random_unitary(100, dtype=dtype, rng=2)
+    A = rng.standard_normal((100, 3)).astype(dtype) * 0.1
+    B = rng.standard_normal((100, 3)).astype(dtype)
+    assert _lowrank._batched_kernel_wins(1, 100, 3)
+    atol = 2e-5 if np.dtype(dtype) in (np.float32, np.complex64) else 1e-12
+    for fn in (uu.project, uu.transport):
+        with uu.options(backend="numpy"):
+            expected = fn(U, A, B)
+        got = fn(U, A, B)
+        np.testing.assert_allclose(got, expected, rtol=0, atol=atol)
