@@ -40,6 +40,11 @@ __all__ = [
 
 _ROW_BLOCK = 64
 _PARALLEL_MIN_BYTES = 4 << 20
+# A single matrix's kernels go parallel only from 32 MiB (float32 N >= 2900): there the work on
+# one thread (7 ms at N = 4096, k = 1) dwarfs the ~3 ms a parallel region can lose waiting for a
+# core right after BLAS work, and alone it is 2x faster; below, one thread is faster in a
+# training loop (see _threads_for).
+_PARALLEL_SINGLE_MIN_BYTES = 32 << 20
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
@@ -67,15 +72,19 @@ def _adjoint_matmul_numba(U, A, nthreads):  # pragma: no cover - compiled
 
 
 @contextlib.contextmanager
-def _threads_for(work_bytes: int) -> Iterator[int]:
-    """Numba threads for one kernel call: all of them for large work, one below 4 MiB.
+def _threads_for(work_bytes: int, *, parallel: bool = True) -> Iterator[int]:
+    """Numba threads for one kernel call: all of them for large parallel work, else one.
 
-    Starting a parallel region waits for every worker thread; on a busy machine a descheduled
-    worker costs a whole time slice, far more than a small kernel's work.  Small calls
-    therefore run on the calling thread alone.
+    Starting a parallel region waits for every worker thread.  Right after BLAS work (as in any
+    training loop: the backward pass runs just before the update) OpenBLAS's idle threads keep
+    spinning for a while, and on two cores a Numba worker then waits for a time slice: a
+    parallel kernel that takes 0.1 ms alone took 3.9 ms after one ``U @ X`` (N = 1024, k = 1;
+    docs/benchmarks/cpu_grid.md).  Stacks below 4 MiB, and single matrices (``parallel=False``)
+    below 32 MiB, therefore run on the calling thread alone, without a second thread pool
+    beside BLAS's.
     """
     saved = numba.get_num_threads()
-    threads = saved if work_bytes >= _PARALLEL_MIN_BYTES else 1
+    threads = saved if work_bytes >= (_PARALLEL_MIN_BYTES if parallel else _PARALLEL_SINGLE_MIN_BYTES) else 1
     numba.set_num_threads(threads)
     try:
         yield threads
@@ -84,8 +93,8 @@ def _threads_for(work_bytes: int) -> Iterator[int]:
 
 
 def adjoint_matmul_numba(U: np.ndarray, A: np.ndarray) -> np.ndarray:
-    """``U^H @ A`` for a C-contiguous N x N ``U``; one pass over U, NaN/Inf always propagate."""
-    with _threads_for(U.nbytes) as threads:
+    """``U^H @ A`` for a C-contiguous N x N ``U``; one pass over U; NaN/Inf always propagate (see ``_threads_for``)."""
+    with _threads_for(U.nbytes, parallel=False) as threads:
         return _adjoint_matmul_numba(U, A, threads)
 
 
@@ -131,8 +140,8 @@ def _fused_update_numba(U, W, D, out):  # pragma: no cover - compiled
 
 
 def fused_update_numba(U: np.ndarray, W: np.ndarray, D: np.ndarray, out: np.ndarray) -> None:
-    """``out = U + (U W) D W^H`` with one read and one write of U (see ``_fused_update_numba``)."""
-    with _threads_for(U.nbytes):
+    """``out = U + (U W) D W^H`` with one read and one write of U (threads: ``_threads_for``)."""
+    with _threads_for(U.nbytes, parallel=False):
         _fused_update_numba(U, W, D, out)
 
 
@@ -449,5 +458,5 @@ def _batched_update_numba(U, A, B, transport, out, nthreads):  # pragma: no cove
 
 def batched_update_numba(U: np.ndarray, A: np.ndarray, B: np.ndarray, transport: bool, out: np.ndarray) -> None:
     """The whole projUNN step per matrix of a C-contiguous stack (see ``_batched_update_numba``)."""
-    with _threads_for(U.nbytes) as threads:
+    with _threads_for(U.nbytes, parallel=U.shape[0] >= 16) as threads:
         _batched_update_numba(U, A, B, transport, out, threads)
