@@ -180,3 +180,33 @@ def test_single_small_matrices_take_the_numba_kernel_and_agree(dtype):
             expected = fn(U, A, B)
         got = fn(U, A, B)
         np.testing.assert_allclose(got, expected, rtol=0, atol=atol)
+
+
+def test_single_matrix_kernels_stay_on_the_calling_thread(monkeypatch):
+    """No second thread pool beside BLAS's for one matrix below 32 MiB (a parallel region waits for a core)."""
+    import numba
+
+    from unitary_update import _kernels
+
+    requested = []
+    real = numba.set_num_threads
+    monkeypatch.setattr(numba, "set_num_threads", lambda n: (requested.append(n), real(n)))
+    monkeypatch.setattr(_kernels, "_PARALLEL_MIN_BYTES", 0)  # even where a stack would go parallel
+    U = uu.random_unitary(300, dtype=np.float32, rng=3)
+    A = np.full((300, 1), 1e-3, dtype=np.float32)
+    with uu.options(backend="numba"):
+        uu.project(U, A, A, out=U)
+    assert requested and requested[0::2] == [1] * (len(requested) // 2)  # set to 1, then restored
+
+
+def test_eigh_polar_serves_well_conditioned_cores_and_declines_the_others():
+    rng = np.random.default_rng(11)
+    eye = np.eye(12)
+    Q1, Q2 = (np.linalg.qr(rng.standard_normal((12, 12)))[0] for _ in range(2))
+    T = (Q1 * np.linspace(0.5, 3.0, 12)) @ Q2  # far from unitary for Newton-Schulz, cond(T) = 6
+    assert _lowrank._newton_schulz_polar(T, eye) is None
+    Q = _lowrank._eigh_polar(T, eye)
+    np.testing.assert_allclose(Q, scipy.linalg.polar(T)[0], rtol=0, atol=1e-13)
+    assert _lowrank._eigh_polar(np.diag(np.linspace(1e-3, 1.0, 12)), eye) is None  # cond 1000: the SVD's job
+    assert _lowrank._eigh_polar(np.full((12, 12), np.nan), eye) is None
+    assert _lowrank._eigh_polar(np.zeros((12, 12)), eye) is None  # U + A B^H = 0: singular

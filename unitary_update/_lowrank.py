@@ -44,6 +44,7 @@ free of overflow; the result is cast back to U's dtype.
 
 from __future__ import annotations
 
+import functools
 from types import ModuleType
 from typing import Any
 
@@ -92,7 +93,9 @@ def basis(xp: ModuleType, U: Any, A: Any, B: Any, A_hat: Any = None) -> tuple[An
         if factors is not None:
             W, R = factors
             return W, R[:, k:], R[:, :k]
-    W, R = xp.linalg.qr(X, mode="reduced")
+    # Householder QR: many BLAS-2 steps on a thin block, faster on one BLAS thread (_threads)
+    with single_threaded_blas(int(np.prod(X.shape, dtype=np.int64)) * X.shape[-1] if xp is np else 0):
+        W, R = xp.linalg.qr(X, mode="reduced")
     return W, R[..., :, k:], R[..., :, :k]
 
 
@@ -102,13 +105,22 @@ def basis(xp: ModuleType, U: Any, A: Any, B: Any, A_hat: Any = None) -> tuple[An
 _CHOLESKY_MIN_SINE = {4: 1e-4, 8: 1e-7}
 
 
+@functools.lru_cache(maxsize=4)
+def _trtri(dtype: np.dtype) -> Any:
+    """LAPACK ``?trtri`` (triangular inverse) for ``dtype``, from SciPy: run only on one BLAS thread."""
+    from scipy.linalg.lapack import get_lapack_funcs
+
+    return get_lapack_funcs("trtri", dtype=dtype)
+
+
 def _cholesky_qr2(X: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     """``X = W R`` (thin, N x r with r <= N) by CholeskyQR2; None when X is (nearly) rank deficient.
 
-    Two passes of ``G = Y^H Y`` (double precision, r x r), ``G = L L^H``,
-    ``Y <- Y L^{-H}``: BLAS-3 products over the thin block instead of Householder's many
-    BLAS-2 steps (at N = 1024, r = 128: a few times faster).  The tall products run in X's
-    dtype, the Gram matrices and ``R`` in double precision.  Returns None, for the Householder
+    Two passes of ``G = Y^H Y`` (r x r), ``G = L L^H``, ``Y <- Y L^{-H}``: BLAS-3 products over
+    the thin block instead of Householder's many BLAS-2 steps (at N = 1024, r = 128: about 4x
+    faster).  The tall products run in X's dtype; the first Gram matrix and ``R`` in double
+    precision.  The r x r Cholesky and triangular inverse run on one BLAS thread (SciPy's
+    ``trtri`` included, so its separate OpenBLAS never starts a thread pool).  Returns None, for the Householder
     QR to take over, when ``r > N``, when a Cholesky fails, or when a column lies within
     :data:`_CHOLESKY_MIN_SINE` of the span of the others (A or B zero, ``A_hat`` parallel to
     ``B``): there CholeskyQR would lose orthogonality.
@@ -116,24 +128,28 @@ def _cholesky_qr2(X: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     n, r = X.shape
     if r > n or r == 0:
         return None
-    dt = _core_dtype(X.dtype)
     min_sine = _CHOLESKY_MIN_SINE[X.real.dtype.itemsize]
-    R = np.eye(r, dtype=dt)
+    R = np.eye(r, dtype=_core_dtype(X.dtype))
     Y = X
-    for _ in range(2):
-        Yd = Y.astype(dt)
+    for first in (True, False):
+        # the first Gram matrix in double precision (X may be ill-conditioned); the second, of a
+        # nearly orthonormal Y, in Y's dtype
+        Yd = Y.astype(_core_dtype(X.dtype)) if first else Y
         G = hconj(Yd) @ Yd
         norms = np.sqrt(np.diagonal(G).real)
-        try:
-            L = np.linalg.cholesky(G)
-        except np.linalg.LinAlgError:
-            return None
-        sines = np.diagonal(L).real / np.where(norms > 0, norms, 1.0)
-        if not (norms.min() > 0 and sines.min() > min_sine):  # also False for NaN
-            return None
-        Rinv = np.linalg.inv(hconj(L))  # upper triangular, r x r
-        Y = Yd @ Rinv if Y.dtype == dt else Y @ Rinv.astype(Y.dtype)
-        R = hconj(L) @ R
+        with single_threaded_blas(r**3):  # r x r LAPACK; the tall products above and below use every thread
+            try:
+                L = np.linalg.cholesky(G)
+            except np.linalg.LinAlgError:
+                return None
+            sines = np.diagonal(L).real / np.where(norms > 0, norms, 1.0)
+            if not (norms.min() > 0 and sines.min() > min_sine):  # also False for NaN
+                return None
+            Linv, info = _trtri(L.dtype)(L, lower=1)  # triangular inverse: r^3/3 flops, not inv's 2 r^3
+            if info != 0:  # pragma: no cover - a positive diagonal was checked above
+                return None
+        Y = Y @ hconj(Linv).astype(Y.dtype, copy=False)
+        R = hconj(L).astype(R.dtype, copy=False) @ R
     return Y, R
 
 
@@ -157,7 +173,8 @@ def project_core(xp: ModuleType, a: Any, b: Any, e: Any = None) -> Any:
 
     On NumPy, a T within ``||T^H T - I||_F <= 1/2`` of the unitary group (every training step of
     moderate size) takes :func:`_newton_schulz_polar`: r x r products only, 5-10x faster than
-    the SVD at r = 128.  Other T, and other namespaces, take the SVD ``T = X S Y^H``, ``X Y^H``.
+    the SVD at r = 128; a T of condition number up to 10 takes :func:`_eigh_polar` (half the
+    SVD's time).  Other T, and other namespaces, take the SVD ``T = X S Y^H``, ``X Y^H``.
     """
     dt = _core_dtype(a.dtype)
     a = a.astype(dt)
@@ -172,6 +189,8 @@ def project_core(xp: ModuleType, a: Any, b: Any, e: Any = None) -> Any:
         T = _powers_of_two(xp, -xp.maximum(e, 0)) * eye + _powers_of_two(xp, xp.minimum(e, 0)) * ab
     if xp is np:
         polar = _newton_schulz_polar(T, eye)
+        if polar is None:
+            polar = _eigh_polar(T, eye)
         if polar is not None:
             return polar - eye
     X, _, Yh = _svd(xp, T)
@@ -181,6 +200,25 @@ def project_core(xp: ModuleType, a: Any, b: Any, e: Any = None) -> Any:
 def _frobenius_max(x: np.ndarray) -> float:
     """The largest Frobenius norm over a stack of matrices (NaN propagates)."""
     return float(np.sqrt(np.max(np.sum(np.abs(x) ** 2, axis=(-2, -1)), initial=0.0)))
+
+
+def _eigh_polar(T: np.ndarray, eye: np.ndarray) -> np.ndarray | None:
+    """``polar(T) = T (T^H T)^{-1/2}`` from the Hermitian ``eigh(T^H T)``, or None if T is not well conditioned.
+
+    Squaring T squares its condition number, so this is used only where every eigenvalue of
+    ``T^H T`` is at least 1/100 of the largest (cond(T) <= 10); one Newton-Schulz step then
+    squares the remaining loss of unitarity.  None (the caller takes the SVD) otherwise, and for
+    non-finite T or a LAPACK failure.
+    """
+    H = hconj(T) @ T
+    try:
+        lam, V = np.linalg.eigh(0.5 * (H + hconj(H)))
+    except np.linalg.LinAlgError:
+        return None
+    if not bool(np.all((lam[..., 0] >= 1e-2 * lam[..., -1]) & (lam[..., 0] > 0))):  # also False for NaN
+        return None
+    Y = T @ ((V * (1.0 / np.sqrt(lam))[..., None, :]) @ hconj(V))
+    return Y @ (1.5 * eye - 0.5 * (hconj(Y) @ Y))
 
 
 def _newton_schulz_polar(T: np.ndarray, eye: np.ndarray) -> np.ndarray | None:
@@ -498,10 +536,11 @@ def lowrank_update(xp: ModuleType, kind: str, U: Any, A: Any, B: Any, target: An
         with np.errstate(over="ignore", invalid="ignore"):  # a U far too large: checked below
             A_hat = adjoint_matmul(xp, U, A)
     r = min(n, 2 * k)
-    # the thin QR and the r x r core: small LAPACK work, faster on one BLAS thread (_threads)
-    with np.errstate(over="ignore", invalid="ignore"), single_threaded_blas(count * n * r * r if xp is np else 0):
+    with np.errstate(over="ignore", invalid="ignore"):
         W, a, b = basis(xp, U, A, B, A_hat)
-        D = project_core(xp, a, b, e) if kind == "project" else transport_core(xp, a, b, e)
+        # the r x r core: small LAPACK work, faster on one BLAS thread (_threads)
+        with single_threaded_blas(count * r**3 if xp is np else 0):
+            D = project_core(xp, a, b, e) if kind == "project" else transport_core(xp, a, b, e)
     if xp is np and get_options().check_finite and not (np.isfinite(D).all() and np.isfinite(W).all()):
         raise _too_large_U()
     # everything that can fail has run: only now is the target written

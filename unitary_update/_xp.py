@@ -338,4 +338,7 @@ def to_namespace(x: Any, xp: ModuleType) -> Any:
 def hconj(x: Any) -> Any:
     """Conjugate transpose of the last two axes, ``x^H`` (a view for real NumPy arrays)."""
     xp = array_namespace(x)
-    return xp.conj(xp.swapaxes(x, -1, -2))
+    xt = xp.swapaxes(x, -1, -2)
+    if getattr(x.dtype, "kind", "c") != "c":  # NumPy's conj of a real array is a copy: skip it
+        return xt
+    return xp.conj(xt)
