@@ -197,7 +197,7 @@ def test_resume_refuses_settings_of_the_run(tmp_path, capsys):
 
 @pytest.fixture
 def no_execv(monkeypatch):
-    def execv(*args):  # the bench command re-runs itself; a test must never replace pytest
+    def execv(*args):  # no command may replace the process (pytest) it runs in
         raise AssertionError(f"os.execv{args}")
 
     monkeypatch.setattr(os, "execv", execv)

@@ -6,16 +6,14 @@ in-place BLAS rank update and the dense O(N^3) methods; the table also gives the
 of the updates against the memory floor (the N x 2k block U W).  --compare-threads adds each
 update at one thread, --after-torch each update again after PyTorch work in the same process.
 --plot FILE.png draws time against N on log-log axes (needs matplotlib, the plot extra);
---stack times a stack of 4096 16 x 16 complex64 matrices instead.  The command runs itself once
-more with OPENBLAS_THREAD_TIMEOUT=1 set (NumPy's and SciPy's idle BLAS pools would otherwise
-slow each other down on a small machine).
+--stack times a stack of 4096 16 x 16 complex64 matrices instead.  The BLAS runs with its
+default settings, as in a user's process (the updates use one BLAS library, NumPy's, so no
+second idle thread pool competes for the cores).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 
 from ..bench.cpu import DEFAULT_RANKS, DEFAULT_SIZES
 from ._common import DTYPES, require
@@ -51,7 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:  # numpydoc ignore=P
 
 # numpydoc ignore: every command's parameters and return value are documented in unitary_update.cli
 def run(args: argparse.Namespace) -> int:  # numpydoc ignore=PR01,RT01
-    """Measure the grid and print the table (after re-running itself with ``OPENBLAS_THREAD_TIMEOUT=1``).
+    """Measure the grid and print the table.
 
     Raises
     ------
@@ -61,7 +59,7 @@ def run(args: argparse.Namespace) -> int:  # numpydoc ignore=PR01,RT01
 
     Examples
     --------
-    A run takes minutes and replaces the current process once, so it is shown, not run here:
+    A run takes minutes, so it is shown, not run here:
 
     >>> from unitary_update.cli import main
     >>> main(["bench", "--n", "256", "1024", "--repeat", "3"])  # doctest: +SKIP
@@ -70,10 +68,6 @@ def run(args: argparse.Namespace) -> int:  # numpydoc ignore=PR01,RT01
         require("matplotlib", "bench --plot")
     if args.after_torch:
         require("torch", "bench --after-torch")
-    if "OPENBLAS_THREAD_TIMEOUT" not in os.environ:
-        # must be set before NumPy's and SciPy's OpenBLAS load: run again with it
-        os.environ["OPENBLAS_THREAD_TIMEOUT"] = "1"
-        os.execv(sys.executable, [sys.executable, "-m", "unitary_update", *args.argv])
     from ..bench import cpu
 
     machine = cpu.machine_description(args.threads)
