@@ -18,6 +18,7 @@ from asv_runner.benchmarks.mark import SkipNotImplemented
 
 import unitary_update as uu
 from unitary_update._blas import add_lowrank_
+from unitary_update.bench._timing import alternating_step
 from unitary_update.reference import project_dense, transport_dense
 
 from .common import DENSE_MAX, DTYPES, QUICK, RANKS, SIZES, Threaded
@@ -65,10 +66,10 @@ class Update(Threaded):
         self.X2k = np.ascontiguousarray(self.U[:, : min(n, 2 * k)])
         self.target = np.empty_like(self.U)
         self.fn = {
-            "project": lambda: uu.project(self.U, self.A, self.B, out=self.U),
-            "transport": lambda: uu.transport(self.U, self.A, self.B, out=self.U),
-            "project_numpy": lambda: self._numpy_backend(uu.project),
-            "transport_numpy": lambda: self._numpy_backend(uu.transport),
+            "project": alternating_step(uu.project, self.U, self.A, self.B),
+            "transport": alternating_step(uu.transport, self.U, self.A, self.B),
+            "project_numpy": self._numpy_backend(alternating_step(uu.project, self.U, self.A, self.B)),
+            "transport_numpy": self._numpy_backend(alternating_step(uu.transport, self.U, self.A, self.B)),
             "dense_project": lambda: project_dense(self.U, self.A, self.B),
             "dense_transport": lambda: transport_dense(self.U, self.A, self.B),
             "gemm_2k": lambda: self.U @ self.X2k,
@@ -78,9 +79,13 @@ class Update(Threaded):
         }[method]
         self.fn()  # warm up: Numba compilation happens outside the timing
 
-    def _numpy_backend(self, fn):
-        with uu.options(backend="numpy"):
-            fn(self.U, self.A, self.B, out=self.U)
+    @staticmethod
+    def _numpy_backend(step):
+        def call():
+            with uu.options(backend="numpy"):
+                step()
+
+        return call
 
     def time_step(self, n: int, k: int, dtype: str, method: str) -> None:
         self.fn()
@@ -101,11 +106,11 @@ class UpdateAfterTorch(Threaded):
             raise SkipNotImplemented("needs torch") from err
         self.setup_threads()
         self.U, self.A, self.B = _problem(n, k, "float32")
-        self.fn = getattr(uu, method)
-        self.fn(self.U, self.A, self.B, out=self.U)
+        self.fn = alternating_step(getattr(uu, method), self.U, self.A, self.B)
+        self.fn()
 
     def time_step(self, n: int, k: int, method: str) -> None:
-        self.fn(self.U, self.A, self.B, out=self.U)
+        self.fn()
 
 
 class InPlaceMemory(Threaded):

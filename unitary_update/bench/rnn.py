@@ -20,8 +20,8 @@ Three steps of the same shape (copy task, float32, ``T = delay + 20``) are timed
     Skipped, with a note, without torch.
 
 :func:`breakdown` splits the ``projunn`` step into its parts: the forward pass (with the loss),
-the backward pass (BPTT and every gradient), the RMSprop direction of W, its sketch and the
-projUNN update.
+BPTT (with the gradients of V, b, O, c and the factors of dL/dW), the dense dL/dW, the RMSprop
+direction of W, its sketch and the projUNN update.
 
 Run it with ``python -m unitary_update bench-rnn`` (``--threads`` sets the BLAS threads through
 threadpoolctl; default 1).  The figures are the best of ``repeat`` timed steps after one warm-up.
@@ -206,9 +206,11 @@ def breakdown(
     Returns
     -------
     dict
-        ``forward`` (forward pass and loss), ``backward`` (BPTT and every gradient: the time of
-        ``loss_and_grads`` less the forward pass), ``direction`` (RMSprop's step for W),
-        ``sketch`` (rank-k factors of it) and ``update`` (``project``/``transport`` in place).
+        ``forward`` (forward pass and loss: :meth:`~URNN.evaluate`), ``backward`` (BPTT and the
+        gradients of V, b, O, c: ``loss_and_grads(factored=True)`` less the forward pass),
+        ``weight_grad`` (the dense dL/dW from its factors: ``loss_and_grads`` less
+        ``loss_and_grads(factored=True)``), ``direction`` (RMSprop's step for W), ``sketch``
+        (rank-k factors of it) and ``update`` (``project``/``transport`` in place).
 
     Examples
     --------
@@ -217,11 +219,12 @@ def breakdown(
     >>> from unitary_update.models.urnn import URNN
     >>> x, y = CopyTask(3).batch(4, rng=1)
     >>> sorted(breakdown(URNN(10, 8, 10, rng=0), x, y, repeat=1))
-    ['backward', 'direction', 'forward', 'sketch', 'update']
+    ['backward', 'direction', 'forward', 'sketch', 'update', 'weight_grad']
     """
     import unitary_update as uu
 
     forward = best_time(functools.partial(model.evaluate, x, y), repeat, warmup=True)
+    factored = best_time(functools.partial(model.loss_and_grads, x, y, factored=True), repeat, warmup=True)
     both = best_time(functools.partial(model.loss_and_grads, x, y), repeat, warmup=True)
     _, grads = model.loss_and_grads(x, y)
     rms = RMSprop(1e-3 / 32)
@@ -234,7 +237,8 @@ def breakdown(
     step = best_time(lambda: fn(W, A, B, out=W), repeat, warmup=True)
     return {
         "forward": forward,
-        "backward": max(both - forward, 0.0),
+        "backward": max(factored - forward, 0.0),
+        "weight_grad": max(both - factored, 0.0),
         "direction": direction,
         "sketch": sketch,
         "update": step,
@@ -338,7 +342,8 @@ def run_benchmark(
     dict
         ``seconds`` and ``steps_per_s`` per kind, ``ratio_to_plain_numpy``,
         ``torch_autograd_over_projunn`` (the speed-up over the PyTorch step, when both ran),
-        ``breakdown`` (seconds per part), ``notes``, the settings and the machine.
+        ``breakdown`` (seconds per part), ``notes``, the settings (``torch_threads``: PyTorch's
+        intra-op threads, None when it did not run) and the machine.
 
     Examples
     --------
@@ -348,12 +353,13 @@ def run_benchmark(
     >>> sorted(r["seconds"])  # doctest: +SKIP
     ['euclidean', 'plain_numpy', 'projunn', 'torch_autograd']
     >>> sorted(r["breakdown"])
-    ['backward', 'direction', 'forward', 'sketch', 'update']
+    ['backward', 'direction', 'forward', 'sketch', 'update', 'weight_grad']
     """
     task = CopyTask(delay)
     x, y = task.batch(batch, rng=0)
     results: dict[str, float] = {}
     notes: list[str] = []
+    torch_threads = None
 
     def fresh_model() -> URNN:
         model = URNN(10, hidden, 10, dtype=np.float32, rng=0)
@@ -367,8 +373,16 @@ def run_benchmark(
             except ImportError as err:
                 notes.append(f"torch_autograd skipped: {err}")
                 continue
+            torch_before = torch.get_num_threads()
             if threads is not None:
                 torch.set_num_threads(threads)
+            torch_threads = torch.get_num_threads()
+            try:
+                step = make_step(kind, fresh_model(), rank=rank, update=update)
+                results[kind] = best_time(functools.partial(step, x, y), repeat, warmup=True)
+            finally:
+                torch.set_num_threads(torch_before)
+            continue
         step = make_step(kind, fresh_model(), rank=rank, update=update)
         results[kind] = best_time(functools.partial(step, x, y), repeat, warmup=True)
     parts_s = breakdown(fresh_model(), x, y, rank=rank, update=update, repeat=repeat) if parts else {}
@@ -385,6 +399,7 @@ def run_benchmark(
         "notes": notes,
         "repeat": repeat,
         "blas_threads": threads,
+        "torch_threads": torch_threads,
         "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, python {platform.python_version()}",
     }
     print(f"copy step ({out['task']}), best of {repeat}, BLAS threads {threads}")
@@ -392,7 +407,10 @@ def run_benchmark(
         ratio = f"  {seconds / base:5.2f}x plain NumPy" if base else ""
         print(f"  {kind:<14} {seconds * 1e3:9.1f} ms  {1 / seconds:7.2f} steps/s{ratio}")
     if out["torch_autograd_over_projunn"] is not None:
-        print(f"  torch_autograd / projunn: {out['torch_autograd_over_projunn']:.2f} (above 1: projunn is faster)")
+        print(
+            f"  torch_autograd / projunn: {out['torch_autograd_over_projunn']:.2f} "
+            f"(above 1: projunn is faster; torch threads {torch_threads})"
+        )
     if parts_s:
         print("  projunn step, by part: " + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in parts_s.items()))
     for note in notes:
