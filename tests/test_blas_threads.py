@@ -210,3 +210,23 @@ def test_eigh_polar_serves_well_conditioned_cores_and_declines_the_others():
     assert _lowrank._eigh_polar(np.diag(np.linspace(1e-3, 1.0, 12)), eye) is None  # cond 1000: the SVD's job
     assert _lowrank._eigh_polar(np.full((12, 12), np.nan), eye) is None
     assert _lowrank._eigh_polar(np.zeros((12, 12)), eye) is None  # U + A B^H = 0: singular
+
+
+@pytest.mark.parametrize("dtype", [*ALL_DTYPES, np.float16])
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_finite_check_of_large_arrays_finds_every_non_finite_entry(dtype, order):
+    """The one-pass BLAS pre-test (sum of squares) never passes a NaN/Inf, and a finite sum overflow is not an error."""
+    from unitary_update._validation import _all_finite_numpy
+
+    x = np.ones((300, 300), dtype=dtype, order=order)
+    assert _all_finite_numpy(x)
+    for bad in (np.nan, np.inf, -np.inf):
+        y = x.copy(order="A")
+        y[123, 45] = bad
+        assert not _all_finite_numpy(y)
+        if np.dtype(dtype).kind == "c":
+            y = x.copy(order="A")
+            y[7, 8] = complex(0.0, bad)
+            assert not _all_finite_numpy(y)
+    huge = np.full((300, 300), np.finfo(dtype).max / 2, dtype=dtype, order=order)
+    assert _all_finite_numpy(huge)  # its sum of squares overflows: the element test decides
