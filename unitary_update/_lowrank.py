@@ -88,7 +88,7 @@ def basis(xp: ModuleType, U: Any, A: Any, B: Any, A_hat: Any = None) -> tuple[An
             [xp.broadcast_to(B, (*batch, *B.shape[-2:])), xp.broadcast_to(A_hat, (*batch, *A_hat.shape[-2:]))],
             axis=-1,
         )
-    if xp is np and X.ndim == 2:
+    if xp is np and X.ndim == 2 and X.shape[-1] >= _FAST_MIN_R:
         factors = _cholesky_qr2(X)
         if factors is not None:
             W, R = factors
@@ -153,6 +153,11 @@ def _cholesky_qr2(X: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     return Y, R
 
 
+# Below this r the LAPACK calls (Householder QR, r x r SVD/eigh) take microseconds and win over the
+# several NumPy calls of CholeskyQR2, Newton-Schulz and Pade (measured: bench at N = 128, k = 1).
+_FAST_MIN_R = 16
+
+
 def _core_dtype(dtype: Any) -> Any:
     return np.complex128 if np.dtype(dtype).kind == "c" else np.float64
 
@@ -171,7 +176,7 @@ def project_core(xp: ModuleType, a: Any, b: Any, e: Any = None) -> Any:
     ``polar(2^-e I + a b^H)`` (the polar factor is invariant to positive scaling), so nothing
     overflows at any scale; for ``e < 0`` the term ``2^e a b^H`` underflows gracefully.
 
-    On NumPy, a T within ``||T^H T - I||_F <= 1/2`` of the unitary group (every training step of
+    On NumPy with ``r >= 16``, a T within ``||T^H T - I||_F <= 1/2`` of the unitary group (every training step of
     moderate size) takes :func:`_newton_schulz_polar`: r x r products only, 5-10x faster than
     the SVD at r = 128; a T of condition number up to 10 takes :func:`_eigh_polar` (half the
     SVD's time).  Other T, and other namespaces, take the SVD ``T = X S Y^H``, ``X Y^H``.
@@ -187,7 +192,7 @@ def project_core(xp: ModuleType, a: Any, b: Any, e: Any = None) -> Any:
     else:
         e = xp.asarray(e)[..., None, None]
         T = _powers_of_two(xp, -xp.maximum(e, 0)) * eye + _powers_of_two(xp, xp.minimum(e, 0)) * ab
-    if xp is np:
+    if xp is np and r >= _FAST_MIN_R:
         polar = _newton_schulz_polar(T, eye)
         if polar is None:
             polar = _eigh_polar(T, eye)
@@ -253,14 +258,14 @@ _MAX_ANGLE_EXPONENT = 1000
 def transport_core(xp: ModuleType, a: Any, b: Any, e: Any = None) -> Any:
     """``expm(K) - I`` with ``K = 2^e (a b^H - b a^H)/2`` for projUNN-T.
 
-    On NumPy, a K of 1-norm up to ``2^6 theta_13`` (about 340) with no exponent apart takes
+    On NumPy with ``r >= 16``, a K of 1-norm up to ``2^6 theta_13`` (about 340) with no exponent apart takes
     :func:`_expm_minus_identity_pade`: Pade products and one solve in double precision, real
     for real inputs.  Otherwise ``expm(K)`` comes from ``eigh(-iK)``; the exponent ``e`` (see
     :func:`project_core`) then scales the eigenvalues of the unit-scale ``K``, exactly, and
     exponents above 1000 are capped (the angle is then known to no digit).
     """
     real = a.dtype.kind != "c"
-    if xp is np and e is None:
+    if xp is np and e is None and a.shape[-2] >= _FAST_MIN_R:
         dt = _core_dtype(a.dtype)
         ab = a.astype(dt) @ hconj(b.astype(dt))
         D = _expm_minus_identity_pade(0.5 * (ab - hconj(ab)))
