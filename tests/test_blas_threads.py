@@ -84,7 +84,7 @@ def test_update_agrees_with_both_blas_libraries(monkeypatch):
 
 
 def test_single_threaded_blas_restores_counts_when_nested_and_concurrent():
-    libraries = _threads._blas_libraries()
+    libraries = _threads.blas_libraries()
     before = [lib.num_threads for lib in libraries]
     entered = threading.Barrier(2)
     seen = []
@@ -109,7 +109,7 @@ def test_single_threaded_blas_restores_counts_when_nested_and_concurrent():
 
 
 def test_single_threaded_blas_restores_counts_after_an_error():
-    libraries = _threads._blas_libraries()
+    libraries = _threads.blas_libraries()
     before = [lib.num_threads for lib in libraries]
     with pytest.raises(RuntimeError), _threads.single_threaded_blas(1 << 30):
         raise RuntimeError
@@ -117,7 +117,7 @@ def test_single_threaded_blas_restores_counts_after_an_error():
 
 
 def test_small_work_changes_no_thread_count(monkeypatch):
-    monkeypatch.setattr(_threads, "_blas_libraries", lambda: pytest.fail("small work must not touch BLAS"))
+    monkeypatch.setattr(_threads, "blas_libraries", lambda: pytest.fail("small work must not touch BLAS"))
     with _threads.single_threaded_blas(_threads.MIN_WORK - 1):
         pass
 
@@ -196,7 +196,8 @@ def test_single_matrix_kernels_stay_on_the_calling_thread(monkeypatch):
     A = np.full((300, 1), 1e-3, dtype=np.float32)
     with uu.options(backend="numba"):
         uu.project(U, A, A, out=U)
-    assert requested and requested[0::2] == [1] * (len(requested) // 2)  # set to 1, then restored
+    assert requested
+    assert requested[0::2] == [1] * (len(requested) // 2)  # set to 1, then restored
 
 
 def test_eigh_polar_serves_well_conditioned_cores_and_declines_the_others():

@@ -24,7 +24,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["MIN_WORK", "single_threaded_blas"]
+__all__ = ["MIN_WORK", "blas_libraries", "single_threaded_blas"]
 
 # Below this many flops (r^3 or N r^2) OpenBLAS runs single-threaded by itself: no limit needed.
 MIN_WORK = 1 << 18
@@ -35,9 +35,14 @@ _saved: list[tuple[Any, int]] = []
 _libraries: list[Any] | None = None
 
 
-def _blas_libraries() -> list[Any]:
+def blas_libraries() -> list[Any]:
+    """threadpoolctl's controllers of the BLAS libraries: NumPy's and SciPy's (which Numba calls).
+
+    Looked up once; SciPy's LAPACK is imported first so that its OpenBLAS is among them.
+    """
     global _libraries
     if _libraries is None:
+        import scipy.linalg.lapack  # noqa: F401  # load SciPy's OpenBLAS before the scan
         from threadpoolctl import ThreadpoolController
 
         _libraries = list(ThreadpoolController().select(user_api="blas").lib_controllers)
@@ -58,7 +63,7 @@ def single_threaded_blas(work: int = MIN_WORK) -> Iterator[None]:
     global _depth
     with _lock:
         if _depth == 0:
-            _saved[:] = [(lib, lib.num_threads) for lib in _blas_libraries()]
+            _saved[:] = [(lib, lib.num_threads) for lib in blas_libraries()]
             for lib, count in _saved:
                 if count != 1:
                     lib.set_num_threads(1)

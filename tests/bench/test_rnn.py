@@ -42,7 +42,7 @@ def test_breakdown_parts_leave_the_model_unchanged():
     x, y = CopyTask(3).batch(4, rng=1)
     W = model.params["W"].copy()
     parts = breakdown(model, x, y, rank=2, update="transport", repeat=1)
-    assert set(parts) == {"forward", "backward", "direction", "sketch", "update"}
+    assert set(parts) == {"forward", "backward", "weight_grad", "checks", "direction", "sketch", "update"}
     assert all(v >= 0 for v in parts.values())
     assert parts["forward"] > 0
     np.testing.assert_array_equal(model.params["W"], W)
@@ -50,8 +50,9 @@ def test_breakdown_parts_leave_the_model_unchanged():
 
 def test_run_benchmark_has_the_torch_baseline():
     pytest.importorskip("torch")
-    r = run_benchmark(delay=2, hidden=8, batch=4, repeat=1)
+    r = run_benchmark(delay=2, hidden=8, batch=4, repeat=1, threads=1)
     assert set(r["seconds"]) == {"projunn", "euclidean", "plain_numpy", "torch_autograd"}
+    assert r["torch_threads"] == 1  # the same thread count as the BLAS
     assert r["torch_autograd_over_projunn"] == pytest.approx(r["seconds"]["torch_autograd"] / r["seconds"]["projunn"])
 
 

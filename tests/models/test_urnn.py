@@ -206,3 +206,80 @@ def test_bad_inputs_name_the_argument():
         model.loss_and_grads(np.zeros((2, 5, 3)), np.zeros((2, 5)))
     with pytest.raises(ValueError, match="labels in y must be < output_size"):
         model.loss_and_grads(np.zeros((2, 5, 3)), np.full((2, 5), 2))
+
+
+def _blas_threads():
+    from unitary_update._threads import blas_libraries
+
+    return [lib.num_threads for lib in blas_libraries()]
+
+
+@pytest.mark.parametrize("complex_", [False, True], ids=["real", "complex"])
+@pytest.mark.parametrize("output", ["sequence", "last"])
+def test_blocks_on_threads_give_the_one_thread_result(monkeypatch, complex_, output):
+    """Batch rows in 3 blocks on 3 threads (forced; the shapes are far below the threshold) give the
+    gradients of one block, dense and factored; the BLAS thread limits are restored afterwards."""
+    from unitary_update.models import urnn
+
+    model = make_model(complex_, output, "cross_entropy", n=8)
+    x, y = make_data(model, batch=7, T=6)
+    loss_1, grads_1 = model.loss_and_grads(x, y)
+    logits_1 = model.forward(x)
+    before = _blas_threads()
+    monkeypatch.setattr(urnn, "_threads", lambda T, batch, n: 3)
+    loss_3, grads_3 = model.loss_and_grads(x, y)
+    assert _blas_threads() == before
+    assert loss_3 == pytest.approx(loss_1, rel=1e-13)
+    for name in grads_1:
+        np.testing.assert_allclose(grads_3[name], grads_1[name], rtol=1e-12, atol=1e-14, err_msg=name)
+        assert grads_3[name].flags.c_contiguous, name
+    np.testing.assert_allclose(model.forward(x), logits_1, rtol=1e-13, atol=1e-14)
+    _, factored = model.loss_and_grads(x, y, factored=True)
+    X, Y = factored["W"]
+    np.testing.assert_allclose(X @ Y.conj().T, grads_1["W"], rtol=1e-12, atol=1e-14)
+
+
+def test_concurrent_calls_restore_the_blas_limits(monkeypatch):
+    """Models trained from several threads at once, each running its blocks on threads, leave the
+    BLAS thread counts as they were (the one-thread limit is counted, not nested)."""
+    import threading
+
+    from unitary_update.models import urnn
+
+    monkeypatch.setattr(urnn, "_threads", lambda T, batch, n: 2)
+    before = _blas_threads()
+    models = [make_model(False, "sequence", "cross_entropy", n=6, seed=s) for s in range(3)]
+    x, y = make_data(models[0], batch=4, T=5)
+    expected = [m.loss_and_grads(x, y)[1]["W"].copy() for m in models]
+    errors = []
+
+    def train(model, want):
+        try:
+            for _ in range(20):
+                np.testing.assert_allclose(model.loss_and_grads(x, y)[1]["W"], want, rtol=1e-12)
+        except BaseException as err:  # reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=train, args=pair) for pair in zip(models, expected, strict=True)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    assert _blas_threads() == before
+
+
+def test_thread_count_follows_the_blas_limit(monkeypatch):
+    from threadpoolctl import threadpool_limits
+
+    from unitary_update.models import urnn
+
+    monkeypatch.setattr(urnn, "_MIN_WORK", 0)
+    monkeypatch.setattr(urnn, "os", type("os", (), {"sched_getaffinity": staticmethod(lambda pid: set(range(8)))}))
+    with threadpool_limits(limits=1, user_api="blas"):
+        assert urnn._threads(10, 128, 8) == 1
+    with threadpool_limits(limits=3, user_api="blas"):
+        assert urnn._threads(10, 128, 8) == 3
+        assert urnn._threads(10, 40, 8) == 2  # blocks of at least _MIN_ROWS rows
+        assert urnn._split(0, 40, 3) == [(0, 13), (13, 26), (26, 40)]
+    assert urnn._split(1, 1, 2) == []

@@ -1,10 +1,11 @@
-"""Time a copy-task training step beside a plain NumPy RNN step.
+"""Time a copy-task training step beside a plain NumPy step and the PyTorch autograd step.
 
-Three steps of the same shape (copy task, float32, sequence length delay + 20) are timed back to
-back: the library's training step (forward, hand-written BPTT, RMSprop and the projUNN update of
-W), the same with a plain RMSprop update of W (the overhead of keeping W unitary), and a
-textbook NumPy RNN step with SGD; printed as times, steps per second and ratios.
-"""
+Four steps of the same shape (copy task, float32, sequence length delay + 20) are timed back to
+back in one process, with the same thread count: the library's training step (forward,
+hand-written BPTT, RMSprop and the projUNN update of W), the same with a plain RMSprop update of W
+(the overhead of keeping W unitary), a textbook NumPy RNN step with SGD, and the same model in
+PyTorch (autograd, torch.optim.RMSprop; skipped without torch); printed as times, steps per
+second and ratios, with the library's step split into its parts."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:  # numpydoc ignore=P
 
 # numpydoc ignore: every command's parameters and return value are documented in unitary_update.cli
 def run(args: argparse.Namespace) -> int:  # numpydoc ignore=PR01,RT01
-    """Time the three steps; print the table.
+    """Time the steps; print the table.
 
     Examples
     --------
