@@ -19,6 +19,7 @@ import numpy as np
 from numba.extending import overload
 
 __all__ = [
+    "PARALLEL_SINGLE_MIN_BYTES",
     "REAL_CORE_IMAG_TOL",
     "adjoint_matmul_numba",
     "adjoint_matmul_numpy",
@@ -44,7 +45,7 @@ _PARALLEL_MIN_BYTES = 4 << 20
 # one thread (7 ms at N = 4096, k = 1) dwarfs the ~3 ms a parallel region can lose waiting for a
 # core right after BLAS work, and alone it is 2x faster; below, one thread is faster in a
 # training loop (see _threads_for).
-_PARALLEL_SINGLE_MIN_BYTES = 32 << 20
+PARALLEL_SINGLE_MIN_BYTES = 32 << 20
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
@@ -84,7 +85,7 @@ def _threads_for(work_bytes: int, *, parallel: bool = True) -> Iterator[int]:
     beside BLAS's.
     """
     saved = numba.get_num_threads()
-    threads = saved if work_bytes >= (_PARALLEL_MIN_BYTES if parallel else _PARALLEL_SINGLE_MIN_BYTES) else 1
+    threads = saved if work_bytes >= (_PARALLEL_MIN_BYTES if parallel else PARALLEL_SINGLE_MIN_BYTES) else 1
     numba.set_num_threads(threads)
     try:
         yield threads

@@ -479,8 +479,14 @@ def _batched_kernel_wins(count: int, n: int, k: int) -> bool:
 
 
 def _fused_eligible(U: Any, target: Any, r: int) -> bool:
+    """Whether the fused Numba path (one streaming pass for ``A_hat``, one fused row pass) wins.
+
+    Measured (bench, alternating steps): from N = 256 at r <= 4; at r <= 8 only where the
+    kernels run in parallel (U of 32 MiB or more, ``_kernels._threads_for``), since on one
+    thread the BLAS path's two threads win there.
+    """
     n = U.shape[-1]
-    auto = n >= 256 and r <= 8
+    auto = n >= 256 and (r <= 4 or (r <= 8 and U.nbytes >= _kernels.PARALLEL_SINGLE_MIN_BYTES))
     return (
         U.ndim == 2
         and U.flags.c_contiguous
