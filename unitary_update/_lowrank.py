@@ -53,7 +53,7 @@ import numpy as np
 from . import _kernels
 from ._blas import add_lowrank_
 from ._config import get_options, use_numba
-from ._threads import single_threaded_blas
+from ._threads import MIN_WORK, single_threaded_blas
 from ._validation import NonFiniteError, SingularUpdateError, check_finite, max_abs
 from ._validation import svd as guarded_svd
 from ._xp import hconj
@@ -94,7 +94,8 @@ def basis(xp: ModuleType, U: Any, A: Any, B: Any, A_hat: Any = None) -> tuple[An
             W, R = factors
             return W, R[:, k:], R[:, :k]
     # Householder QR: many BLAS-2 steps on a thin block, faster on one BLAS thread (_threads)
-    with single_threaded_blas(int(np.prod(X.shape, dtype=np.int64)) * X.shape[-1] if xp is np else 0):
+    # (from N = 256 whatever r: OpenBLAS threads the BLAS-2 steps of a 512 x 8 block already)
+    with single_threaded_blas(MIN_WORK if xp is np and X.shape[-2] >= 256 else 0):
         W, R = xp.linalg.qr(X, mode="reduced")
     return W, R[..., :, k:], R[..., :, :k]
 
