@@ -231,3 +231,27 @@ def test_finite_check_of_large_arrays_finds_every_non_finite_entry(dtype, order)
             assert not _all_finite_numpy(y)
     huge = np.full((300, 300), np.finfo(dtype).max / 2, dtype=dtype, order=order)
     assert _all_finite_numpy(huge)  # its sum of squares overflows: the element test decides
+
+
+def test_limit_applies_whichever_thread_set_it_before():
+    """threadpoolctl lets one living "controlling" thread set OpenBLAS's limit; ours must act from any thread."""
+    libraries = _threads.blas_libraries()
+    before = [lib.num_threads for lib in libraries]
+    done, release = threading.Event(), threading.Event()
+
+    def first_user():
+        with _threads.single_threaded_blas(1 << 30):
+            pass
+        done.set()
+        release.wait(10)  # stays alive while the main thread limits
+
+    thread = threading.Thread(target=first_user)
+    thread.start()
+    done.wait(10)
+    try:
+        with _threads.single_threaded_blas(1 << 30):
+            assert [lib.num_threads for lib in libraries] == [1] * len(libraries)
+        assert [lib.num_threads for lib in libraries] == before
+    finally:
+        release.set()
+        thread.join()

@@ -49,6 +49,17 @@ def blas_libraries() -> list[Any]:
     return _libraries
 
 
+def _set_threads(lib: Any, count: int) -> None:
+    """Set a library's thread count from whichever Python thread holds :data:`_lock`.
+
+    threadpoolctl (3.6+) lets only one "controlling" Python thread set OpenBLAS's process-wide
+    limit and silently ignores the others; the lock and the count here already serialise the
+    changes, so the library's own setter is called directly where threadpoolctl has one.
+    """
+    setter = getattr(lib, "_real_set_num_threads", None) or lib.set_num_threads
+    setter(count)
+
+
 @contextlib.contextmanager
 def single_threaded_blas(work: int = MIN_WORK) -> Iterator[None]:
     """Run the block with every loaded BLAS library limited to one thread (process-wide).
@@ -66,7 +77,7 @@ def single_threaded_blas(work: int = MIN_WORK) -> Iterator[None]:
             _saved[:] = [(lib, lib.num_threads) for lib in blas_libraries()]
             for lib, count in _saved:
                 if count != 1:
-                    lib.set_num_threads(1)
+                    _set_threads(lib, 1)
         _depth += 1
     try:
         yield
@@ -76,5 +87,5 @@ def single_threaded_blas(work: int = MIN_WORK) -> Iterator[None]:
             if _depth == 0:
                 for lib, count in _saved:
                     if count != 1:
-                        lib.set_num_threads(count)
+                        _set_threads(lib, count)
                 _saved.clear()
