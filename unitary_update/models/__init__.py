@@ -5,7 +5,8 @@
 * :class:`OrthogonalConv2d` (:mod:`unitary_update.models.conv`): full-width orthogonal or unitary
   circular convolutions, one unitary matrix per frequency, trained with batched updates.
 
-Their elementwise Numba kernels (modReLU) live in the private leaf module ``_kernels``.
+Their Numba kernels (modReLU, and the fused forward, BPTT and cross-entropy of the RNN) live in
+the private leaf module ``_kernels``.
 """
 
 from .conv import OrthogonalConv2d
