@@ -73,7 +73,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:  # numpydoc ignore=P
         "--threads",
         type=_positive_int,
         default=1,
-        help="BLAS threads (default 1: the per-time-step products are too small to share)",
+        help=(
+            "threads (default 1); from 2 the RNN splits its batch over that many cores "
+            "(docs/benchmarks/rnn_step.md); gradients then differ from another count by rounding, "
+            "so resume with the same count to continue bit for bit"
+        ),
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (it shows only on a terminal)")
     setting("length", "copy: the delay T (default 100); adding: the sequence length (default 200)", type=int)
