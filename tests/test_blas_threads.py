@@ -166,22 +166,6 @@ def test_pade_declines_large_and_non_finite_angles():
     np.testing.assert_allclose(_lowrank._expm_minus_identity_pade(K), scipy.linalg.expm(K) - np.eye(2), atol=1e-12)
 
 
-@pytest.mark.parametrize("dtype", ALL_DTYPES)
-def test_single_small_matrices_take_the_numba_kernel_and_agree(dtype):
-    """At N <= 256, k <= 4 one matrix goes to the one-call Numba kernel: same result as the BLAS path."""
-    rng = np.random.default_rng(7)
-    U = uu.random_unitary(100, dtype=dtype, rng=2)
-    A = rng.standard_normal((100, 3)).astype(dtype) * 0.1
-    B = rng.standard_normal((100, 3)).astype(dtype)
-    assert _lowrank._batched_kernel_wins(1, 100, 3)
-    atol = 2e-5 if np.dtype(dtype) in (np.float32, np.complex64) else 1e-12
-    for fn in (uu.project, uu.transport):
-        with uu.options(backend="numpy"):
-            expected = fn(U, A, B)
-        got = fn(U, A, B)
-        np.testing.assert_allclose(got, expected, rtol=0, atol=atol)
-
-
 def test_single_matrix_kernels_stay_on_the_calling_thread(monkeypatch):
     """No second thread pool beside BLAS's for one matrix below 32 MiB (a parallel region waits for a core)."""
     import numba
