@@ -238,7 +238,7 @@ def add_lowrank_(U: Any, P: Any, W: Any) -> None:
             U += P @ hconj(W)
         return
     if U.ndim == 2:
-        if not _gemm_inplace_(U, np.ascontiguousarray(P), np.ascontiguousarray(W)):
+        if not _gemm_inplace_(U, P, W):  # addmm_ copies an operand only if BLAS cannot read it as is
             U += P @ hconj(W)
         return
     batch = U.shape[:-2]
@@ -246,7 +246,7 @@ def add_lowrank_(U: Any, P: Any, W: Any) -> None:
     W = np.broadcast_to(W, (*batch, *W.shape[-2:]))
     if U[(0,) * len(batch)].nbytes >= (1 << 20):
         for idx in np.ndindex(batch):
-            if not _gemm_inplace_(U[idx], np.ascontiguousarray(P[idx]), np.ascontiguousarray(W[idx])):
+            if not _gemm_inplace_(U[idx], P[idx], W[idx]):
                 U[idx] += P[idx] @ hconj(W[idx])
         return
     flatU = U.reshape(-1, *U.shape[-2:])  # a view for contiguous stacks
