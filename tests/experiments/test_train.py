@@ -245,3 +245,31 @@ def test_plot_without_matplotlib_names_the_extra(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     with pytest.raises(ImportError, match=r'^plot needs matplotlib: pip install "unitary_update\[plot\]"$'):
         plot_run(tmp_path)
+
+
+@pytest.mark.parametrize("complex_", [False, True])
+def test_input_scale_multiplies_only_the_initial_input_weights(complex_):
+    base = TrainConfig(task="adding", length=6, complex=complex_, **SMALL)
+    _, plain, _, _ = build(base)
+    _, scaled, _, _ = build(TrainConfig(**{**base.__dict__, "input_scale": 4.0}))
+    assert scaled.params["V"].dtype == plain.params["V"].dtype
+    np.testing.assert_allclose(scaled.params["V"], 4.0 * plain.params["V"], rtol=1e-6)
+    for name in ("W", "b", "O", "c"):
+        np.testing.assert_array_equal(scaled.params[name], plain.params[name])
+
+
+def test_input_scale_that_overflows_is_refused_before_anything_is_written(tmp_path):
+    config = TrainConfig(task="adding", length=6, input_scale=1e300, **SMALL)
+    with pytest.raises(ValueError, match="input_scale 1e\\+300 overflows the initial input weights V in float32"):
+        train(config, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_command_line_input_scale_is_stored_and_not_resumable(tmp_path, capsys):
+    run = str(tmp_path / "run")
+    common = ["--length", "6", "--hidden", "8", "--batch-size", "4", "--eval-size", "8", "--no-progress"]
+    assert main(["train", "adding", "--steps", "2", "--input-scale", "2.5", "--run-dir", run, *common]) == 0
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["input_scale"] == 2.5
+    capsys.readouterr()
+    assert main(["train", "--resume", run, "--steps", "3", "--input-scale", "1"]) != 0
+    assert "--input-scale 1.0 (the run has 2.5)" in capsys.readouterr().err

@@ -86,6 +86,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:  # numpydoc ignore=P
     setting("hidden_size", "hidden size N (default: copy 190, adding and pmnist 170)", type=int)
     setting("complex", "complex unitary W (default: real orthogonal)", action="store_true")
     setting("init", "initialiser of W", choices=INITS)
+    setting("input_scale", "multiplies the initial input weights V (Glorot-normal)", type=float)
     setting("dtype", "real precision of the model", choices=REAL_DTYPES)
     setting("optimizer", "optimizer of V, b, O, c and of W's direction", choices=OPTIMIZERS)
     setting("lr", "learning rate of V, b, O, c", type=float)

@@ -98,7 +98,8 @@ def build(config: TrainConfig) -> tuple[Task, URNN, Optimizer, UnitaryOptimizer]
     ValueError
         For an invalid setting (task, length, optimizer, update, sketch, dtype, ...), or sizes
         (``hidden_size``, ``length``, ``batch_size``, ``eval_size``) whose arrays no array can
-        hold or that need more than the machine's physical memory (the message names them).
+        hold or that need more than the machine's physical memory (the message names them), or an
+        ``input_scale`` that overflows the input weights in ``config.dtype``.
     FileNotFoundError
         For pmnist, if an MNIST file is missing from ``config.mnist_dir``.
 
@@ -122,6 +123,13 @@ def build(config: TrainConfig) -> tuple[Task, URNN, Optimizer, UnitaryOptimizer]
         dtype=np.dtype(config.dtype),
         rng=config.seed,
     )
+    if config.input_scale != 1.0:
+        scaled = model.params["V"] * np.float64(config.input_scale)  # in double: no overflow here
+        if not np.abs(scaled).max(initial=0.0) < np.finfo(model.real_dtype).max:
+            raise ValueError(
+                f"input_scale {config.input_scale!r} overflows the initial input weights V in {config.dtype}"
+            )
+        model.params["V"] = scaled.astype(model.dtype, copy=False)
     extra = {"momentum": config.momentum} if config.optimizer == "sgd" else {}
     opt = make_optimizer(config.optimizer, config.lr, **extra)
     w_base = make_optimizer(config.optimizer, config.lr / config.w_lr_divisor, **extra)
