@@ -141,3 +141,25 @@ def test_task_classes_describe_tasks_without_building_them():
     assert PermutedMNIST.label(5) == "pmnist"
     with pytest.raises(ValueError, match="task must be one of"):
         task_class("parity")
+
+
+def test_permuted_mnist_raw_pixels_are_the_grey_levels_over_255(write_fake_mnist, tmp_path):
+    arrays = write_fake_mnist(tmp_path, 20, 6)
+    raw = make_task("pmnist", mnist_dir=tmp_path, permutation_seed=1, pixels="raw")
+    standard = make_task("pmnist", mnist_dir=tmp_path, permutation_seed=1)
+    perm = raw.permutation
+    expected = arrays["train_images"].reshape(-1, 784)[:, perm].astype(np.float32) / 255
+    np.testing.assert_array_equal(raw.train[0], expected)
+    assert raw.train[0].dtype == np.float32
+    assert raw.test[0].dtype == np.float32
+    np.testing.assert_array_equal(raw.test[0], arrays["test_images"].reshape(-1, 784)[:, perm].astype(np.float32) / 255)
+    # the standardised images are the same pixels, shifted and scaled by the training statistics
+    mean, std = expected.mean(), expected.std()
+    np.testing.assert_allclose(standard.train[0], (expected - mean) / std, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(raw.train[1], standard.train[1])
+
+
+@pytest.mark.parametrize(("pixels", "error"), [("normalized", ValueError), (None, TypeError), (1, TypeError)])
+def test_permuted_mnist_pixels_choice_is_checked(fake_mnist, pixels, error):
+    with pytest.raises(error, match="pixels must be one of 'standardized', 'raw'"):
+        PermutedMNIST(fake_mnist, pixels=pixels)

@@ -273,3 +273,15 @@ def test_command_line_input_scale_is_stored_and_not_resumable(tmp_path, capsys):
     capsys.readouterr()
     assert main(["train", "--resume", run, "--steps", "3", "--input-scale", "1"]) != 0
     assert "--input-scale 1.0 (the run has 2.5)" in capsys.readouterr().err
+
+
+def test_command_line_raw_pixels_reach_the_model(tmp_path, fake_mnist, capsys):
+    run = tmp_path / "run"
+    args = ["train", "pmnist", "--mnist-dir", str(fake_mnist), "--steps", "1", "--hidden", "6", "--batch-size", "4"]
+    assert main([*args, "--eval-size", "8", "--pixels", "raw", "--no-progress", "--run-dir", str(run)]) == 0
+    config = json.loads((run / "config.json").read_text())
+    assert config["pixels"] == "raw"
+    task, *_ = build(TrainConfig(**config))
+    assert float(task.train[0].min()) >= 0.0
+    assert float(task.train[0].max()) <= 1.0
+    assert task.pixels == "raw"

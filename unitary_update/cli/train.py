@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..experiments.config import RESUMABLE, TrainConfig, load_config, resume_conflicts
+from ..experiments.tasks import PIXELS
 from ._common import (
     INITS,
     OPTIMIZERS,
@@ -87,6 +88,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:  # numpydoc ignore=P
     setting("complex", "complex unitary W (default: real orthogonal)", action="store_true")
     setting("init", "initialiser of W", choices=INITS)
     setting("input_scale", "multiplies the initial input weights V (Glorot-normal)", type=float)
+    setting("pixels", "pmnist: grey levels standardised (mean 0, std 1) or raw in [0, 1]", choices=PIXELS)
     setting("dtype", "real precision of the model", choices=REAL_DTYPES)
     setting("optimizer", "optimizer of V, b, O, c and of W's direction", choices=OPTIMIZERS)
     setting("lr", "learning rate of V, b, O, c", type=float)

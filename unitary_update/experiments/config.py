@@ -22,7 +22,7 @@ from .._step import UPDATES
 from .._validation import check_choice, check_float, check_int
 from ..models.urnn import INITS
 from ..optim import OPTIMIZERS
-from .tasks import TASK_CLASSES, TASKS, Task
+from .tasks import PIXELS, TASK_CLASSES, TASKS, Task
 
 __all__ = ["REAL_DTYPES", "RESUMABLE", "TrainConfig", "load_config", "resume_conflicts"]
 
@@ -70,6 +70,10 @@ class TrainConfig:
         finite and > 0 (default 1).  Sets how strongly the inputs drive the hidden state at the
         start: expRNN's permuted-MNIST script starts about 4x stronger than Glorot (its
         Kaiming-normal V, std sqrt(2), on raw pixels of std 0.31).
+    pixels : {"standardized", "raw"}
+        pmnist: the grey levels standardised to mean 0, std 1 over the training set (the
+        default), or raw in [0, 1] as expRNN's script reads them (the background is then 0).
+        Other tasks take only the default.
     dtype : {"float32", "float64"}
         Real precision of the model.
     optimizer : {"rmsprop", "adam", "sgd"}
@@ -121,10 +125,11 @@ class TrainConfig:
         ``steps``, ``batch_size``, ``hidden_size``, ``eval_size``, ``log_every`` >= 1;
         ``length`` >= 1 (adding: >= 2); ``retract_every``, ``seed``, ``eval_every``,
         ``checkpoint_every`` >= 0 (0: never); ``rank`` in [1, hidden size]; ``lr``,
-        ``input_scale``, ``w_lr_divisor`` finite and > 0 (and ``lr / w_lr_divisor`` > 0); ``lr_gamma`` in
-        (0, 1]; ``momentum`` in [0, 1); ``time_limit_s`` None or finite >= 0; ``task``,
-        ``init``, ``dtype``, ``optimizer``, ``update``, ``sketch`` and ``device`` one of their
-        choices.
+        ``input_scale``, ``w_lr_divisor`` finite and > 0 (and ``lr / w_lr_divisor`` > 0);
+        ``lr_gamma`` in (0, 1]; ``momentum`` in [0, 1); ``time_limit_s`` None or finite >= 0;
+        ``task``, ``init``, ``pixels``, ``dtype``, ``optimizer``, ``update``, ``sketch`` and
+        ``device`` one of their choices; ``pixels`` other than "standardized" for a task other
+        than pmnist.
 
     Examples
     --------
@@ -145,6 +150,7 @@ class TrainConfig:
     complex: bool = False
     init: str = "henaff"
     input_scale: float = 1.0
+    pixels: str = "standardized"
     dtype: str = "float32"
     optimizer: str = "rmsprop"
     lr: float = 1e-3
@@ -178,6 +184,9 @@ class TrainConfig:
         self.complex = _check_bool(self.complex, "complex")
         self.init = _check_choice(self.init, INITS, "init")
         self.input_scale = check_float(self.input_scale, "input_scale", low=0, open_low=True)
+        self.pixels = _check_choice(self.pixels, PIXELS, "pixels")
+        if self.pixels != "standardized" and self.task != "pmnist":
+            raise ValueError(f"pixels applies to the pmnist task only; got pixels={self.pixels!r} for {self.task}")
         self.dtype = _check_choice(_dtype_name(self.dtype), REAL_DTYPES, "dtype")
         self.optimizer = _check_choice(self.optimizer, OPTIMIZERS, "optimizer")
         self.lr = check_float(self.lr, "lr", low=0, open_low=True)

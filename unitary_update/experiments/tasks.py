@@ -16,7 +16,8 @@ adding (:class:`AddingTask`)
     its mean 1 scores the variance 1/6 ~= 0.167 (mean squared error).
 permuted MNIST (:class:`PermutedMNIST`)
     Each 28 x 28 image read one pixel per step (784 steps) in a fixed, seeded permutation of the
-    pixel order, normalised by the training set's mean and standard deviation; 10 classes read
+    pixel order, standardised by the training set's mean and standard deviation (or raw grey
+    levels in [0, 1]); 10 classes read
     at the last step.  Chance level: cross-entropy log 10, accuracy 0.1.
 """
 
@@ -28,9 +29,23 @@ from typing import Any
 
 import numpy as np
 
+from .._validation import check_choice
 from ..random import normalize_rng
 
-__all__ = ["TASKS", "TASK_CLASSES", "AddingTask", "CopyTask", "PermutedMNIST", "Task", "make_task", "task_class"]
+__all__ = [
+    "PIXELS",
+    "TASKS",
+    "TASK_CLASSES",
+    "AddingTask",
+    "CopyTask",
+    "PermutedMNIST",
+    "Task",
+    "make_task",
+    "task_class",
+]
+
+PIXELS = ("standardized", "raw")
+"""How :class:`PermutedMNIST` presents the grey levels: standardised (mean 0, std 1) or raw in [0, 1]."""
 
 
 class Task:
@@ -308,8 +323,8 @@ class AddingTask(Task):
 class PermutedMNIST(Task):
     """Permuted pixel-by-pixel MNIST from the IDX files in ``directory``.
 
-    A batch is ``x`` of shape ``(batch_size, 784, 1)``, float32 (normalised pixels in permuted
-    order) and ``y`` of shape ``(batch_size,)``, int64 (digit labels).
+    A batch is ``x`` of shape ``(batch_size, 784, 1)``, float32 (pixels in permuted order,
+    standardised or raw: ``pixels``) and ``y`` of shape ``(batch_size,)``, int64 (digit labels).
 
     Parameters
     ----------
@@ -318,16 +333,23 @@ class PermutedMNIST(Task):
         nothing is downloaded.
     permutation_seed : int, default 0
         Seed of the fixed pixel permutation.
+    pixels : {"standardized", "raw"}, default "standardized"
+        ``"standardized"``: grey levels / 255 shifted and scaled by the training set's mean and
+        standard deviation (mean 0, std 1 over the training images).  ``"raw"``: grey levels /
+        255, in [0, 1] (what torchvision's ``ToTensor`` gives, as in expRNN's script); the
+        background is then exactly 0.
 
     Attributes
     ----------
     train, test : tuple of arrays
-        ``(images (n, 784) float32 normalised, labels (n,) int64)`` in permuted pixel order.
+        ``(images (n, 784) float32, labels (n,) int64)`` in permuted pixel order.
 
     Raises
     ------
     FileNotFoundError
         Naming the missing file.
+    ValueError
+        If ``pixels`` is not one of its choices.
 
     Notes
     -----
@@ -357,15 +379,23 @@ class PermutedMNIST(Task):
     hidden_size = 170
     classification = True
 
-    def __init__(self, directory: str | os.PathLike[str], *, permutation_seed: int = 0) -> None:
+    def __init__(
+        self, directory: str | os.PathLike[str], *, permutation_seed: int = 0, pixels: str = "standardized"
+    ) -> None:
         from .datasets import load_mnist
 
+        if not isinstance(pixels, str):
+            raise TypeError(f"pixels must be one of {', '.join(map(repr, PIXELS))} (a string); got {pixels!r}")
+        check_choice(pixels, PIXELS, "pixels", phrasing="one of")
         data = load_mnist(directory)
+        self.pixels = pixels
         self.permutation = np.random.default_rng(permutation_seed).permutation(784)
-        train = data["train_images"].reshape(-1, 784).astype(np.float32) / 255
-        mean, std = float(train.mean()), float(train.std())
-        if not std > 0:
-            raise ValueError(f"the training images in {directory} are all equal; they cannot be normalised")
+        mean, std = 0.0, 1.0
+        if pixels == "standardized":
+            train = data["train_images"].reshape(-1, 784).astype(np.float32) / 255
+            mean, std = float(train.mean()), float(train.std())
+            if not std > 0:
+                raise ValueError(f"the training images in {directory} are all equal; they cannot be normalised")
 
         def prepare(images: np.ndarray) -> np.ndarray:
             flat = images.reshape(-1, 784).astype(np.float32) / 255
@@ -415,7 +445,7 @@ class PermutedMNIST(Task):
         Returns
         -------
         x : numpy.ndarray, shape (batch_size, 784, 1), float32
-            Normalised pixels in permuted order.
+            Pixels in permuted order (as ``pixels`` says).
         y : numpy.ndarray, shape (batch_size,), int64
             Digit labels.
 
@@ -509,7 +539,14 @@ TASK_CLASSES: dict[str, type[Task]] = {"copy": CopyTask, "adding": AddingTask, "
 TASKS = tuple(TASK_CLASSES)
 
 
-def make_task(name: str, *, length: int | None = None, mnist_dir: Any = None, permutation_seed: int = 0) -> Task:
+def make_task(
+    name: str,
+    *,
+    length: int | None = None,
+    mnist_dir: Any = None,
+    permutation_seed: int = 0,
+    pixels: str = "standardized",
+) -> Task:
     """Build a task by name: ``copy`` (``length`` = delay), ``adding`` (``length`` = T) or ``pmnist``.
 
     Parameters
@@ -523,6 +560,8 @@ def make_task(name: str, *, length: int | None = None, mnist_dir: Any = None, pe
         Folder of the MNIST IDX files (default ``../shared/data/mnist``); pmnist only.
     permutation_seed : int, default 0
         Seed of the pixel permutation; pmnist only.
+    pixels : {"standardized", "raw"}, default "standardized"
+        How pmnist presents the grey levels (see :class:`PermutedMNIST`); pmnist only.
 
     Returns
     -------
@@ -548,7 +587,7 @@ def make_task(name: str, *, length: int | None = None, mnist_dir: Any = None, pe
         return AddingTask(AddingTask.default_length if length is None else length)
     if name == "pmnist":
         directory = mnist_dir if mnist_dir is not None else "../shared/data/mnist"
-        return PermutedMNIST(directory, permutation_seed=permutation_seed)
+        return PermutedMNIST(directory, permutation_seed=permutation_seed, pixels=pixels)
     raise ValueError(f"task must be one of {', '.join(map(repr, TASKS))}; got {name!r}")
 
 

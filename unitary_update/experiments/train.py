@@ -110,7 +110,7 @@ def build(config: TrainConfig) -> tuple[Task, URNN, Optimizer, UnitaryOptimizer]
     >>> model.params["W"].shape, type(opt).__name__, w_opt.update
     ((8, 8), 'RMSprop', 'project')
     """
-    task = make_task(config.task, length=config.length, mnist_dir=config.mnist_dir)
+    task = make_task(config.task, length=config.length, mnist_dir=config.mnist_dir, pixels=config.pixels)
     _check_memory(config, task)
     model = URNN(
         task.input_size,
