@@ -44,6 +44,8 @@ SMALL = {"task": "adding", "length": 6, "steps": 2, "hidden_size": 8, "batch_siz
         ({"pixels": "raw"}, ValueError, "pixels applies to the pmnist task only; got pixels='raw' for adding"),
         ({"pixels": "normalised"}, ValueError, "pixels must be one of 'standardized', 'raw'"),
         ({"pixels": None}, TypeError, "pixels must be one of"),
+        ({"activation": "tanh"}, ValueError, "activation must be one of 'modrelu', 'relu'"),
+        ({"activation": "relu", "complex": True}, ValueError, "activation 'relu' needs a real model"),
         ({"lr": 1e-300, "w_lr_divisor": 1e300}, ValueError, "w_lr_divisor must leave W a positive"),
         ({"hidden_size": 0}, ValueError, "hidden_size must be >= 1; got 0"),
         ({"steps": -5}, ValueError, "steps must be >= 1; got -5"),

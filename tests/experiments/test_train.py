@@ -285,3 +285,16 @@ def test_command_line_raw_pixels_reach_the_model(tmp_path, fake_mnist, capsys):
     assert float(task.train[0].min()) >= 0.0
     assert float(task.train[0].max()) <= 1.0
     assert task.pixels == "raw"
+
+
+def test_relu_activation_reaches_the_model_and_trains(tmp_path):
+    config = TrainConfig(task="adding", length=6, steps=3, activation="relu", **SMALL)
+    result = train(config, tmp_path / "run", progress=False)
+    assert result["status"] == "completed"
+    _, model, _, _ = build(config)
+    assert model.activation == "relu"
+    modrelu_model = build(TrainConfig(task="adding", length=6, **SMALL))[1]
+    for m in (model, modrelu_model):
+        m.params["O"][...] = 1.0  # the initial readout is zero: read the states
+    x, _ = AddingTask(6).batch(4, rng=0)
+    assert not np.allclose(model.forward(x), modrelu_model.forward(x))

@@ -1,4 +1,4 @@
-"""modReLU kernels: each Numba kernel against its NumPy twin and against the definition."""
+"""RNN kernels (modReLU, ReLU, the fused recurrence): each Numba kernel against its NumPy twin and the definition."""
 
 from __future__ import annotations
 
@@ -36,6 +36,18 @@ def test_modrelu_matches_definition(dtype, kernel):
     rtol = 1e-6 if dtype in (np.float32, np.complex64) else 1e-14
     np.testing.assert_allclose(z, expected, rtol=rtol, atol=rtol)
     assert np.all(z[0, :3] == 0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kernel", ["relu_numba", "relu_numpy"])
+def test_relu_matches_definition(dtype, kernel):
+    z, b = sample(dtype)
+    expected = np.maximum(z + b, 0)
+    getattr(_kernels, kernel)(z, b)
+    assert z.dtype == dtype
+    np.testing.assert_array_equal(z, expected)
+    assert np.any(z == 0)
+    assert np.any(z > 0)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -122,17 +134,24 @@ BLOCKS = [(0, 2), (2, 6)]  # two row blocks, as two threads would run them
 TOL = {np.float32: 2e-5, np.complex64: 2e-5, np.float64: 1e-12, np.complex128: 1e-12}
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
+FORWARD_KINDS = [(dtype, False) for dtype in DTYPES] + [(np.float32, True), (np.float64, True)]
+
+
+@pytest.mark.parametrize(
+    ("dtype", "relu"), FORWARD_KINDS, ids=[np.dtype(d).name + ("-relu" if r else "") for d, r in FORWARD_KINDS]
+)
 @pytest.mark.parametrize("S", [5, 1], ids=["sequence", "last"])
-def test_rnn_forward_twins_agree(dtype, S):
+def test_rnn_forward_twins_agree(dtype, relu, S):
     W, V, out_w, b, c, xt, _ = rnn_problem(dtype, S)
     T, batch = xt.shape[:2]
     Vx, Ro = _kernels.real_maps(V, out_w)
     H1, H2 = np.zeros((2, T + 1, batch, W.shape[0]), dtype=dtype)
     L1, L2 = np.empty((2, S, batch, out_w.shape[0]), dtype=out_w.dtype)
     for lo, hi in BLOCKS:
-        _kernels.rnn_forward_numba(H1, xt, W, b, Vx, Ro, c, L1, lo, hi)
-    _kernels.rnn_forward_numpy(H2, xt, W, b, Vx, Ro, c, L2, 0, batch)
+        _kernels.rnn_forward_numba(H1, xt, W, b, Vx, Ro, c, L1, lo, hi, relu=relu)
+    _kernels.rnn_forward_numpy(H2, xt, W, b, Vx, Ro, c, L2, 0, batch, relu=relu)
+    if relu:
+        assert np.all(H1 >= 0)
     tol = TOL[dtype]
     np.testing.assert_allclose(H1, H2, rtol=tol, atol=tol)
     np.testing.assert_allclose(L1, L2, rtol=tol, atol=tol)

@@ -9,8 +9,8 @@ import unitary_update as uu
 from unitary_update.models.urnn import INITS, URNN, init_recurrent
 
 
-def make_model(complex_, output, loss, *, n=6, inputs=3, outputs=4, seed=1):
-    model = URNN(inputs, n, outputs, complex=complex_, output=output, loss=loss, rng=seed)
+def make_model(complex_, output, loss, *, n=6, inputs=3, outputs=4, seed=1, activation="modrelu"):
+    model = URNN(inputs, n, outputs, complex=complex_, output=output, loss=loss, activation=activation, rng=seed)
     rng = np.random.default_rng(seed + 100)
     # move away from the zero readout and the near-zero bias of the initialisation, so every
     # gradient is non-trivial and units are both active and inactive
@@ -50,11 +50,15 @@ def numerical_grads(model, x, y, h=1e-6):
     return out
 
 
-@pytest.mark.parametrize("complex_", [False, True], ids=["real", "complex"])
+KINDS = [(False, "modrelu"), (True, "modrelu"), (False, "relu")]
+KIND_IDS = ["real", "complex", "real-relu"]
+
+
+@pytest.mark.parametrize(("complex_", "activation"), KINDS, ids=KIND_IDS)
 @pytest.mark.parametrize("output", ["sequence", "last"])
 @pytest.mark.parametrize("loss", ["cross_entropy", "mse"])
-def test_gradients_match_finite_differences(complex_, output, loss):
-    model = make_model(complex_, output, loss)
+def test_gradients_match_finite_differences(complex_, activation, output, loss):
+    model = make_model(complex_, output, loss, activation=activation)
     x, y = make_data(model)
     value, grads = model.loss_and_grads(x, y)
     assert value == pytest.approx(model.evaluate(x, y)["loss"], rel=1e-14)
@@ -77,27 +81,30 @@ def reference_forward(model, x):
         for xt in seq:
             z = W @ h + V @ xt
             mag = np.abs(z)
-            h = np.where(mag > 0, np.maximum(mag + b, 0) * z / np.where(mag > 0, mag, 1), 0)
+            if model.activation == "relu":
+                h = np.maximum(z + b, 0)
+            else:
+                h = np.where(mag > 0, np.maximum(mag + b, 0) * z / np.where(mag > 0, mag, 1), 0)
             read = np.concatenate([h.real, h.imag]) if model.complex else h
             logits.append(out_w @ read + c)
         outs.append(np.array(logits) if model.output == "sequence" else logits[-1])
     return np.array(outs)
 
 
-@pytest.mark.parametrize("complex_", [False, True], ids=["real", "complex"])
+@pytest.mark.parametrize(("complex_", "activation"), KINDS, ids=KIND_IDS)
 @pytest.mark.parametrize("output", ["sequence", "last"])
 @pytest.mark.parametrize("kernels", ["numba", "numpy"])
-def test_forward_matches_step_by_step_reference(complex_, output, kernels):
-    model = make_model(complex_, output, "cross_entropy", n=9)
+def test_forward_matches_step_by_step_reference(complex_, activation, output, kernels):
+    model = make_model(complex_, output, "cross_entropy", n=9, activation=activation)
     x, _ = make_data(model, batch=4, T=7)
     with uu.options(backend=kernels):
         got = model.forward(x)
     np.testing.assert_allclose(got, reference_forward(model, x), rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("complex_", [False, True], ids=["real", "complex"])
-def test_numba_and_numpy_kernels_give_the_same_gradients(complex_):
-    model = make_model(complex_, "sequence", "cross_entropy", n=12)
+@pytest.mark.parametrize(("complex_", "activation"), KINDS, ids=KIND_IDS)
+def test_numba_and_numpy_kernels_give_the_same_gradients(complex_, activation):
+    model = make_model(complex_, "sequence", "cross_entropy", n=12, activation=activation)
     x, y = make_data(model, batch=5, T=9)
     with uu.options(backend="numba"):
         loss_a, ga = model.loss_and_grads(x, y)
@@ -181,6 +188,9 @@ def test_shapes_and_dtypes_of_params():
         ({"output": "all"}, ValueError, "output must be one of"),
         ({"loss": "hinge"}, ValueError, "loss must be one of"),
         ({"init": "random"}, ValueError, "init must be one of"),
+        ({"activation": "tanh"}, ValueError, "activation must be one of 'modrelu', 'relu'"),
+        ({"activation": None}, TypeError, "activation must be one of"),
+        ({"activation": "relu", "complex": True}, ValueError, "activation='relu' needs a real model"),
         ({"dtype": np.int32}, TypeError, "dtype must be float32 or float64"),
     ],
 )

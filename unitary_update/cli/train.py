@@ -19,6 +19,7 @@ from typing import Any
 
 from ..experiments.config import RESUMABLE, TrainConfig, load_config, resume_conflicts
 from ..experiments.tasks import PIXELS
+from ..models.urnn import ACTIVATIONS
 from ._common import (
     INITS,
     OPTIMIZERS,
@@ -87,6 +88,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:  # numpydoc ignore=P
     setting("hidden_size", "hidden size N (default: copy 190, adding and pmnist 170)", type=int)
     setting("complex", "complex unitary W (default: real orthogonal)", action="store_true")
     setting("init", "initialiser of W", choices=INITS)
+    setting("activation", "the RNN's nonlinearity (relu: real models only)", choices=ACTIVATIONS)
     setting("input_scale", "multiplies the initial input weights V (Glorot-normal)", type=float)
     setting("pixels", "pmnist: grey levels standardised (mean 0, std 1) or raw in [0, 1]", choices=PIXELS)
     setting("dtype", "real precision of the model", choices=REAL_DTYPES)

@@ -20,7 +20,7 @@ import numpy as np
 from .._sketch import SKETCH_METHODS
 from .._step import UPDATES
 from .._validation import check_choice, check_float, check_int
-from ..models.urnn import INITS
+from ..models.urnn import ACTIVATIONS, INITS
 from ..optim import OPTIMIZERS
 from .tasks import PIXELS, TASK_CLASSES, TASKS, Task
 
@@ -70,6 +70,9 @@ class TrainConfig:
         finite and > 0 (default 1).  Sets how strongly the inputs drive the hidden state at the
         start: expRNN's permuted-MNIST script starts about 4x stronger than Glorot (its
         Kaiming-normal V, std sqrt(2), on raw pixels of std 0.31).
+    activation : {"modrelu", "relu"}
+        The RNN's nonlinearity: modReLU (the default) or ReLU with b as input bias (a real model
+        only; the projUNN paper's permuted-MNIST RNN uses ReLU).
     pixels : {"standardized", "raw"}
         pmnist: the grey levels standardised to mean 0, std 1 over the training set (the
         default), or raw in [0, 1] as expRNN's script reads them (the background is then 0).
@@ -127,9 +130,9 @@ class TrainConfig:
         ``checkpoint_every`` >= 0 (0: never); ``rank`` in [1, hidden size]; ``lr``,
         ``input_scale``, ``w_lr_divisor`` finite and > 0 (and ``lr / w_lr_divisor`` > 0);
         ``lr_gamma`` in (0, 1]; ``momentum`` in [0, 1); ``time_limit_s`` None or finite >= 0;
-        ``task``, ``init``, ``pixels``, ``dtype``, ``optimizer``, ``update``, ``sketch`` and
-        ``device`` one of their choices; ``pixels`` other than "standardized" for a task other
-        than pmnist.
+        ``task``, ``init``, ``activation``, ``pixels``, ``dtype``, ``optimizer``, ``update``,
+        ``sketch`` and ``device`` one of their choices; ``pixels`` other than "standardized"
+        for a task other than pmnist; ``activation`` "relu" with ``complex``.
 
     Examples
     --------
@@ -150,6 +153,7 @@ class TrainConfig:
     complex: bool = False
     init: str = "henaff"
     input_scale: float = 1.0
+    activation: str = "modrelu"
     pixels: str = "standardized"
     dtype: str = "float32"
     optimizer: str = "rmsprop"
@@ -184,6 +188,9 @@ class TrainConfig:
         self.complex = _check_bool(self.complex, "complex")
         self.init = _check_choice(self.init, INITS, "init")
         self.input_scale = check_float(self.input_scale, "input_scale", low=0, open_low=True)
+        self.activation = _check_choice(self.activation, ACTIVATIONS, "activation")
+        if self.activation == "relu" and self.complex:
+            raise ValueError("activation 'relu' needs a real model; complex=True takes 'modrelu'")
         self.pixels = _check_choice(self.pixels, PIXELS, "pixels")
         if self.pixels != "standardized" and self.task != "pmnist":
             raise ValueError(f"pixels applies to the pmnist task only; got pixels={self.pixels!r} for {self.task}")

@@ -120,6 +120,7 @@ def build(config: TrainConfig) -> tuple[Task, URNN, Optimizer, UnitaryOptimizer]
         output=task.output,
         loss=task.loss,
         init=config.init,
+        activation=config.activation,
         dtype=np.dtype(config.dtype),
         rng=config.seed,
     )

@@ -1,8 +1,8 @@
-"""Numba kernels of the unitary RNN (modReLU forward and backward, and the whole recurrence of a
-block of sequences), each with its NumPy twin.
+"""Numba kernels of the unitary RNN (modReLU and ReLU forward and backward, and the whole
+recurrence of a block of sequences), each with its NumPy twin.
 
-``tests/models/test_kernels.py`` checks that each kernel agrees with its twin; :func:`modrelu_`
-and :func:`modrelu_backward_` dispatch between them by the library option ``backend``, and
+``tests/models/test_kernels.py`` checks that each kernel agrees with its twin; :func:`modrelu_`,
+:func:`relu_` and :func:`modrelu_backward_` dispatch between them by the library option ``backend``, and
 :class:`~unitary_update.models.urnn.URNN` chooses between :func:`rnn_forward_numba` /
 :func:`rnn_backward_numba` and their twins the same way.
 """
@@ -26,6 +26,9 @@ __all__ = [
     "modrelu_backward_numpy",
     "modrelu_numba",
     "modrelu_numpy",
+    "relu_",
+    "relu_numba",
+    "relu_numpy",
     "rnn_backward_numba",
     "rnn_backward_numpy",
     "rnn_forward_numba",
@@ -43,6 +46,11 @@ __all__ = [
 #   real:     g_z = g_h,                                       dL/db += g_h sign(h)
 #   complex:  g_z = g_h - (b / |z|) Im(conj(g_h) u) i u,       dL/db += Re(conj(g_h) u),   u = h / |h|
 # and an inactive one g_z = 0.  ``db`` is accumulated in float64.
+#
+# ReLU (real models only): h = relu(z, b) = (z + b)_+, the bias inside like an input bias.  Its
+# backward is the real modReLU backward above, unchanged: h >= 0, so sign(h) = 1 where the unit is
+# active (h > 0), g_z = g_h and dL/db += g_h there; an inactive unit has h = 0 and gets nothing.
+# Only the forward kernels differ, by the flag ``relu``.
 
 _numba: Any = numba
 
@@ -104,7 +112,16 @@ def _modrelu_backward_complex_loop(h: Any, b: Any, g: Any, db: Any) -> None:  # 
             g[i, j] = complex(gv.real + s * ui, gv.imag - s * ur) if active else 0 * gv
 
 
+def _relu_loop(z: Any, b: Any) -> None:  # pragma: no cover - compiled
+    rows, cols = z.shape
+    for i in range(rows):
+        for j in range(cols):
+            a = z[i, j] + b[j]
+            z[i, j] = a if a > 0 else 0
+
+
 _modrelu_real_numba = _njit(_modrelu_real_loop)
+_relu_numba = _njit(_relu_loop)
 _modrelu_complex_numba = _njit(_modrelu_complex_loop)
 _modrelu_backward_real_numba = _njit(_modrelu_backward_real_loop)
 _modrelu_backward_complex_numba = _njit(_modrelu_backward_complex_loop)
@@ -125,6 +142,18 @@ def modrelu_numpy(z: Any, b: Any) -> None:
         z *= scale
     else:
         z[...] = xp.sign(z) * xp.maximum(a, 0)
+
+
+def relu_numba(z: Any, b: Any) -> None:
+    """In place ``z <- relu(z + b)`` for a real C-contiguous NumPy ``z (rows, N)``, ``b (N,)``."""
+    _relu_numba(z, b)
+
+
+def relu_numpy(z: Any, b: Any) -> None:
+    """NumPy/CuPy twin of :func:`relu_numba`."""
+    xp = array_namespace(z)
+    z += b
+    xp.maximum(z, 0, out=z)
 
 
 def modrelu_backward_numba(h: Any, b: Any, g: Any, db: Any) -> None:
@@ -156,6 +185,14 @@ def modrelu_(z: Any, b: Any) -> None:
         modrelu_numba(z, b)
     else:
         modrelu_numpy(z, b)
+
+
+def relu_(z: Any, b: Any) -> None:
+    """Dispatch for :func:`relu_numba` / :func:`relu_numpy` (real ``z`` only)."""
+    if _numba is not None and array_namespace(z) is np and z.flags.c_contiguous and use_numba(True):
+        relu_numba(z, b)
+    else:
+        relu_numpy(z, b)
 
 
 def modrelu_backward_(h: Any, b: Any, g: Any, db: Any) -> None:
@@ -216,7 +253,7 @@ def real_maps(V: Any, out_w: Any) -> tuple[Any, Any]:
     return Vx, Ro
 
 
-def _rnn_forward_real_loop(H, Hr, xt, Wt, b, Vx, Ro, c, L, lo, hi, tmp):  # type: ignore[no-untyped-def]  # pragma: no cover
+def _rnn_forward_real_loop(H, Hr, xt, Wt, b, Vx, Ro, c, L, lo, hi, tmp, relu):  # type: ignore[no-untyped-def]  # pragma: no cover
     T, cols, S = H.shape[0] - 1, H.shape[2], L.shape[0]
     rows, outs = hi - lo, L.shape[2]
     tmp[...] = 0
@@ -225,14 +262,20 @@ def _rnn_forward_real_loop(H, Hr, xt, Wt, b, Vx, Ro, c, L, lo, hi, tmp):  # type
         np.dot(xt[t, lo:hi], Vx, Hr[t + 1, lo:hi])  # V x_t
         if t > 0:  # h_0 = 0: nothing to add at the first step (tmp stays 0)
             np.dot(H[t, lo:hi], Wt, tmp)  # h_{t-1} W^T
-        for i in range(rows):
-            for j in range(cols):
-                v = z[i, j] + tmp[i, j]
-                a = abs(v) + b[j]
-                if a > 0 and v != 0:
-                    z[i, j] = a if v > 0 else -a
-                else:
-                    z[i, j] = 0
+        if relu:
+            for i in range(rows):
+                for j in range(cols):
+                    a = z[i, j] + tmp[i, j] + b[j]
+                    z[i, j] = a if a > 0 else 0
+        else:
+            for i in range(rows):
+                for j in range(cols):
+                    v = z[i, j] + tmp[i, j]
+                    a = abs(v) + b[j]
+                    if a > 0 and v != 0:
+                        z[i, j] = a if v > 0 else -a
+                    else:
+                        z[i, j] = 0
         s = t - (T - S)
         if s >= 0:
             out = L[s, lo:hi]
@@ -242,7 +285,7 @@ def _rnn_forward_real_loop(H, Hr, xt, Wt, b, Vx, Ro, c, L, lo, hi, tmp):  # type
                     out[i, k] += c[k]
 
 
-def _rnn_forward_complex_loop(H, Hr, xt, Wt, b, Vx, Ro, c, L, lo, hi, tmp):  # type: ignore[no-untyped-def]  # pragma: no cover
+def _rnn_forward_complex_loop(H, Hr, xt, Wt, b, Vx, Ro, c, L, lo, hi, tmp, relu):  # type: ignore[no-untyped-def]  # pragma: no cover
     T, cols, S = H.shape[0] - 1, H.shape[2], L.shape[0]
     rows, outs = hi - lo, L.shape[2]
     tmp[...] = 0
@@ -340,7 +383,9 @@ _rnn_backward_real_numba = _njit(_rnn_backward_real_loop)
 _rnn_backward_complex_numba = _njit(_rnn_backward_complex_loop)
 
 
-def rnn_forward_numba(H: Any, xt: Any, W: Any, b: Any, Vx: Any, Ro: Any, c: Any, L: Any, lo: int, hi: int) -> None:
+def rnn_forward_numba(
+    H: Any, xt: Any, W: Any, b: Any, Vx: Any, Ro: Any, c: Any, L: Any, lo: int, hi: int, *, relu: bool = False
+) -> None:
     """The forward pass of the batch rows ``lo:hi``, in place; releases the GIL (NumPy arrays).
 
     Parameters
@@ -352,7 +397,7 @@ def rnn_forward_numba(H: Any, xt: Any, W: Any, b: Any, Vx: Any, Ro: Any, c: Any,
     W : array, shape (N, N)
         The recurrent matrix (H's dtype).
     b : array, shape (N,)
-        The modReLU bias (real).
+        The activation's bias (real).
     Vx, Ro : array
         The input map and readout of the real view (:func:`real_maps`).
     c : array, shape (output,)
@@ -361,16 +406,21 @@ def rnn_forward_numba(H: Any, xt: Any, W: Any, b: Any, Vx: Any, Ro: Any, c: Any,
         On exit the logits of the last S steps (S = T: every step; S = 1: the last).
     lo, hi : int
         The block of batch rows.
+    relu : bool, default False
+        ``h_t = relu(z_t + b)`` instead of ``modrelu(z_t, b)`` (a real model only; the backward
+        pass is the same for both, see the section comment).
     """
     Hr = real_view(H)
     tmp = np.empty((hi - lo, H.shape[2]), dtype=H.dtype)
     Wt = np.ascontiguousarray(W.T, dtype=H.dtype)
     Vx, Ro = (np.ascontiguousarray(a, dtype=Hr.dtype) for a in (Vx, Ro))
     fn = _rnn_forward_complex_numba if H.dtype.kind == "c" else _rnn_forward_real_numba
-    fn(H, Hr, xt, Wt, b, Vx, Ro, c, L, lo, hi, tmp)
+    fn(H, Hr, xt, Wt, b, Vx, Ro, c, L, lo, hi, tmp, bool(relu))
 
 
-def rnn_forward_numpy(H: Any, xt: Any, W: Any, b: Any, Vx: Any, Ro: Any, c: Any, L: Any, lo: int, hi: int) -> None:
+def rnn_forward_numpy(
+    H: Any, xt: Any, W: Any, b: Any, Vx: Any, Ro: Any, c: Any, L: Any, lo: int, hi: int, *, relu: bool = False
+) -> None:
     """NumPy/CuPy twin of :func:`rnn_forward_numba` (one ``matmul`` per product and step)."""
     T, S = H.shape[0] - 1, L.shape[0]
     Hr = real_view(H)
@@ -378,7 +428,7 @@ def rnn_forward_numpy(H: Any, xt: Any, W: Any, b: Any, Vx: Any, Ro: Any, c: Any,
         Hr[t + 1, lo:hi] = xt[t, lo:hi] @ Vx
         if t > 0:
             H[t + 1, lo:hi] += H[t, lo:hi] @ W.T
-        modrelu_numpy(H[t + 1, lo:hi], b)
+        (relu_numpy if relu else modrelu_numpy)(H[t + 1, lo:hi], b)
         if t >= T - S:
             L[t - (T - S), lo:hi] = Hr[t + 1, lo:hi] @ Ro + c
 

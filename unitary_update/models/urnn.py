@@ -7,6 +7,9 @@ The model (Arjovsky et al. 2016; the projUNN paper's RNN experiments)
     z_t = W h_{t-1} + V x_t, \qquad h_t = \operatorname{modrelu}(z_t, b), \qquad h_0 = 0,
     \qquad \operatorname{modrelu}(z, b) = (|z| + b)_+ \, z / |z|,
 
+or, for a real model with ``activation="relu"`` (the projUNN paper's permuted-MNIST RNN),
+:math:`h_t = (z_t + b)_+`,
+
 read out as ``logits_t = O h_t + c`` (complex model: ``O [Re h_t, Im h_t] + c``) at every step
 (``output="sequence"``) or at the last one (``output="last"``).
 
@@ -15,7 +18,7 @@ symbol     shape               meaning
 =========  ==================  ==========================================================
 ``W``      (N, N)              recurrent matrix, orthogonal (real) or unitary (complex)
 ``V``      (N, input)          input matrix (complex for a complex model)
-``b``      (N,)                modReLU bias, always real
+``b``      (N,)                the activation's bias (modReLU's, or ReLU's input bias), real
 ``O``      (output, N)         readout; (output, 2N) for a complex model, reading [Re h, Im h]
 ``c``      (output,)           readout bias
 ``X, Y``   (N, T batch)        the recurrent gradient in factored form, dL/dW = X Y^H
@@ -70,14 +73,17 @@ from ._kernels import (
     modrelu_,
     modrelu_backward_,
     real_maps,
+    relu_,
     rnn_backward_numba,
     rnn_forward_numba,
     rnn_weight_grad,
 )
 
-__all__ = ["INITS", "LOSSES", "OUTPUTS", "URNN", "init_recurrent"]
+__all__ = ["ACTIVATIONS", "INITS", "LOSSES", "OUTPUTS", "URNN", "init_recurrent"]
 
 INITS = ("henaff", "cayley", "haar", "identity")
+ACTIVATIONS = ("modrelu", "relu")
+"""The values of ``URNN(activation=...)``: modReLU (real or complex) or ReLU (real models only)."""
 OUTPUTS = ("sequence", "last")
 LOSSES = ("cross_entropy", "mse")
 
@@ -252,10 +258,11 @@ class _Workspace:
 
 
 class URNN:
-    r"""Unitary RNN with modReLU activation and hand-written backpropagation through time.
+    r"""Unitary RNN with modReLU (or ReLU) activation and hand-written backpropagation through time.
 
-    ``h_t = modrelu(W h_{t-1} + V x_t, b)``, ``h_0 = 0``, read out as ``O h_t + c`` (complex:
-    ``O [Re h_t, Im h_t] + c``) at every step or at the last step.
+    ``h_t = modrelu(W h_{t-1} + V x_t, b)`` (or ``relu(W h_{t-1} + V x_t + b)``), ``h_0 = 0``,
+    read out as ``O h_t + c`` (complex: ``O [Re h_t, Im h_t] + c``) at every step or at the last
+    step.
 
     Parameters
     ----------
@@ -269,6 +276,9 @@ class URNN:
         Mean softmax cross-entropy over labelled positions, or mean squared error.
     init : {"henaff", "cayley", "haar", "identity"}
         Initialiser of W (see :func:`init_recurrent`).
+    activation : {"modrelu", "relu"}, default "modrelu"
+        modReLU ``(|z| + b)_+ z / |z|`` (Arjovsky et al.), or ReLU ``(z + b)_+`` with b as an input
+        bias (real models only; the projUNN paper's permuted-MNIST RNN).
     dtype : {float32, float64}, optional
         Real precision of the model (default float64); a complex model uses complex64 or
         complex128 for W, V and the states.
@@ -289,7 +299,8 @@ class URNN:
         float64, or ``rng`` is not a generator, an int seed or None.
     ValueError
         If a size is below 1, or the parameters would not fit in the machine's memory, or
-        ``output``, ``loss`` or ``init`` is unknown (TypeError when not a string).  ``hidden_size = 1``
+        ``output``, ``loss``, ``init`` or ``activation`` is unknown (TypeError when not a string), or
+        ``activation="relu"`` with ``complex=True``.  ``hidden_size = 1``
         is valid (W is the 1 x 1 matrix ``[[1]]`` or ``[[e^{i theta}]]``).
 
     Notes
@@ -324,6 +335,7 @@ class URNN:
         output: str = "sequence",
         loss: str = "cross_entropy",
         init: str = "henaff",
+        activation: str = "modrelu",
         dtype: Any = None,
         rng: np.random.Generator | int | None = None,
     ) -> None:
@@ -331,13 +343,17 @@ class URNN:
             check_int(value, name, low=1, expected="a positive integer")
             for value, name in ((input_size, "input_size"), (hidden_size, "hidden_size"), (output_size, "output_size"))
         )
-        for value, valid, name in ((output, OUTPUTS, "output"), (loss, LOSSES, "loss"), (init, INITS, "init")):
+        choices = ((output, OUTPUTS, "output"), (loss, LOSSES, "loss"), (init, INITS, "init"))
+        for value, valid, name in (*choices, (activation, ACTIVATIONS, "activation")):
             if not isinstance(value, str):  # an array would compare elementwise
                 raise TypeError(f"{name} must be one of {', '.join(map(repr, valid))}; got {type(value).__name__}")
             check_choice(value, valid, name, phrasing="one of")
         self.output, self.loss = str(output), str(loss)
         if not isinstance(complex, (bool, np.bool_)):
             raise TypeError(f"complex must be a bool; got {complex!r} of type {type(complex).__name__}")
+        if activation == "relu" and complex:
+            raise ValueError("activation='relu' needs a real model (complex=False); a complex model uses 'modrelu'")
+        self.activation = str(activation)
         if dtype is not None and not isinstance(dtype, (str, type, np.dtype)):
             raise TypeError(f"dtype must be float32 or float64 (a dtype or its name); got {type(dtype).__name__}")
         real = check_dtype(np.float64 if dtype is None else dtype, allowed=(np.float32, np.float64))
@@ -521,14 +537,16 @@ class URNN:
             S = T if self.output == "sequence" else 1
             logits = np.empty((S, batch, self.output_size), dtype=self.real_dtype)
             blocks = _split(0, batch, _threads(T, batch, n))
-            _run_blocks(lambda k, lo, hi: rnn_forward_numba(H, xt, W, b, Vx, Ro, c, logits, lo, hi), blocks)
+            relu = self.activation == "relu"
+            _run_blocks(lambda k, lo, hi: rnn_forward_numba(H, xt, W, b, Vx, Ro, c, logits, lo, hi, relu=relu), blocks)
             return ws, xt, logits
         pre = H[1:].reshape(T * batch, n)
         xp.matmul(xt.reshape(T * batch, -1).astype(self.dtype, copy=False), V.T, out=pre)
+        activate = relu_ if self.activation == "relu" else modrelu_
         for t in range(T):
             if t > 0:
                 H[t + 1] += H[t] @ W.T
-            modrelu_(H[t + 1], b)
+            activate(H[t + 1], b)
         return ws, xt, self._readout(xp, self._states_read(H))
 
     def _readout(self, xp: ModuleType, Hs: Any) -> Any:
@@ -796,7 +814,7 @@ class URNN:
             xp.matmul(dflat, out_w, out=Gread)
         db = xp.zeros(n, dtype=np.float64)
         Wc = xp.conj(W)
-        for t in range(T - 1, -1, -1):
+        for t in range(T - 1, -1, -1):  # ReLU's backward is real modReLU's (_kernels explains)
             modrelu_backward_(H[t + 1], b, G[t], db)
             if t > 0:
                 G[t - 1] += G[t] @ Wc
