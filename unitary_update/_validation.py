@@ -24,6 +24,7 @@ __all__ = [
     "SingularUpdateError",
     "cast_to",
     "check_choice",
+    "check_choice_str",
     "check_dtype",
     "check_factor_pair",
     "check_finite",
@@ -495,3 +496,13 @@ def check_choice(
             raise ValueError(f"{name} must be {_listing(valid)}; got {value!r}")
         raise ValueError(f"unknown {name} {value!r}; valid: {', '.join(map(repr, valid))}")
     return str(value)
+
+
+def check_choice_str(value: Any, valid: Sequence[str], name: str) -> str:
+    """:func:`check_choice` ("one of") for a string; anything else (an array, a number) is a TypeError."""
+    if not isinstance(value, str):
+        raise TypeError(
+            f"{name} must be one of {', '.join(map(repr, valid))} (a string); "
+            f"got {value!r} of type {type(value).__name__}"
+        )
+    return check_choice(value, valid, name, phrasing="one of")

@@ -19,7 +19,7 @@ import numpy as np
 
 from .._sketch import SKETCH_METHODS
 from .._step import UPDATES
-from .._validation import check_choice, check_float, check_int
+from .._validation import check_choice_str, check_float, check_int
 from ..models.urnn import ACTIVATIONS, INITS
 from ..optim import OPTIMIZERS
 from .tasks import PIXELS, TASK_CLASSES, TASKS, Task
@@ -176,7 +176,7 @@ class TrainConfig:
     device: str = "cpu"
 
     def __post_init__(self) -> None:
-        self.task = _check_choice(self.task, TASKS, "task")
+        self.task = check_choice_str(self.task, TASKS, "task")
         minimum = 2 if self.task == "adding" else 1
         if self.length is not None:
             meaning = TASK_CLASSES[self.task].length_name or "length"
@@ -186,16 +186,16 @@ class TrainConfig:
         self.batch_size = check_int(self.batch_size, "batch_size", low=1)
         self.hidden_size = None if self.hidden_size is None else check_int(self.hidden_size, "hidden_size", low=1)
         self.complex = _check_bool(self.complex, "complex")
-        self.init = _check_choice(self.init, INITS, "init")
+        self.init = check_choice_str(self.init, INITS, "init")
         self.input_scale = check_float(self.input_scale, "input_scale", low=0, open_low=True)
-        self.activation = _check_choice(self.activation, ACTIVATIONS, "activation")
+        self.activation = check_choice_str(self.activation, ACTIVATIONS, "activation")
         if self.activation == "relu" and self.complex:
             raise ValueError("activation 'relu' needs a real model; complex=True takes 'modrelu'")
-        self.pixels = _check_choice(self.pixels, PIXELS, "pixels")
+        self.pixels = check_choice_str(self.pixels, PIXELS, "pixels")
         if self.pixels != "standardized" and self.task != "pmnist":
             raise ValueError(f"pixels applies to the pmnist task only; got pixels={self.pixels!r} for {self.task}")
-        self.dtype = _check_choice(_dtype_name(self.dtype), REAL_DTYPES, "dtype")
-        self.optimizer = _check_choice(self.optimizer, OPTIMIZERS, "optimizer")
+        self.dtype = check_choice_str(_dtype_name(self.dtype), REAL_DTYPES, "dtype")
+        self.optimizer = check_choice_str(self.optimizer, OPTIMIZERS, "optimizer")
         self.lr = check_float(self.lr, "lr", low=0, open_low=True)
         self.w_lr_divisor = check_float(self.w_lr_divisor, "w_lr_divisor", low=0, open_low=True)
         w_lr = self.lr / self.w_lr_divisor
@@ -220,8 +220,8 @@ class TrainConfig:
         self.momentum = check_float(self.momentum, "momentum", low=0, high=1, open_high=True, expected="in [0, 1)")
         hidden = self.resolved_hidden()
         self.rank = check_int(self.rank, "rank", low=1, high=hidden, expected=f"in [1, hidden size = {hidden}]")
-        self.update = _check_choice(self.update, UPDATES, "update")
-        self.sketch = _check_choice(self.sketch, SKETCH_METHODS, "sketch")
+        self.update = check_choice_str(self.update, UPDATES, "update")
+        self.sketch = check_choice_str(self.sketch, SKETCH_METHODS, "sketch")
         self.retract_every = check_int(self.retract_every, "retract_every", low=0)
         self.seed = check_int(self.seed, "seed", low=0)
         self.eval_every = check_int(self.eval_every, "eval_every", low=0)
@@ -269,16 +269,6 @@ class TrainConfig:
         if self.hidden_size is not None:
             return int(self.hidden_size)
         return int(TASK_CLASSES.get(self.task, Task).hidden_size)
-
-
-def _check_choice(value: Any, valid: Any, name: str) -> str:
-    """:func:`check_choice` for a string; anything else (an array, a number) is a TypeError naming ``name``."""
-    if not isinstance(value, str):
-        raise TypeError(
-            f"{name} must be one of {', '.join(map(repr, valid))} (a string); "
-            f"got {value!r} of type {type(value).__name__}"
-        )
-    return check_choice(value, valid, name, phrasing="one of")
 
 
 def _check_bool(value: Any, name: str) -> bool:

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from .._validation import check_choice
+from .._validation import check_choice_str
 from ..random import normalize_rng
 
 __all__ = [
@@ -384,13 +384,9 @@ class PermutedMNIST(Task):
     ) -> None:
         from .datasets import load_mnist
 
-        if not isinstance(pixels, str):
-            raise TypeError(f"pixels must be one of {', '.join(map(repr, PIXELS))} (a string); got {pixels!r}")
-        check_choice(pixels, PIXELS, "pixels", phrasing="one of")
+        self.pixels = check_choice_str(pixels, PIXELS, "pixels")
         data = load_mnist(directory)
-        self.pixels = pixels
         self.permutation = np.random.default_rng(permutation_seed).permutation(784)
-        mean, std = 0.0, 1.0
         if pixels == "standardized":
             train = data["train_images"].reshape(-1, 784).astype(np.float32) / 255
             mean, std = float(train.mean()), float(train.std())
@@ -398,8 +394,8 @@ class PermutedMNIST(Task):
                 raise ValueError(f"the training images in {directory} are all equal; they cannot be normalised")
 
         def prepare(images: np.ndarray) -> np.ndarray:
-            flat = images.reshape(-1, 784).astype(np.float32) / 255
-            return np.ascontiguousarray((flat[:, self.permutation] - mean) / std)
+            flat = images.reshape(-1, 784).astype(np.float32)[:, self.permutation] / 255
+            return np.ascontiguousarray((flat - mean) / std if pixels == "standardized" else flat)
 
         self.train = (prepare(data["train_images"]), data["train_labels"].astype(np.int64))
         self.test = (prepare(data["test_images"]), data["test_labels"].astype(np.int64))

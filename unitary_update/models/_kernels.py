@@ -179,9 +179,14 @@ def modrelu_backward_numpy(h: Any, b: Any, g: Any, db: Any) -> None:
         g *= h != 0
 
 
+def _numba_takes(a: Any) -> bool:
+    """Whether the Numba kernels are on (option ``backend``) and can write ``a``: a C-contiguous NumPy array."""
+    return _numba is not None and array_namespace(a) is np and a.flags.c_contiguous and use_numba(True)
+
+
 def modrelu_(z: Any, b: Any) -> None:
     """Dispatch: the Numba kernel for contiguous NumPy arrays when enabled, else the twin."""
-    if _numba is not None and array_namespace(z) is np and z.flags.c_contiguous and use_numba(True):
+    if _numba_takes(z):
         modrelu_numba(z, b)
     else:
         modrelu_numpy(z, b)
@@ -189,7 +194,7 @@ def modrelu_(z: Any, b: Any) -> None:
 
 def relu_(z: Any, b: Any) -> None:
     """Dispatch for :func:`relu_numba` / :func:`relu_numpy` (real ``z`` only)."""
-    if _numba is not None and array_namespace(z) is np and z.flags.c_contiguous and use_numba(True):
+    if _numba_takes(z):
         relu_numba(z, b)
     else:
         relu_numpy(z, b)
@@ -197,7 +202,7 @@ def relu_(z: Any, b: Any) -> None:
 
 def modrelu_backward_(h: Any, b: Any, g: Any, db: Any) -> None:
     """Dispatch for :func:`modrelu_backward_numba` / :func:`modrelu_backward_numpy`."""
-    if _numba is not None and array_namespace(h) is np and g.flags.c_contiguous and use_numba(True):
+    if _numba_takes(g):
         modrelu_backward_numba(h, b, g, db)
     else:
         modrelu_backward_numpy(h, b, g, db)
