@@ -47,6 +47,22 @@ def test_bad_factors_and_shapes_raise_and_leave_out_untouched(data, fn, mutate, 
     np.testing.assert_array_equal(out, before)
 
 
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda A, B: uu.project(None, A, B),
+        lambda A, B: uu.transport(None, A, B),
+        lambda A, B: uu.retract(None),
+    ],
+    ids=["project", "transport", "retract"],
+)
+def test_none_as_U_is_a_type_error_naming_U(data, call):
+    # without out, ``out is U`` holds for U=None: U must still be validated as U
+    _, A, B = data
+    with pytest.raises(TypeError, match="U must be an array.*got NoneType"):
+        call(A, B)
+
+
 @pytest.mark.parametrize("fn", [uu.project, uu.transport])
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 def test_non_finite_U_in_place_raises_and_leaves_U_untouched(data, fn, bad):

@@ -221,7 +221,7 @@ def retract(U: Any, *, method: str = "polar", out: Any = None) -> Any:
     if out is not None:
         # out must alias the caller's memory: lazy torch views and JAX arrays are refused here
         target, out_library = to_compute(out, "out", writable=True)
-    U, library = (target, out_library) if out is U else to_compute(U, "U")
+    U, library = (target, out_library) if out is not None and out is U else to_compute(U, "U")
     check_square(U, "U")
     if target is not None:
         check_out(target, U, tuple(U.shape))

@@ -29,7 +29,7 @@ def _prepare(U: Any, A: Any, B: Any, out: Any) -> tuple[Any, Any, Any, Any, str,
     if out is not None:
         # out must alias the caller's memory: lazy torch views and JAX arrays are refused here
         target, out_library = to_compute(out, "out", writable=True)
-    U, library = (target, out_library) if out is U else to_compute(U, "U")
+    U, library = (target, out_library) if out is not None and out is U else to_compute(U, "U")
     A, _ = to_compute(A, "A")
     B, _ = to_compute(B, "B")
     n = check_square(U, "U")
