@@ -59,7 +59,7 @@ def test_bad_factors_and_shapes_raise_and_leave_out_untouched(data, fn, mutate, 
 def test_none_as_U_is_a_type_error_naming_U(data, call):
     # without out, ``out is U`` holds for U=None: U must still be validated as U
     _, A, B = data
-    with pytest.raises(TypeError, match="U must be an array.*got NoneType"):
+    with pytest.raises(TypeError, match=r"U must be an array.*got NoneType"):
         call(A, B)
 
 
