@@ -126,6 +126,32 @@ def test_resume_from_state_dict_is_bit_exact(base):
     assert uu.unitarity_error(resumed[0].weight) < 1e-5
 
 
+@pytest.mark.parametrize("base", sorted(BASE_RULES))
+def test_state_of_another_shape_is_refused_and_leaves_the_optimizer_as_it_was(base):
+    options = BASE_RULES[base][0]
+    big = torch.nn.Parameter(orthogonal_(torch.empty(8, 8), rng=0))
+    opt_big = ProjUNN([big], lr=0.01, base=base, seed=0, **options)
+    big.grad = torch.randn(8, 8, generator=torch.Generator().manual_seed(0))
+    opt_big.step()
+    small = torch.nn.Parameter(orthogonal_(torch.empty(4, 4), rng=0))
+    opt = ProjUNN([small], lr=0.01, base=base, seed=0, **options)
+    small.grad = torch.randn(4, 4, generator=torch.Generator().manual_seed(1))
+    opt.step()
+    before = copy.deepcopy(opt.state_dict())
+    # torch accepts it (same number of parameters); the next step would fail on the moments' shapes
+    with pytest.raises(
+        ValueError, match=r"parameter 0: saved state '\w+' has shape \(8, 8\) but the parameter has \(4, 4\)"
+    ):
+        opt.load_state_dict(opt_big.state_dict())
+    after = opt.state_dict()
+    assert after["param_groups"] == before["param_groups"]
+    for key, value in before["state"][0].items():
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(after["state"][0][key], value)
+        else:
+            assert after["state"][0][key] == value
+
+
 def test_mixed_groups_keep_only_unitary_groups_unitary():
     model = _model()
     opt = ProjUNN(_groups(model), lr=0.02, base="adam", seed=0)

@@ -428,8 +428,8 @@ class ProjUNN(torch.optim.Optimizer):
         ------
         ValueError, TypeError
             If a saved group's settings are invalid, a unitary group holds a parameter that is
-            not square, or the state does not match the parameters (torch's checks); the
-            optimizer is then unchanged.
+            not square, or the state does not match the parameters (torch's checks, and a saved
+            moment whose shape is not its parameter's); the optimizer is then unchanged.
         """
         saved_groups, saved_state = self.param_groups, self.state
         super().load_state_dict(state_dict)
@@ -441,6 +441,17 @@ class ProjUNN(torch.optim.Optimizer):
                 if group["unitary"]:
                     for j, p in enumerate(group["params"]):
                         _check_unitary_param(p, f"param group {i}: parameter {j}", group["rank"], False)
+            for i, group in enumerate(self.param_groups):
+                for j, p in enumerate(group["params"]):
+                    for key, value in self.state.get(p, {}).items():
+                        # torch checks only the number of parameters: a moment saved for another
+                        # shape would fail at the next step (or broadcast), so it is refused here
+                        if isinstance(value, torch.Tensor) and value.ndim and tuple(value.shape) != tuple(p.shape):
+                            raise ValueError(
+                                f"param group {i}: parameter {j}: saved state {key!r} has shape "
+                                f"{tuple(value.shape)} but the parameter has {tuple(p.shape)}; "
+                                "the state_dict belongs to another model"
+                            )
             for st in self.state.values():
                 if "sketch_rng" in st:  # checked, and an own copy: the caller's dict is never written through
                     st["sketch_rng"] = _rng_entry(_pcg64_state(st["sketch_rng"]))
