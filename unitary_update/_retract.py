@@ -45,7 +45,7 @@ from ._validation import (
     quiet_when_unchecked,
 )
 from ._validation import svd as guarded_svd
-from ._xp import array_namespace, from_compute, hconj, mark_written, to_compute
+from ._xp import array_namespace, from_compute, hconj, mark_written, to_compute, to_compute_with_out
 from .random import normalize_rng, standard_normal
 
 __all__ = ["RETRACT_METHODS", "DriftControl", "retract"]
@@ -217,11 +217,7 @@ def retract(U: Any, *, method: str = "polar", out: Any = None) -> Any:
     True
     """
     method = check_choice(method, RETRACT_METHODS, "retraction method")
-    target, out_library = None, ""
-    if out is not None:
-        # out must alias the caller's memory: lazy torch views and JAX arrays are refused here
-        target, out_library = to_compute(out, "out", writable=True)
-    U, library = (target, out_library) if out is not None and out is U else to_compute(U, "U")
+    U, library, target, _ = to_compute_with_out(U, out)
     check_square(U, "U")
     if target is not None:
         check_out(target, U, tuple(U.shape))

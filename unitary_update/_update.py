@@ -18,18 +18,14 @@ from ._validation import (
     same_view,
     unshare,
 )
-from ._xp import array_namespace, compute_context, from_compute, is_jax, mark_written, to_compute
+from ._xp import array_namespace, compute_context, from_compute, is_jax, mark_written, to_compute, to_compute_with_out
 
 __all__ = ["project", "transport"]
 
 
 def _prepare(U: Any, A: Any, B: Any, out: Any) -> tuple[Any, Any, Any, Any, str, tuple[int, ...]]:
     """Convert and validate (nothing is written here): U, A, B, out, the library, the shape."""
-    target, out_library = None, ""
-    if out is not None:
-        # out must alias the caller's memory: lazy torch views and JAX arrays are refused here
-        target, out_library = to_compute(out, "out", writable=True)
-    U, library = (target, out_library) if out is not None and out is U else to_compute(U, "U")
+    U, library, target, _ = to_compute_with_out(U, out)
     A, _ = to_compute(A, "A")
     B, _ = to_compute(B, "B")
     n = check_square(U, "U")

@@ -31,6 +31,7 @@ __all__ = [
     "is_jax",
     "mark_written",
     "to_compute",
+    "to_compute_with_out",
     "to_namespace",
 ]
 
@@ -216,6 +217,21 @@ def to_compute(x: Any, name: str, *, writable: bool = False) -> tuple[Any, str]:
     raise TypeError(
         f"{name} must be an array (numpy.ndarray, cupy.ndarray, or a torch/jax tensor); got {type(x).__name__}"
     )
+
+
+def to_compute_with_out(U: Any, out: Any) -> tuple[Any, str, Any, str]:
+    """``(U, library, target, out_library)``: :func:`to_compute` of U and of a writable ``out``.
+
+    ``target`` is None (and ``out_library`` empty) without ``out``.  With ``out=U`` the two are
+    converted once, so ``U`` is ``target`` itself; an ``out`` must alias the caller's memory
+    (lazy torch views and JAX arrays are refused by ``to_compute(..., writable=True)``).
+    """
+    if out is None:
+        return (*to_compute(U, "U"), None, "")
+    target, out_library = to_compute(out, "out", writable=True)
+    if out is U:
+        return target, out_library, target, out_library
+    return (*to_compute(U, "U"), target, out_library)
 
 
 def from_compute(x: Any, library: str) -> Any:

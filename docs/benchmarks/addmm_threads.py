@@ -9,23 +9,17 @@ complex64, the best-of-5 time per call of ``_blas.addmm_(U, P, W.T)`` (``U += P 
 from __future__ import annotations
 
 import functools
-import time
 
 import numpy as np
 
 from unitary_update._blas import addmm_
 from unitary_update._threads import single_threaded_blas
+from unitary_update.bench._timing import best_time
 
 
 def best_us(f, n: int) -> float:
-    f()
-    best = float("inf")
-    for _ in range(5):
-        t0 = time.perf_counter()
-        for _ in range(n):
-            f()
-        best = min(best, (time.perf_counter() - t0) / n * 1e6)
-    return best
+    """Best of 5 timings of ``n`` calls of ``f``, per call in microseconds (one untimed call first)."""
+    return best_time(lambda: [f() for _ in range(n)], 5, warmup=True) / n * 1e6
 
 
 def main() -> None:

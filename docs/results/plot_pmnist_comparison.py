@@ -16,11 +16,13 @@ import argparse
 import json
 from pathlib import Path
 
+from unitary_update.experiments.checkpoints import read_metrics
+
 
 def epochs_and_accuracy(run_dir: Path) -> tuple[list[float], list[float]]:
     """``(epochs, accuracy in %)`` of the evaluations of a run folder, the initial one left out."""
     per_epoch = 469  # as docs/results.md counts an epoch of batch 128 (60,000 / 128 = 468.75)
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = read_metrics(run_dir)
     evals = sorted(
         {r["step"]: r for r in rows if r["split"] == "eval" and r["step"] > 0}.values(), key=lambda r: r["step"]
     )

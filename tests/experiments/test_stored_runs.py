@@ -6,13 +6,12 @@ They are there so that a run can be continued exactly on another machine (copy t
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from unitary_update.experiments.checkpoints import load_checkpoint
+from unitary_update.experiments.checkpoints import load_checkpoint, read_metrics
 from unitary_update.experiments.config import load_config
 from unitary_update.experiments.train import build
 
@@ -34,7 +33,7 @@ def test_stored_checkpoint_matches_its_config_and_metrics(run):
         config.mnist_dir = str(MNIST_DIR)
     _, model, opt, w_opt = build(config)
     meta = load_checkpoint(run / "checkpoint.npz", model, opt, w_opt)
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    records = read_metrics(run)
     last_logged = max(r["step"] for r in records)  # a run stopped by its time limit checkpoints
     assert last_logged <= meta["step"] < last_logged + config.log_every  # between two log records
     assert meta["seed"] == config.seed

@@ -438,11 +438,9 @@ class ProjUNN(torch.optim.Optimizer):
                 if isinstance(group["betas"], list):
                     group["betas"] = tuple(group["betas"])
                 _check_group(group, f"param group {i}: ")
-                if group["unitary"]:
-                    for j, p in enumerate(group["params"]):
-                        _check_unitary_param(p, f"param group {i}: parameter {j}", group["rank"], False)
-            for i, group in enumerate(self.param_groups):
                 for j, p in enumerate(group["params"]):
+                    if group["unitary"]:
+                        _check_unitary_param(p, f"param group {i}: parameter {j}", group["rank"], False)
                     for key, value in self.state.get(p, {}).items():
                         # torch checks only the number of parameters: a moment saved for another
                         # shape would fail at the next step (or broadcast), so it is refused here
