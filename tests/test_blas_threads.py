@@ -10,7 +10,7 @@ import scipy.linalg
 from helpers import ALL_DTYPES
 
 import unitary_update as uu
-from unitary_update import _blas, _lowrank, _threads
+from unitary_update import _blas, _lowrank, _threads, reference
 
 
 def _operands(rng, dtype, m, k, n, trans_a, trans_b):
@@ -120,6 +120,38 @@ def test_small_work_changes_no_thread_count(monkeypatch):
     monkeypatch.setattr(_threads, "blas_libraries", lambda: pytest.fail("small work must not touch BLAS"))
     with _threads.single_threaded_blas(_threads.MIN_WORK - 1):
         pass
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.complex64])
+@pytest.mark.parametrize("kind", ["project", "transport"])
+def test_small_updates_run_on_one_blas_thread_and_large_ones_on_all(monkeypatch, dtype, kind):
+    """Below SERIAL_MAX_WORK multiply-adds the whole update, its rank-r product included, runs on one thread."""
+    from threadpoolctl import threadpool_limits
+
+    libraries = _threads.blas_libraries()
+    seen = []
+    real = _lowrank.apply_update
+
+    def spy(*args):
+        seen.append([lib.num_threads for lib in libraries])
+        return real(*args)
+
+    monkeypatch.setattr(_lowrank, "apply_update", spy)
+    update = getattr(uu, kind)
+    complex_ = np.dtype(dtype).kind == "c"
+    # (N, k): N^2 * 2k (x4 complex) below SERIAL_MAX_WORK but above MIN_WORK, then above SERIAL_MAX_WORK
+    small, large = ((128, 2), (256, 8)) if complex_ else ((190, 8), (512, 8))
+    assert _threads.MIN_WORK <= small[0] ** 2 * 2 * small[1] * (4 if complex_ else 1) < _threads.SERIAL_MAX_WORK
+    with threadpool_limits(2, user_api="blas"), uu.options(backend="numpy"):
+        before = [lib.num_threads for lib in libraries]
+        for n, k in (small, large):
+            U = uu.random_unitary(n, dtype=dtype, rng=0)
+            A = np.full((n, k), 1e-3, dtype=dtype)
+            expected = getattr(reference, f"{kind}_dense")(U, A, A)
+            update(U, A, A, out=U)
+            np.testing.assert_allclose(U, expected, atol=1e-4)
+        assert [lib.num_threads for lib in libraries] == before == [2] * len(libraries)
+    assert seen == [[1] * len(libraries), [2] * len(libraries)]
 
 
 # ---- the fast r x r cores against SciPy's polar and expm, and their fallbacks -----------------

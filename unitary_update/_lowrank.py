@@ -53,7 +53,7 @@ import numpy as np
 from . import _kernels
 from ._blas import add_lowrank_
 from ._config import get_options, use_numba
-from ._threads import MIN_WORK, single_threaded_blas
+from ._threads import MIN_WORK, SERIAL_MAX_WORK, single_threaded_blas
 from ._validation import NonFiniteError, SingularUpdateError, check_finite, max_abs
 from ._validation import svd as guarded_svd
 from ._xp import hconj
@@ -512,6 +512,9 @@ def lowrank_update(xp: ModuleType, kind: str, U: Any, A: Any, B: Any, target: An
       row-block update;
     * otherwise (NumPy BLAS/LAPACK, CuPy): batched ``matmul``/``qr``/``svd``/``eigh`` and the
       in-place rank update of :func:`_blas.add_lowrank_`.
+
+    The last two run on one BLAS thread when the rank-r update, the largest product, is below
+    :data:`_threads.SERIAL_MAX_WORK` real multiply-adds (NumPy only).
     """
     n = U.shape[-1]
     count = int(np.prod(shape[:-2], dtype=np.int64))
@@ -538,7 +541,22 @@ def lowrank_update(xp: ModuleType, kind: str, U: Any, A: Any, B: Any, target: An
         out3 = target.reshape(-1, n, n)
         _kernels.batched_update_numba(U3 if target is not U else out3, A3, B3, kind == "transport", out3)
         return target
-    fused = xp is np and _fused_eligible(U, target, min(n, 2 * k))
+    r = min(n, 2 * k)
+    # a small update runs on one BLAS thread, all of it (_threads.SERIAL_MAX_WORK): its largest
+    # product, the rank-r update, is count N^2 r multiply-adds (4 real ones each when complex)
+    work = count * n * n * r * (4 if U.dtype.kind == "c" else 1)
+    with single_threaded_blas(work if xp is np and work < SERIAL_MAX_WORK else 0):
+        return _update_by_products(xp, kind, U, A, B, e, target, shape)
+
+
+def _update_by_products(
+    xp: ModuleType, kind: str, U: Any, A: Any, B: Any, e: Any, target: Any, shape: tuple[int, ...]
+) -> Any:
+    """:func:`lowrank_update` once A and B are balanced, off the batched Numba kernel: its other paths."""
+    n, k = U.shape[-1], A.shape[-1]
+    count = int(np.prod(shape[:-2], dtype=np.int64))
+    r = min(n, 2 * k)
+    fused = xp is np and _fused_eligible(U, target, r)
     if fused:
         A_hat = _kernels.adjoint_matmul_numba(U, A)
         if get_options().check_finite and not np.isfinite(A_hat).all():
@@ -548,7 +566,6 @@ def lowrank_update(xp: ModuleType, kind: str, U: Any, A: Any, B: Any, target: An
         check_finite(U, "U")
         with np.errstate(over="ignore", invalid="ignore"):  # a U far too large: checked below
             A_hat = adjoint_matmul(xp, U, A)
-    r = min(n, 2 * k)
     with np.errstate(over="ignore", invalid="ignore"):
         W, a, b = basis(xp, U, A, B, A_hat)
         # the r x r core: small LAPACK work, faster on one BLAS thread (_threads)

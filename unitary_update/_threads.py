@@ -15,6 +15,12 @@ counted, and the saved thread counts are restored when the last one leaves.  The
 looked up once (threadpoolctl scans the loaded libraries, about a millisecond); entering and
 leaving a block then costs a few microseconds, so it is used only where the work is larger than
 that (:data:`MIN_WORK`).
+
+A whole update whose largest product is below :data:`SERIAL_MAX_WORK` runs on one thread
+(:func:`unitary_update._lowrank.lowrank_update`): there a second thread gains nothing even on an
+idle machine, and where another process holds a core, OpenBLAS's threads wait for it at the
+barrier after every block (the in-place rank-16 update at N = 190: 1,046 us at two threads
+against 62 us at one; docs/benchmarks/cpu_grid.md, "When other processes hold the cores").
 """
 
 from __future__ import annotations
@@ -24,10 +30,13 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["MIN_WORK", "blas_libraries", "single_threaded_blas"]
+__all__ = ["MIN_WORK", "SERIAL_MAX_WORK", "blas_libraries", "single_threaded_blas"]
 
 # Below this many flops (r^3 or N r^2) OpenBLAS runs single-threaded by itself: no limit needed.
 MIN_WORK = 1 << 18
+# Below this many real multiply-adds per product a second OpenBLAS thread gains nothing on the idle
+# 2-core machine (docs/benchmarks/addmm_threads.py) and loses 5-20x when another process holds a core.
+SERIAL_MAX_WORK = 1 << 20
 
 _lock = threading.Lock()
 _depth = 0
