@@ -41,6 +41,7 @@ __all__ = [
     "quiet_when_unchecked",
     "same_view",
     "svd",
+    "unitary_tolerance",
     "unshare",
 ]
 
@@ -403,6 +404,15 @@ def check_int(
             requirement = f"be >= {low}" if low is not None else f"be <= {high}"
         raise ValueError(f"{name} must {requirement}; got {value}")
     return value
+
+
+def unitary_tolerance(n: int, eps: float) -> float:
+    """The largest ``||W^H W - I||_F`` an N x N matrix may have to count as unitary when it enters an optimizer.
+
+    ``N sqrt(eps)`` (eps: the machine epsilon of its dtype): far above the rounding of any
+    unitary initialiser, far below a matrix that is not one.
+    """
+    return n * math.sqrt(float(eps))
 
 
 def check_rank(rank: Any, limit: int, name: str = "rank") -> int:

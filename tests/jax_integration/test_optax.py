@@ -161,3 +161,75 @@ def test_jax_example_without_jax_names_the_extra():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr == 'this example needs jax and optax: pip install "unitary_update[jax]"\n'
+
+
+# ---- client code: closures under jit, inject_hyperparams, checkpoints, chains, non-unitary leaves ----
+def _unitary_params(n=8, seed=0):
+    return {"W": jnp.asarray(uu.random_unitary(n, dtype=np.float32, rng=seed)), "b": jnp.zeros(n)}
+
+
+def test_concrete_params_closed_over_by_jit_cond_and_scan(x32):
+    """A concrete array inside another trace: the finite check defers to the trace instead of failing."""
+    params = _unitary_params()
+    grads = {"W": 0.01 * jnp.ones((8, 8)), "b": jnp.ones(8)}
+    tx = uj.projunn(1e-2, unitary_labels={"W": True, "b": False})
+    state = tx.init(params)
+    expected, _ = tx.update(grads, state, params)
+    closed, _ = jax.jit(lambda g, s: tx.update(g, s, params))(grads, state)
+    np.testing.assert_allclose(np.asarray(closed["W"]), np.asarray(expected["W"]), atol=1e-6)
+    guarded = optax.apply_if_finite(tx, max_consecutive_errors=2)
+    updates, _ = guarded.update(grads, guarded.init(params), params)  # its lax.cond traces the update
+    np.testing.assert_allclose(np.asarray(updates["W"]), np.asarray(expected["W"]), atol=1e-6)
+    W, G = params["W"], 1e-2 * grads["W"]
+    key = jax.random.key(1)
+    np.testing.assert_allclose(
+        np.asarray(jax.jit(lambda g: uj.step(W, g, key=key))(G)), np.asarray(uj.step(W, G, key=key)), atol=1e-6
+    )
+
+
+def test_inject_hyperparams_with_static_args_and_a_clear_error_without(x32):
+    params = _unitary_params()
+    grads = {"W": 0.01 * jnp.ones((8, 8)), "b": jnp.ones(8)}
+    labels = {"W": True, "b": False}
+    with pytest.raises(TypeError, match=r"rank must be a Python integer .*static_args=\('rank', 'seed'"):
+        optax.inject_hyperparams(uj.projunn)(learning_rate=1e-2, unitary_labels=labels, rank=2).init(params)
+    injected = optax.inject_hyperparams(uj.projunn, static_args=("rank", "seed", "oversampling"))
+    tx = injected(learning_rate=1e-2, unitary_labels=labels, rank=2, oversampling=3)
+    plain = uj.projunn(1e-2, unitary_labels=labels, rank=2, oversampling=3)
+    state = tx.init(params)
+    updates, state = jax.jit(tx.update)(grads, state, params)
+    expected, _ = plain.update(grads, plain.init(params), params)
+    np.testing.assert_allclose(np.asarray(updates["W"]), np.asarray(expected["W"]), atol=1e-6)
+    state.hyperparams["learning_rate"] = jnp.asarray(0.0)  # a hyperparameter changed in the state
+    frozen, _ = jax.jit(tx.update)(grads, state, params)
+    np.testing.assert_allclose(np.asarray(frozen["W"]), 0.0, atol=1e-7)
+    with pytest.raises(TypeError, match="oversampling"):
+        uj.projunn(1e-2, unitary_labels=labels, sketch="lsi", oversampling=3)
+
+
+def test_state_converts_to_numpy_and_old_typed_key_states_give_the_same_steps(x32, tmp_path):
+    params = _unitary_params()
+    grads = {"W": 0.01 * jnp.ones((8, 8)), "b": jnp.ones(8)}
+    tx = uj.projunn(1e-2, unitary_labels={"W": True, "b": False}, rank=2)
+    state = tx.init(params)
+    saved = jax.tree.map(np.asarray, state)  # what NumPy-based checkpointing does
+    np.savez(tmp_path / "state.npz", *jax.tree_util.tree_leaves(saved))
+    restored = jax.tree.map(jnp.asarray, saved)
+    a, _ = tx.update(grads, state, params)
+    b, _ = tx.update(grads, restored, params)
+    inner = list(state)  # the chain's states: base, learning rate, projUNN
+    inner[2] = uj.ProjUNNState(count=inner[2].count, key=jax.random.key(0))  # the state's former form
+    c, _ = tx.update(grads, tuple(inner), params)
+    for other in (b, c):
+        np.testing.assert_array_equal(np.asarray(other["W"]), np.asarray(a["W"]))
+
+
+def test_init_refuses_a_leaf_that_is_not_unitary(x32):
+    params = _unitary_params()
+    params["W"] = params["W"] * 1.5
+    tx = uj.projunn(1e-2, unitary_labels={"W": True, "b": False})
+    with pytest.raises(ValueError, match=r"unitary leaf params\['W'\] is not unitary: \|\|W\^H W - I\|\|_F = "):
+        tx.init(params)
+    loose = uj.projunn(1e-2, unitary_labels={"W": True, "b": False}, check_unitary=False)
+    assert int(loose.init(params)[2].count) == 0
+    jax.jit(tx.init)(_unitary_params())  # traced leaves are not checked (and unitary ones pass)

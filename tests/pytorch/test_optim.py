@@ -446,3 +446,67 @@ def test_import_without_torch_names_the_extra():
     last = proc.stderr.strip().splitlines()[-1]
     message = 'unitary_update.torch needs torch: pip install "unitary_update[torch]"'
     assert last == f"unitary_update._extras.MissingExtraError: {message}"
+
+
+# ---- client code: copies, lazily conjugated gradients, tensor learning rates -----------------
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+def test_a_copied_optimizer_continues_exactly_as_the_original(how):
+    import pickle
+
+    W = _param(8, dtype=torch.float32, seed=1)
+    opt = ProjUNN([W], lr=1e-2, seed=0, check_unitary=False)
+    W.grad = torch.randn(8, 8, generator=torch.Generator().manual_seed(0))
+    opt.step()
+    twin = copy.deepcopy(opt) if how == "deepcopy" else pickle.loads(pickle.dumps(opt))
+    V = twin.param_groups[0]["params"][0]
+    assert V is not W
+    assert torch.equal(V, W)
+    assert twin.check_unitary is False
+    grad = torch.randn(8, 8, generator=torch.Generator().manual_seed(1))
+    W.grad, V.grad = grad.clone(), grad.clone()
+    opt.step()
+    twin.step()
+    assert torch.equal(V, W)  # same moments and the same sketch generator state
+    twin.add_param_group({"params": [_param(4, dtype=torch.float32, seed=2)]})
+
+
+def test_lazily_conjugated_gradients_step_like_resolved_ones():
+    """autograd returns x @ W.mH's gradient as a conjugate view; the step must read it as its values."""
+    W = _param(8, dtype=torch.complex64, seed=3)
+    x = torch.randn(4, 8, dtype=torch.complex64, generator=torch.Generator().manual_seed(0))
+    ((x @ W.mH).abs() ** 2).sum().backward()
+    assert W.grad.is_conj()
+    R = torch.nn.Parameter(W.detach().clone())
+    R.grad = W.grad.resolve_conj()
+    for base in ("rmsprop", "sgd"):
+        ProjUNN([W], lr=1e-2, base=base, seed=0).step()
+        ProjUNN([R], lr=1e-2, base=base, seed=0).step()
+        assert torch.equal(W, R)
+        assert uu.unitarity_error(W.detach().numpy()) < 1e-5
+
+
+def test_a_conjugate_view_parameter_is_refused_at_construction():
+    W0 = orthogonal_(torch.empty(6, 6, dtype=torch.complex64), rng=0)
+    with pytest.raises(ValueError, match=r"parameter 0 is a lazy conjugate \(or negative\) view"):
+        ProjUNN([torch.nn.Parameter(W0.conj())])
+
+
+def test_a_tensor_learning_rate_acts_as_its_value():
+    W, V = _param(8, seed=4), _param(8, seed=4)
+    grad = torch.randn(8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    W.grad, V.grad = grad.clone(), grad.clone()
+    ProjUNN([W], lr=torch.tensor(0.01, dtype=torch.float64), seed=0).step()
+    ProjUNN([V], lr=0.01, seed=0).step()
+    assert torch.equal(W, V)
+    with pytest.raises(ValueError, match="lr must be in"):
+        ProjUNN([_param(4)], lr=torch.tensor(float("nan")))
+
+
+def test_a_group_made_unitary_between_steps_names_the_parameter():
+    b = torch.nn.Parameter(torch.zeros(16))
+    opt = ProjUNN([{"params": [b], "unitary": False}], lr=1e-2)
+    b.grad = torch.ones(16)
+    opt.param_groups[0]["unitary"] = True
+    with pytest.raises(ValueError, match=r"param group 0: parameter 0 has shape \(16,\)"):
+        opt.step()
+    assert torch.equal(b, torch.zeros(16))

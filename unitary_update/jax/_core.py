@@ -104,7 +104,10 @@ def _check_finite(x: Any, name: str) -> None:
     """NonFiniteError for a concrete array with NaN/Inf (when the option is on); tracers pass."""
     if not get_options().check_finite or _is_tracer(x):
         return
-    if not bool(_all_finite(x)):
+    finite = _all_finite(x)
+    if _is_tracer(finite):  # a concrete array inside another trace (jit, cond, scan closing over it)
+        return
+    if not bool(finite):
         raise NonFiniteError(f"{name} contains NaN or Inf")
 
 

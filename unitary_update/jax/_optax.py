@@ -24,7 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from .._validation import check_choice, check_int
+from .._validation import check_choice, check_int, unitary_tolerance
+from ..metrics import unitarity_error
 from . import _core
 
 __all__ = ["ProjUNNState", "RetractState", "projunn", "retract_every", "scale_by_projunn"]
@@ -38,7 +39,9 @@ class ProjUNNState(NamedTuple):
     count : jax.Array
         Steps taken (int32 scalar).
     key : jax.Array
-        The PRNG key of the next step's sketches (split once per step).
+        The raw PRNG key data (``uint32``, ``jax.random.key_data``) of the next step's sketches,
+        split once per step.  Raw data, as optax's own keyed transformations keep, so that the
+        state converts to NumPy (``np.asarray``, ``np.savez``, checkpointers) like any array.
 
     Examples
     --------
@@ -95,17 +98,69 @@ def _labels(unitary_labels: Any, params: Any) -> list[bool]:
 
 
 def _unitary_leaves(unitary_labels: Any, params: Any, updates: Any, who: str) -> tuple[list[Any], list[Any], Any]:
+    """The indices of the chosen leaves, their (param, update) pairs, and (treedef, update leaves)."""
     if params is None:
         raise ValueError(f"{who} needs the parameters: call update(updates, state, params)")
     flags = _labels(unitary_labels, params)
     p_leaves, treedef = jax.tree_util.tree_flatten(params)
     u_leaves = treedef.flatten_up_to(updates)
-    paths = [jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
-    for flag, p, path in zip(flags, p_leaves, paths, strict=True):
+    for flag, p, path in zip(flags, p_leaves, _paths(params), strict=True):
         if flag and (jnp.ndim(p) < 2 or p.shape[-1] != p.shape[-2]):
             raise ValueError(f"unitary leaf params{path} must have shape (..., N, N); got {tuple(jnp.shape(p))}")
     chosen = [i for i, flag in enumerate(flags) if flag]
     return chosen, [(p_leaves[i], u_leaves[i]) for i in chosen], (treedef, u_leaves)
+
+
+def _paths(params: Any) -> list[str]:
+    return [jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+
+
+def _check_unitary_leaves(unitary_labels: Any, params: Any, who: str) -> None:
+    """ValueError for a chosen leaf that is concrete and not unitary to ``N sqrt(eps)`` (as torch's ProjUNN).
+
+    The updates keep ``W^H W`` as it is (projUNN-T exactly), so a leaf that starts off the
+    manifold would stay off it without a word.  Traced leaves (an ``init`` under ``jit``) pass.
+    """
+    chosen, pairs, _ = _unitary_leaves(unitary_labels, params, params, who)
+    paths = _paths(params)
+    for i, (p, _) in zip(chosen, pairs, strict=True):
+        if _core._is_tracer(p) or p.size == 0:
+            continue
+        error = unitarity_error(np.asarray(p))
+        tol = unitary_tolerance(p.shape[-1], np.finfo(p.dtype).eps)
+        if not error <= tol:
+            raise ValueError(
+                f"unitary leaf params{paths[i]} is not unitary: ||W^H W - I||_F = {error:.3g} > {tol:.3g} "
+                "(N sqrt(eps)); start from a unitary matrix (unitary_update.random_unitary, "
+                "unitary_update.jax.retract), or pass check_unitary=False"
+            )
+
+
+# hyperparameters that fix shapes or Python control flow: static under optax.inject_hyperparams
+_STATIC_ARGS = ("rank", "seed", "retract_every", "oversampling", "power_iterations", "check_unitary")
+
+
+def _static_int(value: Any, name: str, **bounds: Any) -> int:
+    """:func:`check_int`, with the remedy when optax.inject_hyperparams has turned ``value`` into an array."""
+    if isinstance(value, (jax.Array, jax.core.Tracer)):
+        raise TypeError(
+            f"{name} must be a Python integer (it fixes array shapes); got a JAX array. Under "
+            f"optax.inject_hyperparams pass static_args={_STATIC_ARGS!r}"
+        )
+    return check_int(value, name, **bounds)
+
+
+def _sketch_options(oversampling: Any, power_iterations: Any) -> dict[str, int]:
+    named = {"oversampling": oversampling, "power_iterations": power_iterations}
+    return {k: _static_int(v, k, low=0) for k, v in named.items() if v is not None}
+
+
+def _as_bool(value: Any, name: str) -> bool:
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, jax.Array) and value.shape == () and not _core._is_tracer(value):
+        return bool(value)  # optax.inject_hyperparams turns Python bools into arrays
+    raise TypeError(f"{name} must be True or False; got {value!r}")
 
 
 def scale_by_projunn(
@@ -115,7 +170,9 @@ def scale_by_projunn(
     update: str = "transport",
     sketch: str = "randomized",
     seed: int = 0,
-    **sketch_options: int,
+    oversampling: int | None = None,
+    power_iterations: int | None = None,
+    check_unitary: bool = True,
 ) -> optax.GradientTransformation:
     r"""Turn the additive steps of unitary leaves into projUNN updates ``step(U, D) - U``.
 
@@ -138,8 +195,11 @@ def scale_by_projunn(
     seed : int, default 0
         Seed of the PRNG key kept in the state; each step splits it, each leaf folds in its
         index.
-    **sketch_options : int
-        ``oversampling`` and ``power_iterations`` for the randomized sketch.
+    oversampling, power_iterations : int, optional
+        Options of the randomized sketch (its defaults when None; an error for other sketches).
+    check_unitary : bool, default True
+        ``init`` refuses a chosen leaf that is concrete and further than ``N sqrt(eps)`` from
+        unitary (``||W^H W - I||_F``): the updates would keep it exactly that far off.
 
     Returns
     -------
@@ -149,14 +209,26 @@ def scale_by_projunn(
     Raises
     ------
     TypeError
-        For a non-integer ``rank`` or ``seed``, or an unknown sketch option.
+        For a non-integer ``rank``, ``seed`` or sketch option, or a sketch option the sketch
+        does not take.
     ValueError
-        For ``rank < 1`` or an unknown ``update`` or ``sketch``; at ``update`` time, when
-        ``params`` is missing or a chosen leaf is not square.
+        For ``rank < 1`` or an unknown ``update`` or ``sketch``; at ``init`` time for a leaf
+        that is not unitary (``check_unitary``); at ``update`` time, when ``params`` is missing
+        or a chosen leaf is not square.
 
     Notes
     -----
     Cost per unitary N x N leaf: the sketch (O(N^2 k)) plus the O(N^2 k) update.
+
+    **Put it last in a chain** (only :func:`retract_every` may follow): its output ``V - U`` is
+    what makes ``optax.apply_updates`` land on the unitary V, and any transformation after it
+    that scales or averages updates (``optax.scale``, ``optax.ema``,
+    ``optax.contrib.reduce_on_plateau``, a schedule) moves the leaf off the manifold.  Place
+    such transformations before it: ``optax.chain(base, scale_by_learning_rate(lr),
+    reduce_on_plateau(...), scale_by_projunn(...))``.
+
+    Under ``optax.inject_hyperparams`` pass ``static_args=("rank", "seed", "retract_every",
+    "oversampling", "power_iterations", "check_unitary")``: they fix shapes or control flow.
 
     Examples
     --------
@@ -173,24 +245,33 @@ def scale_by_projunn(
     """
     update = check_choice(update, _core.UPDATES, "update")
     sketch = check_choice(sketch, _core.SKETCH_METHODS, "sketch method")
-    rank = check_int(rank, "rank", low=1)
-    seed = check_int(seed, "seed")
+    rank = _static_int(rank, "rank", low=1)
+    seed = _static_int(seed, "seed")
+    sketch_options = _sketch_options(oversampling, power_iterations)
     _core._check_options(sketch, sketch_options)
+    check_unitary = _as_bool(check_unitary, "check_unitary")
 
     def init_fn(params: Any) -> ProjUNNState:
-        _unitary_leaves(unitary_labels, params, params, "scale_by_projunn")  # bad labels fail here, not later
-        return ProjUNNState(count=jnp.zeros([], jnp.int32), key=jax.random.key(seed))
+        if check_unitary:
+            _check_unitary_leaves(unitary_labels, params, "scale_by_projunn")
+        else:
+            _unitary_leaves(unitary_labels, params, params, "scale_by_projunn")  # bad labels fail here, not later
+        return ProjUNNState(count=jnp.zeros([], jnp.int32), key=jax.random.key_data(jax.random.key(seed)))
 
     def update_fn(updates: Any, state: ProjUNNState, params: Any = None) -> tuple[Any, ProjUNNState]:
         chosen, pairs, (treedef, u_leaves) = _unitary_leaves(unitary_labels, params, updates, "scale_by_projunn")
-        key, sub = jax.random.split(state.key)
+        key = state.key  # raw key data; a typed key (states saved before 0.x) is taken as it is
+        key, sub = jax.random.split(
+            key if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else jax.random.wrap_key_data(key)
+        )
         u_leaves = list(u_leaves)
         for i, (U, D) in zip(chosen, pairs, strict=True):
             source = _core._Source(jax.random.fold_in(sub, i))
             A, B = _core.sketch_with(D.astype(U.dtype), rank, sketch, source, sketch_options)
             V = _core.update(update, U, A, B)
             u_leaves[i] = V - U
-        return treedef.unflatten(u_leaves), ProjUNNState(count=optax.safe_increment(state.count), key=key)
+        new_state = ProjUNNState(count=optax.safe_increment(state.count), key=jax.random.key_data(key))
+        return treedef.unflatten(u_leaves), new_state
 
     return optax.GradientTransformation(init_fn, update_fn)
 
@@ -277,7 +358,9 @@ def projunn(
     seed: int = 0,
     retract_every: int | None = None,
     retract_method: str = "polar",
-    **sketch_options: int,
+    oversampling: int | None = None,
+    power_iterations: int | None = None,
+    check_unitary: bool = True,
 ) -> optax.GradientTransformation:
     r"""projUNN as an optax optimizer: unitary leaves stay unitary, the others follow ``base``.
 
@@ -312,8 +395,11 @@ def projunn(
         updates, which drifts by about ``eps`` per step).
     retract_method : {"polar", "newton_schulz"}
         The retraction used by ``retract_every``.
-    **sketch_options : int
-        ``oversampling`` and ``power_iterations`` for the randomized sketch.
+    oversampling, power_iterations : int, optional
+        Options of the randomized sketch (its defaults when None).
+    check_unitary : bool, default True
+        ``init`` refuses a unitary leaf that is not unitary to ``N sqrt(eps)``
+        (:func:`scale_by_projunn`).
 
     Returns
     -------
@@ -333,6 +419,10 @@ def projunn(
     returns the conjugate of the steepest-ascent direction for complex inputs, so pass
     ``jax.tree.map(jnp.conj, grads)`` to descend.  Cost per unitary N x N leaf and step:
     the base rule's O(N^2), the sketch O(N^2 k) and the update O(N^2 k).
+
+    Nothing that rescales updates may follow it in a chain (see :func:`scale_by_projunn`):
+    chain schedules and ``reduce_on_plateau`` in front of it, or use ``base``.  Under
+    ``optax.inject_hyperparams`` pass the integer and bool options as ``static_args``.
 
     Examples
     --------
@@ -360,10 +450,18 @@ def projunn(
         base,
         optax.scale_by_learning_rate(learning_rate),
         scale_by_projunn(
-            unitary_labels=unitary_labels, rank=rank, update=update, sketch=sketch, seed=seed, **sketch_options
+            unitary_labels=unitary_labels,
+            rank=rank,
+            update=update,
+            sketch=sketch,
+            seed=seed,
+            oversampling=oversampling,
+            power_iterations=power_iterations,
+            check_unitary=check_unitary,
         ),
     ]
     if retract_every is not None:
+        retract_every = _static_int(retract_every, "retract_every", low=1)
         parts.append(_retract_every(retract_every, unitary_labels=unitary_labels, method=retract_method))
     else:
         check_choice(retract_method, _core.RETRACT_METHODS, "retraction method")

@@ -23,6 +23,7 @@ import unitary_update as uu
 from unitary_update._retract import DriftControl
 from unitary_update._sketch import SKETCH_METHODS
 from unitary_update._step import UPDATES, drift_at
+from unitary_update._validation import unitary_tolerance as _unitary_tolerance
 
 __all__ = ["BASES", "ProjUNN"]
 
@@ -38,7 +39,12 @@ _DTYPES = (torch.float32, torch.float64, torch.complex64, torch.complex128)
 # ------------------------------------------------------------------------------------------------
 def _real(value: Any, name: str, *, low: float, high: float = math.inf, open_low: bool = False,
           open_high: bool = False) -> float:  # fmt: skip
-    """A finite real number in the given range, or ValueError/TypeError naming ``name``."""
+    """A finite real number in the given range, or ValueError/TypeError naming ``name``.
+
+    A one-element real tensor counts as its value (torch optimizers take ``lr=torch.tensor(...)``).
+    """
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and value.dtype.is_floating_point:
+        value = value.item()
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number; got {value!r} of type {type(value).__name__}")
     value = float(value)
@@ -128,7 +134,7 @@ def _resolve_seed(seed: Any) -> int:
 
 def unitary_tolerance(n: int, dtype: Any) -> float:
     """The largest ``unitarity_error`` a parameter may have when it joins a unitary group: ``N sqrt(eps)``."""
-    return n * math.sqrt(float(torch.finfo(dtype).eps))
+    return _unitary_tolerance(n, torch.finfo(dtype).eps)
 
 
 def _check_unitary_param(p: Any, where: str, rank: int, check_unitary: bool) -> None:
@@ -145,6 +151,11 @@ def _check_unitary_param(p: Any, where: str, rank: int, check_unitary: bool) -> 
         )
     if p.layout != torch.strided:
         raise ValueError(f"{where} has layout {p.layout}; only dense tensors can be kept unitary")
+    if p.is_conj() or p.is_neg():
+        raise ValueError(
+            f"{where} is a lazy conjugate (or negative) view, which cannot be updated in its own memory; "
+            "make it a parameter of its own: torch.nn.Parameter(W.resolve_conj())"
+        )
     n = p.shape[-1]
     if rank > n:
         raise ValueError(f"{where}: rank must satisfy 1 <= rank <= N = {n}; got {rank}")
@@ -180,11 +191,13 @@ def _library_view(x: Any) -> Any:
 def _direction(group: dict[str, Any], state: dict[str, Any], p: Any, grad: Any, t: int) -> tuple[dict[str, Any], Any]:
     """The new moments and the additive direction D of the base rule (the order of operations of ``optim.py``)."""
     lr, base = group["lr"], group["base"]
+    # autograd hands back lazily conjugated gradients for expressions such as x @ W.mH
+    grad = grad.resolve_conj().resolve_neg()
     g = _rv(grad)
     if group["maximize"]:
         g = -g
     if group["weight_decay"]:
-        g = g + group["weight_decay"] * _rv(p.detach())
+        g = g + group["weight_decay"] * _rv(p.detach().resolve_conj().resolve_neg())
     moments: dict[str, Any] = {}
     if base == "sgd":
         mu = group["momentum"]
@@ -383,6 +396,23 @@ class ProjUNN(torch.optim.Optimizer):
         self._drift: dict[Any, tuple[dict[str, Any], DriftControl]] = {}
         super().__init__(params, defaults)
 
+    def __getstate__(self) -> dict[str, Any]:
+        """torch's state (defaults, state, param_groups) and ``check_unitary``: for copy.deepcopy and pickle."""
+        state = super().__getstate__()
+        state["check_unitary"] = self.check_unitary
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Restore a copied or unpickled optimizer; the per-parameter caches start empty.
+
+        The sketch generators are set from ``state[p]["sketch_rng"]`` at every step, so a copy
+        continues exactly as the original would.
+        """
+        super().__setstate__(state)
+        self.__dict__.setdefault("check_unitary", True)
+        self._generators = {}
+        self._drift = {}
+
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a parameter group (validated first: a rejected group leaves the optimizer as it was).
 
@@ -488,6 +518,8 @@ class ProjUNN(torch.optim.Optimizer):
                 if p.grad is not None:
                     g = p.grad
                     where = f"param group {gi}: parameter {pi}"
+                    if group["unitary"]:  # a group may have been made unitary (its rank: uu.step checks it)
+                        _check_unitary_param(p, where, 1, False)
                     if g.layout != torch.strided:
                         raise ValueError(f"{where}: sparse gradients ({g.layout}) are not supported")
                     if g.shape != p.shape or g.dtype != p.dtype or g.device != p.device:
