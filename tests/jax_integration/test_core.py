@@ -64,6 +64,34 @@ def test_batch_dimensions_broadcast_like_matmul(x64):
         np.testing.assert_allclose(np.asarray(V[i]), transport_dense(U[i], A, B), atol=1e-12)
 
 
+@pytest.mark.parametrize("kind", ["project", "transport"])
+@pytest.mark.parametrize("dtype", [np.float32, np.complex64])
+def test_factors_of_any_finite_scale_give_a_unitary_result(x32, kind, dtype):
+    """Balanced by powers of two, as the NumPy path: no Inf core (XLA's SVD never returned on one)."""
+    U, A, B = _problem(8, 2, dtype, seed=5)
+    for sa, sb in ((1e19, 1e19), (1e30, 1e30), (1e-30, 1e-30), (1e30, 1e-30), (1e-25, 1e25)):
+        V = np.asarray(getattr(uj, kind)(jnp.asarray(U), jnp.asarray(A * sa), jnp.asarray(B * sb)))
+        assert np.isfinite(V).all()
+        assert uu.unitarity_error(V) < 1e-5
+        if sa * sb < 1e3:  # a product of moderate size: the same answer as without the scaling
+            np.testing.assert_allclose(V, DENSE[kind](U, A * (sa * sb), B), atol=2e-5)
+
+
+def test_float64_factors_beyond_float32_with_x64(x64):
+    U, A, B = _problem(8, 2, np.float32, seed=6)
+    V = uj.project(
+        jnp.asarray(U), jnp.asarray(A.astype(np.float64) * 1e200), jnp.asarray(B.astype(np.float64) * 1e-200)
+    )
+    np.testing.assert_allclose(np.asarray(V), project_dense(U, A, B), atol=2e-5)
+
+
+def test_a_U_far_too_large_is_an_error_not_nan(x32):
+    U = jnp.full((6, 6), 3e38, dtype=jnp.float32)  # finite, but U^H A overflows
+    for kind in ("project", "transport"):
+        with pytest.raises(uu.NonFiniteError, match="U\\^H A overflows"):
+            getattr(uj, kind)(U, jnp.ones((6, 1)), jnp.ones((6, 1)))
+
+
 # --- jit, vmap, tracing ---------------------------------------------------------------------------
 @pytest.mark.parametrize("kind", ["project", "transport"])
 def test_jit_and_vmap_agree_with_eager(x64, kind):

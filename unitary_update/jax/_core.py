@@ -123,9 +123,35 @@ def _core_dtype(dtype: Any, *, complex_: bool = False) -> Any:
 
 
 def _check_factors(U: Any, A: Any, B: Any) -> tuple[tuple[int, ...], Any, Any]:
-    """:func:`unitary_update._validation.check_factor_pair` on JAX arrays, then the cast to U's dtype."""
-    batch, A, B = check_factor_pair(U, A, B, cast=False)  # shapes and dtypes only: traceable
-    return batch, A.astype(U.dtype), B.astype(U.dtype)
+    """:func:`unitary_update._validation.check_factor_pair` on JAX arrays (shapes and dtypes only: traceable).
+
+    The factors keep their dtype here: :func:`_balance` scales them before the cast to U's.
+    """
+    return check_factor_pair(U, A, B, cast=False)
+
+
+def _balance(A: Any, B: Any, dtype: Any) -> tuple[Any, Any, Any]:
+    """``A', B'`` in ``dtype`` and the exponent ``e`` (per matrix) with ``A B^H = 2^e A' B'^H`` exactly.
+
+    Each factor is divided by the power of two of its largest entry, so ``A'`` and ``B'`` have
+    entries of at most 1 and nothing downstream overflows, whatever the factors' scale (the
+    NumPy path's :func:`unitary_update._lowrank.balance`; here always, as a traced computation).
+    The cores apply ``2^e``.  ``e`` carries no gradient: the scaling is exact.
+    """
+
+    def exponent(X: Any) -> Any:
+        m = jnp.max(jnp.abs(X), axis=(-2, -1), keepdims=True)
+        return jax.lax.stop_gradient(jnp.frexp(jnp.where(m > 0, m, 1))[1])
+
+    eA, eB = exponent(A), exponent(B)
+    return _ldexp(A, -eA).astype(dtype), _ldexp(B, -eB).astype(dtype), eA + eB
+
+
+def _ldexp(X: Any, n: Any) -> Any:
+    """``X 2^n`` exactly, for real or complex X (``jnp.ldexp`` takes real arrays only)."""
+    if jnp.iscomplexobj(X):
+        return jax.lax.complex(jnp.ldexp(X.real, n), jnp.ldexp(X.imag, n))
+    return jnp.ldexp(X, n)
 
 
 # ---- the updates ---------------------------------------------------------------------------------
@@ -141,27 +167,48 @@ def _basis(U: Any, A: Any, B: Any, batch: tuple[int, ...]) -> tuple[Any, Any, An
     return W, R[..., :, k:], R[..., :, :k]
 
 
-def _project_core(a: Any, b: Any) -> Any:
-    """``polar(I + a b^H) - I`` from the SVD of the r x r core."""
+def _finite_or_identity(M: Any) -> tuple[Any, Any]:
+    """``(M or I where M has NaN/Inf, finite)``: XLA's SVD and eigh never return on a non-finite matrix."""
+    finite = jnp.isfinite(M).all(axis=(-2, -1), keepdims=True)
+    return jnp.where(finite, M, jnp.eye(M.shape[-1], dtype=M.dtype)), finite
+
+
+def _project_core(a: Any, b: Any, e: Any) -> Any:
+    """``polar(I + 2^e a b^H) - I`` from the SVD of the r x r core (NaN where that core is not finite).
+
+    The polar factor does not change under positive scaling, so the core is formed as
+    ``2^-max(e, 0) I + 2^min(e, 0) a b^H``: no overflow for huge steps (the identity then
+    rounds away, as it should) and no underflow of the step for tiny ones that matter.
+    """
     dt = _core_dtype(a.dtype)
     a, b = a.astype(dt), b.astype(dt)
     eye = jnp.eye(a.shape[-2], dtype=dt)
-    X, _, Yh = jnp.linalg.svd(eye + a @ _hconj(b))
-    return X @ Yh - eye
+    one = jnp.ones((), jnp.finfo(dt).dtype)  # real: ldexp takes no complex arrays
+    T = jnp.ldexp(one, -jnp.maximum(e, 0)) * eye + jnp.ldexp(one, jnp.minimum(e, 0)) * (a @ _hconj(b))
+    T, finite = _finite_or_identity(T)
+    X, _, Yh = jnp.linalg.svd(T)
+    return jnp.where(finite, X @ Yh - eye, jnp.nan)
 
 
-def _transport_core(a: Any, b: Any) -> Any:
-    """``expm(K) - I``, ``K = (a b^H - b a^H) / 2``, via ``eigh(-iK)``; real for real inputs."""
+def _transport_core(a: Any, b: Any, e: Any) -> Any:
+    """``expm(K) - I``, ``K = 2^e (a b^H - b a^H) / 2``, via ``eigh(-iK)``; real for real inputs.
+
+    The eigenproblem is solved for ``2^-e K`` (entries of order one) and its angles scaled by
+    ``2^e``; angles beyond the core dtype's range are clipped to it (any unitary answer is
+    then as good as another: their rounding alone exceeds 2 pi many times over).
+    """
     real = a.dtype.kind != "c"
     dt = _core_dtype(a.dtype, complex_=True)
     a, b = a.astype(dt), b.astype(dt)
     ab = a @ _hconj(b)
     K = 0.5 * (ab - _hconj(ab))
     H = -1j * K
-    H = 0.5 * (H + _hconj(H))  # exactly Hermitian
+    H, finite = _finite_or_identity(0.5 * (H + _hconj(H)))  # exactly Hermitian
     theta, V = jnp.linalg.eigh(H)
-    e = -2.0 * jnp.sin(0.5 * theta) ** 2 + 1j * jnp.sin(theta)  # expm1(i theta), accurate for small theta
-    D = (V * e[..., None, :]) @ _hconj(V)
+    big = jnp.finfo(theta.dtype).max
+    theta = jnp.clip(jnp.ldexp(theta, e[..., 0]), -big, big)
+    z = -2.0 * jnp.sin(0.5 * theta) ** 2 + 1j * jnp.sin(theta)  # expm1(i theta), accurate for small theta
+    D = jnp.where(finite, (V * z[..., None, :]) @ _hconj(V), jnp.nan)
     return _nearest_rotation(D) if real else D
 
 
@@ -201,8 +248,9 @@ def _validate_update(U: Any, A: Any, B: Any) -> tuple[Any, Any, Any, tuple[int, 
 @functools.partial(jax.jit, static_argnames=("kind", "batch"))
 def _lowrank_update(U: Any, A: Any, B: Any, *, kind: str, batch: tuple[int, ...]) -> Any:
     """``U + (U W) D W^H`` (jitted: one compilation per shape, also for eager calls)."""
+    A, B, e = _balance(A, B, U.dtype)
     W, a, b = _basis(U, A, B, batch)
-    D = (_project_core if kind == "project" else _transport_core)(a, b).astype(U.dtype)
+    D = (_project_core if kind == "project" else _transport_core)(a, b, e).astype(U.dtype)
     P = (U @ W) @ D
     r = W.shape[-1]
     if r > _FUSED_MAX_R:
@@ -247,7 +295,13 @@ def public_update(kind: str, U: Any, A: Any, B: Any, out: Any) -> Any:
 def update(kind: str, U: Any, A: Any, B: Any) -> Any:
     """``project`` or ``transport`` (``kind``) on JAX arrays: validation, then the update."""
     U, A, B, batch = _validate_update(U, A, B)
-    return _lowrank_update(U, A, B, kind=kind, batch=batch)
+    V = _lowrank_update(U, A, B, kind=kind, batch=batch)
+    if not _is_tracer(V) and get_options().check_finite and not bool(_all_finite(V)):
+        # finite inputs give a finite result unless U is far from unitary (U^H A overflows)
+        raise NonFiniteError(
+            "U^H A overflows: U's entries are too large for its dtype (U must be unitary, entries of magnitude <= 1)"
+        )
+    return V
 
 
 def project(U: Any, A: Any, B: Any) -> Any:
