@@ -139,6 +139,35 @@ def test_no_drift_control_by_default():
     assert UnitaryOptimizer(SGD(0.1)).drift is None
 
 
+@pytest.mark.parametrize("make", [lambda: Adam(0.01), lambda: UnitaryOptimizer(RMSprop(0.01), rank=2, rng=0)])
+def test_state_dict_is_a_snapshot_that_later_steps_leave_alone(make):
+    """Restoring a state_dict taken in memory before more steps gives the moments *and* step counts of then."""
+    U = uu.random_unitary(6, dtype=np.float64, rng=3)
+    grads = [np.random.default_rng(i).standard_normal((6, 6)) for i in range(4)]
+
+    def step(opt, W, g):
+        if isinstance(opt, UnitaryOptimizer):
+            opt.step(W, g)
+        else:
+            opt.step({"W": W}, {"W": g})
+
+    a, Ua = make(), U.copy()
+    step(a, Ua, grads[0])
+    checkpoint = a.state_dict()
+    Ub = Ua.copy()
+    step(a, Ua, grads[1])  # a later step: the checkpoint must not follow it
+    b = make()
+    b.load_state_dict(checkpoint)
+    for g in grads[2:]:
+        step(a, Ua, g)
+    reference, Ur = make(), U.copy()
+    for g in (grads[0], *grads[2:]):
+        step(reference, Ur, g)
+    for g in grads[2:]:
+        step(b, Ub, g)
+    np.testing.assert_array_equal(Ub, Ur)  # b continued from the checkpoint, as if step 1 never happened
+
+
 def test_unitary_state_dict_restores_sketch_generator():
     n = 10
     G = np.random.default_rng(0).standard_normal((n, n))

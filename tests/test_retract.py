@@ -180,6 +180,21 @@ def test_tolerance_triggers_retraction_only_when_drifted():
     assert [checked.maybe_retract(M2, step=t) for t in (1, 2, 3, 4, 5)] == [False] * 4 + [True]
 
 
+def test_drift_along_one_coordinate_is_not_hidden_from_every_check():
+    """A probe kept for good could be nearly orthogonal to the drift; a new probe per check is not."""
+    n, policy = 128, uu.DriftControl(check_every=10)
+    first = np.abs(policy._probe(np, n, np.float32, 10)[:, 0])
+    j = int(np.argmin(first))  # the coordinate the first check's probe sees least
+    U = uu.random_unitary(n, dtype=np.float32, rng=13)
+    U[:, j] *= np.float32(1 + 1e-4)  # unitarity error 2e-4, 50x the tolerance
+    assert uu.unitarity_error(U) > 40 * policy.tolerance(n, np.float32)
+    assert any(policy.maybe_retract(U, step=t) for t in (10, 20, 30, 40, 50))
+    assert uu.unitarity_error(U) < floor_tol(np.float32, n)
+    # the probe of a check depends only on the seed and the step: a resumed policy checks alike
+    again = uu.DriftControl(check_every=10)
+    np.testing.assert_array_equal(again._probe(np, n, np.float32, 30), policy._probe(np, n, np.float32, 30))
+
+
 @pytest.mark.parametrize("update", ["project", "transport"])
 def test_step_with_default_drift_control_keeps_float32_unitary(update):
     rng = np.random.default_rng(13)

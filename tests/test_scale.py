@@ -286,6 +286,23 @@ def test_step_retract_metrics_and_drift_at_the_ends_of_the_range(dtype):
     assert uu.unitarity_error(W) <= unitary_tol(dtype, 8)
 
 
+def test_unitarity_error_of_a_huge_complex_matrix_is_inf_not_nan():
+    """conj(z) z of a huge complex z overflows to inf - inf = NaN in its imaginary part: still an overflow."""
+    huge = (1e155 + 1e155j) * np.eye(3)
+    assert uu.unitarity_error(huge) == np.inf
+    assert uu.unitarity_error(np.stack([np.eye(3, dtype=complex), huge])) == np.inf
+    with uu.options(check_finite=False):
+        assert np.isnan(uu.unitarity_error(np.full((3, 3), np.inf + 0j)))  # Inf in: NaN out, as NaN in
+
+
+def test_random_unitary_takes_an_int_batch_shape_and_names_a_bad_one():
+    Q = uu.random_unitary(3, dtype=np.float32, batch_shape=2, rng=0)
+    np.testing.assert_array_equal(Q, uu.random_unitary(3, dtype=np.float32, batch_shape=(2,), rng=0))
+    with pytest.raises(TypeError, match="batch_shape must be an int or a tuple of ints; got None"):
+        uu.random_unitary(3, batch_shape=None)
+    assert uu.random_unitary(3, dtype=None, rng=0).dtype == np.complex128  # None: the default
+
+
 def test_unitary_optimizer_with_a_float64_step_beyond_float32():
     from unitary_update.optim import SGD, UnitaryOptimizer
 

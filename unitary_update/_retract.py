@@ -247,7 +247,8 @@ class DriftControl:
 
     .. math:: \hat e(U) = \sqrt{N}\, \frac{\|U^H (U x) - x\|_2}{\|x\|_2}
 
-    for a fixed random probe ``x`` exceeds ``tol``.  For a direction ``x`` uniform on the sphere,
+    for a random probe ``x`` (a new one at every check, fixed by the seed and the step) exceeds
+    ``tol``.  For a direction ``x`` uniform on the sphere,
     :math:`\mathbb{E}\,\hat e^2 = \|U^H U - I\|_F^2`, so :math:`\hat e` estimates
     :func:`unitary_update.unitarity_error` from two matrix-vector products, O(N^2).
 
@@ -269,7 +270,10 @@ class DriftControl:
     check_every : int, default 10
         Compute the estimate only at steps that are multiples of this.
     rng : numpy.random.Generator, int or None, default 0
-        Seed for the probe vector (drawn once per matrix size and dtype, on U's device).
+        Seed of the probe vectors, drawn on U's device: the probe of step t depends only on the
+        seed and t, so a run resumed with a new policy of the same seed checks exactly as the
+        uninterrupted one.  A probe drawn once and kept would be blind for good to drift along
+        the coordinates where it happens to be small; a new one per check sees every direction.
 
     Attributes
     ----------
@@ -339,8 +343,7 @@ class DriftControl:
             raise ValueError("DriftControl needs every, tol or both; got every=None and tol=None")
         self.method = check_choice(method, RETRACT_METHODS, "retraction method")
         self.check_every = check_int(check_every, "check_every", low=1)
-        self._rng = normalize_rng(rng)
-        self._probes: dict[tuple[str, int, str], Any] = {}
+        self._probe_seed = int(normalize_rng(rng).integers(2**63))
         self._calls = 0
         self.retractions = 0
         self.last_estimate: float | None = None
@@ -372,12 +375,11 @@ class DriftControl:
             return n * float(np.finfo(dt).eps) * (0.25 if dt in (np.float32, np.complex64) else 2.0)
         return self.tol
 
-    def _probe(self, xp: ModuleType, n: int, dtype: Any) -> Any:
-        key = (xp.__name__, n, np.dtype(dtype).str)
-        if key not in self._probes:
-            x = standard_normal(xp, self._rng, (n, 1), dtype)
-            self._probes[key] = x / xp.linalg.norm(x)
-        return self._probes[key]
+    def _probe(self, xp: ModuleType, n: int, dtype: Any, index: int) -> Any:
+        """The unit probe vector (N x 1) of check ``index``: a function of the seed and the index only."""
+        gen = np.random.default_rng(np.random.SeedSequence(self._probe_seed, spawn_key=(index,)))
+        x = standard_normal(xp, gen, (n, 1), dtype)
+        return x / xp.linalg.norm(x)
 
     @quiet_when_unchecked
     def estimate(self, U: Any) -> float:
@@ -410,16 +412,16 @@ class DriftControl:
         """
         U, _ = to_compute(U, "U")
         n = check_square(U, "U")
-        value = self._estimate(U, n)
+        value = self._estimate(U, n, self._calls)
         self.last_estimate = value
         return value
 
-    def _estimate(self, U: Any, n: int) -> float:
-        """The estimate (no state changes except the cached probe, drawn once per N and dtype)."""
+    def _estimate(self, U: Any, n: int, index: int) -> float:
+        """The estimate with the probe of check ``index`` (no state changes)."""
         xp = array_namespace(U)
         if U.size == 0:
             return 0.0
-        x = self._probe(xp, n, U.dtype)
+        x = self._probe(xp, n, U.dtype, index)
         with np.errstate(over="ignore", invalid="ignore"):
             z = hconj(U) @ (U @ x) - x
             value = math.sqrt(n) * float(xp.max(xp.linalg.norm(z, axis=(-2, -1))))
@@ -436,7 +438,7 @@ class DriftControl:
         """Retract ``U`` in place if the policy says so at this step; return whether it did.
 
         All or nothing: when the call raises, U and the policy's state (its call counter,
-        ``retractions``, ``last_estimate``, the probe generator) are exactly as before.
+        ``retractions``, ``last_estimate``) are exactly as before.
 
         Parameters
         ----------
@@ -464,26 +466,21 @@ class DriftControl:
         step = self._calls + 1 if step is None else check_int(step, "step", low=0)
         target, _ = to_compute(U, "U")
         n = check_square(target, "U")
-        saved = (self._rng.bit_generator.state, dict(self._probes))
-        try:
-            due = self.every is not None and step > 0 and step % self.every == 0
-            estimate = None
-            if not due and self.tol is not None and step % self.check_every == 0:
-                limit = self.tolerance(n, target.dtype)
-                estimate = self._estimate(target, n)
-                due = limit is not None and estimate > limit
-            if due:
-                # U is written in place: refuse a read-only or self-overlapping U under its own name
-                flags = getattr(target, "flags", None)
-                if flags is not None and not getattr(flags, "writeable", True):
-                    raise ValueError(
-                        "U is read-only; maybe_retract retracts U in place (retract(U, out=U): out is read-only)"
-                    )
-                check_no_internal_overlap(target, "U")
-                retract(U, method=self.method, out=U)
-        except BaseException:
-            self._rng.bit_generator.state, self._probes = saved
-            raise
+        due = self.every is not None and step > 0 and step % self.every == 0
+        estimate = None
+        if not due and self.tol is not None and step % self.check_every == 0:
+            limit = self.tolerance(n, target.dtype)
+            estimate = self._estimate(target, n, step)
+            due = limit is not None and estimate > limit
+        if due:
+            # U is written in place: refuse a read-only or self-overlapping U under its own name
+            flags = getattr(target, "flags", None)
+            if flags is not None and not getattr(flags, "writeable", True):
+                raise ValueError(
+                    "U is read-only; maybe_retract retracts U in place (retract(U, out=U): out is read-only)"
+                )
+            check_no_internal_overlap(target, "U")
+            retract(U, method=self.method, out=U)
         # commit: nothing below can fail
         self._calls += 1
         if estimate is not None:

@@ -109,8 +109,10 @@ def project(U: Any, A: Any, B: Any, *, out: Any = None) -> Any:
     so 1e160 factors in float64 or 1e38 in float32 give a unitary result, not NaN.  When ``U + A B^H`` is singular
     its polar factor is not unique; a valid nearest unitary matrix is returned (the one given by
     the SVD of T).  If A or B is zero, U is returned unchanged.  The derivation assumes U is
-    unitary; for a U that has drifted from the manifold the result is exact to first order in
-    the drift.
+    unitary: the result is ``U + (U W)(polar(T) - I) W^H``, which for a U that has drifted by
+    ``d = ||U^H U - I||`` differs from the polar factor of ``U + A B^H`` by O(d) and keeps U's
+    own drift (it does not retract U; :func:`retract` or :class:`DriftControl` do).  A U far
+    from unitary gives a result far from unitary, without an error.
 
     Examples
     --------

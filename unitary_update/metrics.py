@@ -62,7 +62,8 @@ def unitarity_error(U: Any) -> float:
         scale = xp.max(xp.abs(E), axis=(-2, -1), keepdims=True)
         safe = xp.where((scale > 0) & xp.isfinite(scale), scale, 1.0)
         norms = safe[..., 0, 0] * xp.sqrt(xp.sum(xp.abs(E / safe) ** 2, axis=(-2, -1)))
-        norms = xp.where(xp.isfinite(scale[..., 0, 0]), norms, xp.inf)  # V^H V itself overflowed
-        # NaN in, NaN out (reached only with check_finite off): not the inf of an overflow
-        norms = xp.where(xp.isnan(scale[..., 0, 0]), xp.nan, norms)
+        # V^H V itself overflowed: inf (a complex product's inf - inf also gives NaN here)
+        norms = xp.where(xp.isfinite(scale[..., 0, 0]), norms, xp.inf)
+        # NaN or Inf in, NaN out (reached only with check_finite off): not the inf of an overflow
+        norms = xp.where(xp.isfinite(V).all(axis=(-2, -1)), norms, xp.nan)
     return float(xp.max(norms))

@@ -152,7 +152,7 @@ class Optimizer:
         state = self.state.setdefault(name, {})
         for key, value in new.items():
             if key in state and state[key].shape == value.shape and state[key].dtype == value.dtype:
-                state[key][...] = value  # in place: buffers handed out by state_dict stay live
+                state[key][...] = value  # in place: no new allocation of the buffer
             else:
                 state[key] = value
         self.t[name] = t
@@ -264,10 +264,11 @@ class Optimizer:
         Returns
         -------
         dict of str to array or str
-            Arrays (the buffers themselves, not copies) under ``"<param>/<buffer>"`` keys plus
-            ``"meta"``: a JSON string of the scalars (step counts, learning rate, type).
+            Copies of the buffers under ``"<param>/<buffer>"`` keys plus ``"meta"``: a JSON
+            string of the scalars (step counts, learning rate, type).  A snapshot: later steps
+            do not change it, so it restores the buffers and step counts of one moment.
         """
-        out: dict[str, Any] = {f"{p}/{k}": v for p, st in self.state.items() for k, v in st.items()}
+        out: dict[str, Any] = {f"{p}/{k}": v.copy() for p, st in self.state.items() for k, v in st.items()}
         out["meta"] = json.dumps({"t": self.t, "lr": self.lr, "type": type(self).__name__})
         return out
 
@@ -503,7 +504,7 @@ def make_optimizer(name: str, lr: float, **options: Any) -> Optimizer:
     name : {"sgd", "rmsprop", "adam"}
         The optimizer.
     lr : float
-        Learning rate (> 0).
+        Learning rate, finite and >= 0.
     **options
         Keyword arguments of that class (``momentum`` for SGD; ``alpha``, ``eps`` for RMSprop;
         ``betas``, ``eps`` for Adam).

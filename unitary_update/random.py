@@ -9,6 +9,7 @@ between host and device.
 
 from __future__ import annotations
 
+import numbers
 from types import ModuleType
 from typing import Any
 
@@ -36,9 +37,10 @@ def random_unitary(
     n : int
         Matrix size N >= 1.
     dtype : dtype, default complex128
-        float32 or float64 give real orthogonal matrices, complex64 or complex128 unitary ones.
-    batch_shape : tuple of int, default ()
-        Leading dimensions of a stack of independent matrices.
+        float32 or float64 give real orthogonal matrices, complex64 or complex128 unitary ones
+        (None: the default, complex128).
+    batch_shape : int or tuple of int, default ()
+        Leading dimensions of a stack of independent matrices (an int m means ``(m,)``).
     rng : numpy.random.Generator, int or None
         Seed or generator.
 
@@ -50,8 +52,8 @@ def random_unitary(
     Raises
     ------
     TypeError
-        If ``n`` or an entry of ``batch_shape`` is not an integer, or ``dtype`` is not one of the
-        four floating dtypes.
+        If ``n`` or an entry of ``batch_shape`` is not an integer, ``batch_shape`` is neither an
+        int nor a sequence, or ``dtype`` is not one of the four floating dtypes.
     ValueError
         If ``n < 1`` or ``batch_shape`` has negative entries.
 
@@ -65,7 +67,11 @@ def random_unitary(
     True
     """
     n = check_int(n, "n", low=1)
-    dt = check_dtype(dtype)
+    dt = check_dtype(np.complex128 if dtype is None else dtype)
+    if isinstance(batch_shape, numbers.Integral) and not isinstance(batch_shape, bool):
+        batch_shape = (batch_shape,)
+    if not isinstance(batch_shape, (tuple, list)):
+        raise TypeError(f"batch_shape must be an int or a tuple of ints; got {batch_shape!r}")
     batch_shape = tuple(check_int(b, "batch_shape entry", low=0) for b in batch_shape)
     gen = normalize_rng(rng)
     shape = (*batch_shape, n, n)
