@@ -233,3 +233,9 @@ def test_init_refuses_a_leaf_that_is_not_unitary(x32):
     loose = uj.projunn(1e-2, unitary_labels={"W": True, "b": False}, check_unitary=False)
     assert int(loose.init(params)[2].count) == 0
     jax.jit(tx.init)(_unitary_params())  # traced leaves are not checked (and unitary ones pass)
+
+
+def test_a_unitary_leaf_of_another_dtype_is_named(x32):
+    params = {"W": jnp.eye(4, dtype=jnp.bfloat16)}
+    with pytest.raises(TypeError, match=r"unitary leaf params\['W'\] has dtype bfloat16"):
+        uj.projunn(1e-2, unitary_labels=True).init(params)

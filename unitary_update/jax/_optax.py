@@ -107,8 +107,16 @@ def _unitary_leaves(unitary_labels: Any, params: Any, updates: Any, who: str) ->
     for flag, p, path in zip(flags, p_leaves, _paths(params), strict=True):
         if flag and (jnp.ndim(p) < 2 or p.shape[-1] != p.shape[-2]):
             raise ValueError(f"unitary leaf params{path} must have shape (..., N, N); got {tuple(jnp.shape(p))}")
+        if flag and jnp.result_type(p) not in _UNITARY_DTYPES:
+            raise TypeError(
+                f"unitary leaf params{path} has dtype {jnp.result_type(p)}; unitary leaves take float32, "
+                "float64, complex64 or complex128"
+            )
     chosen = [i for i, flag in enumerate(flags) if flag]
     return chosen, [(p_leaves[i], u_leaves[i]) for i in chosen], (treedef, u_leaves)
+
+
+_UNITARY_DTYPES = tuple(np.dtype(t) for t in (np.float32, np.float64, np.complex64, np.complex128))
 
 
 def _paths(params: Any) -> list[str]:
@@ -210,7 +218,8 @@ def scale_by_projunn(
     ------
     TypeError
         For a non-integer ``rank``, ``seed`` or sketch option, or a sketch option the sketch
-        does not take.
+        does not take; at ``init`` or ``update`` time, for a chosen leaf whose dtype is not
+        float32, float64, complex64 or complex128.
     ValueError
         For ``rank < 1`` or an unknown ``update`` or ``sketch``; at ``init`` time for a leaf
         that is not unitary (``check_unitary``); at ``update`` time, when ``params`` is missing
