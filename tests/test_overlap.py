@@ -211,7 +211,8 @@ def test_parameters_sharing_memory_with_each_other_or_the_state_are_rejected():
     opt = SGD(0.1, momentum=0.5)
     w = np.ones(4)
     opt.step({"w": w}, {"w": np.ones(4)})
-    m = opt.state_dict()["w/m"]
+    m = opt.state["w"]["m"]  # the live buffer (state_dict hands out copies)
+    assert not np.shares_memory(opt.state_dict()["w/m"], m)
     state_before = m.copy()
     with pytest.raises(ValueError, match=r"params\['v'\] shares memory with the optimizer's state w/m"):
         opt.step({"w": w, "v": m}, {"w": np.ones(4), "v": np.ones(4)})
