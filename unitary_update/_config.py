@@ -144,9 +144,14 @@ def set_options(*, backend: str | None = None, check_finite: bool | None = None)
 def options(*, backend: str | None = None, check_finite: bool | None = None) -> Iterator[Options]:
     """Context manager that sets options for the duration of a ``with`` block.
 
-    The previous options are restored on exit, also when the block raises.  The block's options
+    The previous options are restored on exit, also when the block raises, so a
+    :func:`set_options` call inside the block lasts until the block exits.  The block's options
     are local to the thread (or asyncio task) that runs it: two threads with overlapping blocks
-    each see only their own (see :func:`set_options`).
+    each see only their own (see :func:`set_options`).  Blocks are exited in the reverse order of
+    entry, as ``with`` statements and :class:`contextlib.ExitStack` do; exiting an outer block
+    by hand before an inner one restores, at the inner one's exit, what was in force when the
+    inner one was entered.  A generator suspended inside a block leaves its options in force for
+    its caller until it resumes (true of every context-variable setting in Python).
 
     Parameters
     ----------
