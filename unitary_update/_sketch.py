@@ -17,12 +17,14 @@ randomized
 lsi
     The paper's random-projection ("LSI") approximation: the row space of ``R^H G`` for a
     Gaussian ``R`` with k columns; ``G ~= (G V) V^H`` with V an orthonormal basis of it.  (The
-    paper orthonormalises through ``eig`` of ``R^H G G^H R`` plus an epsilon; a QR gives the same
-    subspace without squaring the condition number.)
+    paper's code orthonormalises through the SVD of ``R^H G G^H R`` and divides by the square
+    roots of its singular values plus an absolute 1e-6, which also shrinks small steps; a QR
+    gives the same subspace without squaring the condition number and without that damping.)
 column
-    The paper's norm-weighted column sampling: k distinct columns drawn with probability
-    proportional to their squared norms (Gumbel top-k), ``G ~= Q Q^H G`` with Q an orthonormal
-    basis of the sampled columns.
+    Norm-weighted column sampling: k distinct columns drawn with probability proportional to
+    their squared norms (Gumbel top-k, as the reference the paper cites), ``G ~= Q Q^H G`` with
+    Q an orthonormal basis of the sampled columns.  (The paper's code samples in proportion to
+    the norms; see docs/theory.rst.)
 exact
     Truncated SVD, the optimal rank-k approximation (dense: O(N M min(N, M)); factored: QR of
     X and Y and the SVD of the m x m core -- the one method whose extra memory on a factored G
