@@ -298,3 +298,84 @@ def test_relu_activation_reaches_the_model_and_trains(tmp_path):
         m.params["O"][...] = 1.0  # the initial readout is zero: read the states
     x, _ = AddingTask(6).batch(4, rng=0)
     assert not np.allclose(model.forward(x), modrelu_model.forward(x))
+
+
+# ---- run folders that a killed or edited run leaves behind ------------------------------------
+def test_a_log_window_that_spans_the_checkpoint_is_logged_as_without_it(tmp_path):
+    """The losses since the last log live in the checkpoint: a resumed run logs the same means."""
+    config = TrainConfig(task="copy", length=4, steps=10, checkpoint_every=100, **{**SMALL, "log_every": 3})
+    train(config, tmp_path / "full", progress=False)
+
+    def interrupt(step, loss):
+        if step == 5:  # two steps after the log at 3: the window holds steps 4 and 5
+            signal.raise_signal(signal.SIGINT)
+
+    train(config, tmp_path / "cut", progress=False, on_step=interrupt)
+    meta = json.loads(str(np.load(tmp_path / "cut" / "checkpoint.npz")["meta"]))
+    assert len(meta["window"]) == 2
+    train(None, tmp_path / "cut", resume=True, progress=False)
+    assert train_losses(tmp_path / "cut") == train_losses(tmp_path / "full")
+    assert [r["step"] for r in read_metrics(tmp_path / "cut") if r["split"] == "train"] == [3, 6, 9, 10]
+
+
+def test_a_new_run_removes_the_old_checkpoint_before_writing_its_config(tmp_path):
+    run = tmp_path / "run"
+    train(TrainConfig(task="copy", length=4, steps=4, **SMALL), run, progress=False)
+    assert (run / "checkpoint.npz").is_file()
+
+    def die(step, loss):
+        raise RuntimeError("killed before the first checkpoint")
+
+    other = TrainConfig(task="copy", length=4, steps=50, lr=0.01, checkpoint_every=100, **SMALL)
+    with pytest.raises(RuntimeError, match="killed"):
+        train(other, run, progress=False, on_step=die)
+    assert not (run / "checkpoint.npz").exists()  # no mix of the old weights with the new config
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        train(None, run, resume=True, progress=False)
+
+
+def test_a_checkpoint_of_other_settings_than_config_json_is_refused(tmp_path):
+    from unitary_update.experiments import CheckpointError
+
+    run = tmp_path / "run"
+    train(TrainConfig(task="copy", length=4, steps=4, **SMALL), run, progress=False)
+    stored = json.loads((run / "config.json").read_text())
+    before = (run / "metrics.jsonl").read_text()
+    (run / "config.json").write_text(json.dumps({**stored, "lr": 1.0, "rank": 2}))
+    with pytest.raises(CheckpointError, match=r"other settings than this one: lr 0.001 -> 1.0, rank 1 -> 2"):
+        train(None, run, resume=True, steps=6, progress=False)
+    assert (run / "metrics.jsonl").read_text() == before
+
+
+def test_milestones_before_the_checkpoint_cannot_change_on_resume(tmp_path):
+    run = tmp_path / "run"
+    train(TrainConfig(task="copy", length=4, steps=4, **SMALL), run, progress=False)
+    with pytest.raises(ValueError, match=r"lr_milestones before the checkpoint's step 4 cannot change"):
+        train(None, run, resume=True, steps=6, lr_milestones=(2,), progress=False)
+    assert json.loads((run / "config.json").read_text())["lr_milestones"] == []
+    train(None, run, resume=True, steps=6, lr_milestones=(4,), progress=False)  # from the next step on
+
+
+def test_a_torn_last_metrics_line_is_dropped_on_resume(tmp_path):
+    run = tmp_path / "run"
+    config = TrainConfig(task="copy", length=4, steps=6, checkpoint_every=100, **SMALL)
+    train(config, tmp_path / "full", progress=False)
+    train(TrainConfig(**{**config.__dict__, "steps": 4}), run, progress=False)
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"split": "train", "step": 5, "lo')  # a process killed while appending
+    with pytest.raises(ValueError, match=r"line .*: not a JSON record"):
+        read_metrics(run)
+    with pytest.warns(UserWarning, match="a torn last record, dropped"):
+        train(None, run, resume=True, steps=6, progress=False)
+    assert train_losses(run) == train_losses(tmp_path / "full")
+
+
+def test_command_line_says_when_the_last_evaluation_was(tmp_path, capsys):
+    run = str(tmp_path / "run")
+    common = ["--length", "4", "--hidden", "8", "--batch-size", "4", "--eval-size", "8", "--run-dir", run]
+    assert main(["train", "copy", "--steps", "3", "--eval-every", "0", *common]) == 0
+    assert capsys.readouterr().out.strip() == "completed at step 3 (no held-out evaluation in this run)"
+    assert main(["train", "copy", "--steps", "3", "--eval-every", "2", "--time-limit", "0", *common]) == 0
+    out = capsys.readouterr().out.strip()
+    assert out.startswith("time_limit at step 1: held-out loss ")
+    assert out.endswith("(last evaluated at step 0)")

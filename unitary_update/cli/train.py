@@ -181,9 +181,13 @@ def run(args: argparse.Namespace) -> int:  # numpydoc ignore=PR01,RT01
                 f"out of memory ({str(err) or 'MemoryError'}): "
                 "try a smaller --hidden, --batch-size, --eval-size or --length"
             ) from None
-    ev = result["eval"]
-    extra = f", held-out accuracy {ev['accuracy']:.4f}" if "accuracy" in ev else ""
-    print(f"{result['status']} at step {result['step']}: held-out loss {ev.get('loss', float('nan')):.4f}{extra}")
+    ev, at = result["eval"], result["eval_step"]
+    if at is None:
+        print(f"{result['status']} at step {result['step']} (no held-out evaluation in this run)")
+    else:
+        extra = f", held-out accuracy {ev['accuracy']:.4f}" if "accuracy" in ev else ""
+        when = "" if at == result["step"] else f" (last evaluated at step {at})"
+        print(f"{result['status']} at step {result['step']}: held-out loss {ev['loss']:.4f}{extra}{when}")
     return 130 if result["status"] == "interrupted" else 0
 
 

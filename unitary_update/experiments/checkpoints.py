@@ -43,6 +43,7 @@ import json
 import math
 import os
 import tempfile
+import warnings
 import zipfile
 import zlib
 from pathlib import Path
@@ -593,13 +594,16 @@ def to_device(model: URNN, opt: Optimizer, w_opt: UnitaryOptimizer, xp: Any) -> 
     _move_moments(opt, w_opt, xp)
 
 
-def read_metrics(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
+def read_metrics(run_dir: str | os.PathLike[str], *, drop_torn_tail: bool = False) -> list[dict[str, Any]]:
     """The records of ``run_dir/metrics.jsonl`` as a list of dicts.
 
     Parameters
     ----------
     run_dir : str or path-like
         A run directory (see :func:`train`).
+    drop_torn_tail : bool, default False
+        Drop, with a warning, a last line that has no newline and is not a JSON record: what a
+        process killed while appending a record leaves (a resumed run drops it).
 
     Returns
     -------
@@ -630,15 +634,19 @@ def read_metrics(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
     path = Path(run_dir) / "metrics.jsonl"
     records = []
     with open(path) as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}, line {number}: not a JSON record ({err})") from None
-            step = record.get("step") if isinstance(record, dict) else None
-            if isinstance(step, bool) or not isinstance(step, int):
-                raise ValueError(f"{path}, line {number}: expected a JSON object with an integer 'step'")
-            records.append(record)
+        lines = f.readlines()
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            if drop_torn_tail and number == len(lines) and not line.endswith("\n"):
+                warnings.warn(f"{path}, line {number}: a torn last record, dropped ({err})", stacklevel=2)
+                break
+            raise ValueError(f"{path}, line {number}: not a JSON record ({err})") from None
+        step = record.get("step") if isinstance(record, dict) else None
+        if isinstance(step, bool) or not isinstance(step, int):
+            raise ValueError(f"{path}, line {number}: expected a JSON object with an integer 'step'")
+        records.append(record)
     return records

@@ -24,7 +24,7 @@ from ..models.urnn import ACTIVATIONS, INITS
 from ..optim import OPTIMIZERS
 from .tasks import PIXELS, TASK_CLASSES, TASKS, Task
 
-__all__ = ["REAL_DTYPES", "RESUMABLE", "TrainConfig", "load_config", "resume_conflicts"]
+__all__ = ["REAL_DTYPES", "RESUMABLE", "TrainConfig", "config_from_dict", "load_config", "resume_conflicts"]
 
 REAL_DTYPES = ("float32", "float64")
 """The values of :attr:`TrainConfig.dtype`."""
@@ -397,13 +397,36 @@ def load_config(path: str | os.PathLike[str]) -> TrainConfig:
         raise
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
         raise ValueError(f"{path}: not a readable JSON file of settings ({err})") from None
+    return config_from_dict(stored, str(path))
+
+
+def config_from_dict(stored: Any, where: str) -> TrainConfig:
+    """A :class:`TrainConfig` from the dict of its settings (``dataclasses.asdict``, read from JSON).
+
+    Parameters
+    ----------
+    stored : dict
+        The settings (missing ones take their defaults).
+    where : str
+        Where they come from, for the messages (a file, a checkpoint entry).
+
+    Returns
+    -------
+    TrainConfig
+
+    Raises
+    ------
+    ValueError
+        If ``stored`` is not a dict of settings, holds an unknown setting, or a setting is
+        invalid; the message starts with ``where`` and names the setting.
+    """
     if not isinstance(stored, dict):
-        raise ValueError(f"{path}: expected a JSON object of settings; got {type(stored).__name__}")
+        raise ValueError(f"{where}: expected a JSON object of settings; got {type(stored).__name__}")
     known = {field.name for field in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(stored) - known)
     if unknown:
-        raise ValueError(f"{path}: unknown setting {', '.join(map(repr, unknown))}")
+        raise ValueError(f"{where}: unknown setting {', '.join(map(repr, unknown))}")
     try:
         return TrainConfig(**stored)
     except (TypeError, ValueError) as err:
-        raise ValueError(f"{path}: {err}") from None
+        raise ValueError(f"{where}: {err}") from None

@@ -54,7 +54,7 @@ from ..models.urnn import URNN
 from ..optim import Optimizer, UnitaryOptimizer, make_optimizer
 from ._errors import CheckpointError
 from .checkpoints import load_checkpoint, read_metrics, save_checkpoint, to_device
-from .config import RESUMABLE, TrainConfig, load_config, resume_conflicts
+from .config import RESUMABLE, TrainConfig, config_from_dict, load_config, resume_conflicts
 from .plots import plot_run
 from .tasks import Task, make_task
 
@@ -285,13 +285,15 @@ def train(
         Override ``config.device`` (e.g. to resume a CPU run on a GPU).
     lr_milestones : tuple of int, optional
         Override ``config.lr_milestones`` (e.g. to add a learning-rate drop when extending a
-        resumed run; milestones at or before the checkpoint's step apply from the first step).
+        resumed run).  On resume, milestones before the checkpoint's step cannot be added or
+        removed (those steps are taken): ValueError.
 
     Returns
     -------
     dict
         ``{"step", "status" ("completed" | "interrupted" | "time_limit"), "train_loss",
-        "eval"}`` (the last evaluation's metrics).
+        "eval", "eval_step"}``: the metrics of this process's last evaluation and its step
+        (``{}`` and None when it evaluated nothing).
 
     Raises
     ------
@@ -374,7 +376,13 @@ def train(
         if status == "completed" and config.eval_every and not _due(state.step, config.eval_every):
             state.evaluate()
         state.checkpoint()
-    return {"step": state.step, "status": status, "train_loss": float(state.loss), "eval": state.last_eval}
+    return {
+        "step": state.step,
+        "status": status,
+        "train_loss": float(state.loss),
+        "eval": state.last_eval,
+        "eval_step": state.last_eval_step,
+    }
 
 
 def _due(step: int, every: int) -> bool:
@@ -543,6 +551,7 @@ class _Run:
         self.config, self.task, self.model, self.opt, self.w_opt, self.xp = config, task, model, opt, w_opt, xp
         self.checkpoint_path, self.metrics_path = run / "checkpoint.npz", run / "metrics.jsonl"
         self.start, self.elapsed_before = 0, 0.0
+        window: list[Any] = []
         if resume:
             meta = load_checkpoint(self.checkpoint_path, model, opt, w_opt)
             self.start, self.elapsed_before = int(meta["step"]), float(meta.get("elapsed_s", 0.0))
@@ -554,9 +563,16 @@ class _Run:
                 raise ValueError(
                     f"steps must be >= the checkpoint's step {self.start} to resume {run}; got {config.steps}"
                 )
-            kept = [r for r in read_metrics(run) if r["step"] <= self.start] if self.metrics_path.is_file() else []
+            written = self._written_config(meta, run)
+            _check_past_milestones(written, config, self.start)
+            window = _checked_window(self.checkpoint_path, meta.get("window", []), self.start)
+            exists = self.metrics_path.is_file()
+            kept = [r for r in read_metrics(run, drop_torn_tail=True) if r["step"] <= self.start] if exists else []
             self.metrics_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
         else:
+            # another run's checkpoint must not outlive this run's config and metrics (a run that
+            # dies before its first checkpoint would leave the two mixed for --resume)
+            self.checkpoint_path.unlink(missing_ok=True)
             self.metrics_path.write_text("")
         (run / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=1) + "\n")
         to_device(model, opt, w_opt, xp)
@@ -565,8 +581,10 @@ class _Run:
         self.factored = config.optimizer == "sgd" and config.momentum == 0
         self.x_eval, self.y_eval = task.eval_set(config.eval_size, config.seed)
         self.step, self.loss = self.start, math.nan
-        self.window: list[Any] = []
+        # the losses since the last log (kept in checkpoints, so a resumed run logs the same means)
+        self.window: list[Any] = window
         self.last_eval: dict[str, float] = {}
+        self.last_eval_step: int | None = None
         self.t0 = time.perf_counter()
 
     def seconds(self) -> float:
@@ -599,7 +617,10 @@ class _Run:
     def log_train(self) -> float:
         """Log the mean training loss since the last log (a device read on a GPU); return it."""
         xp = self.xp
-        mean_loss = float(xp.mean(xp.stack(self.window))) if self.on_device else float(np.mean(self.window))
+        if self.on_device:  # restored entries of the window are floats, the others device scalars
+            mean_loss = float(xp.mean(xp.stack([xp.asarray(v) for v in self.window])))
+        else:
+            mean_loss = float(np.mean(self.window))
         if not math.isfinite(mean_loss):
             raise FloatingPointError(f"loss became {mean_loss} by step {self.step}; last checkpoint kept")
         self._log(
@@ -618,6 +639,7 @@ class _Run:
     def evaluate(self) -> None:
         """Evaluate on the held-out set and log it with W's unitarity error."""
         self.last_eval = evaluate(self.model, self.x_eval, self.y_eval)
+        self.last_eval_step = self.step
         drift = float(unitarity_error(self.model.params["W"]))
         self._log(
             {
@@ -630,13 +652,73 @@ class _Run:
         )
 
     def checkpoint(self) -> None:
-        """Write ``checkpoint.npz`` (step, seed and elapsed time in its ``meta``)."""
-        meta = {"step": self.step, "seed": self.config.seed, "elapsed_s": self.elapsed_before + self.seconds()}
+        """Write ``checkpoint.npz``; its ``meta`` holds the step, seed, elapsed time, the run's
+        settings and the training losses not yet logged."""
+        meta = {
+            "step": self.step,
+            "seed": self.config.seed,
+            "elapsed_s": self.elapsed_before + self.seconds(),
+            "config": dataclasses.asdict(self.config),
+            "window": [float(v) for v in self.window],
+        }
         save_checkpoint(self.checkpoint_path, self.model, self.opt, self.w_opt, meta)
+
+    def _written_config(self, meta: dict[str, Any], run: Path) -> TrainConfig | None:
+        """The settings of the run that wrote the checkpoint, checked against this run's.
+
+        Checkpoints written before the settings were stored in them fall back to ``config.json``
+        as it was before this resume; None when neither is there.
+        """
+        if "config" not in meta:
+            stored = run / "config.json"
+            return load_config(stored) if stored.is_file() else None
+        try:
+            written = config_from_dict(meta["config"], "its 'config'")
+        except ValueError as err:
+            raise CheckpointError(self.checkpoint_path, "meta", str(err)) from None
+        conflicts = resume_conflicts(written, self.config)
+        if conflicts:
+            changes = ", ".join(f"{name} {old!r} -> {new!r}" for name, (old, new) in conflicts.items())
+            raise CheckpointError(
+                self.checkpoint_path,
+                "meta",
+                f"written by a run with other settings than this one: {changes} (config.json edited, or "
+                "another run's config in this folder); a resumed run may change only " + ", ".join(RESUMABLE),
+            )
+        return written
 
     def _log(self, record: dict[str, Any]) -> None:
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps(record) + "\n")
+
+
+def _check_past_milestones(written: TrainConfig | None, config: TrainConfig, start: int) -> None:
+    """ValueError if a resumed run adds or removes a milestone before ``start``, the checkpoint's step.
+
+    Those steps are taken: their learning rates cannot change, so the run would no longer be
+    the run of its (new) schedule from the start.  A milestone at ``start`` or later may be added.
+    """
+    if written is None:
+        return
+    before = sorted(m for m in written.lr_milestones if m < start)
+    after = sorted(m for m in config.lr_milestones if m < start)
+    if before != after:
+        raise ValueError(
+            f"lr_milestones before the checkpoint's step {start} cannot change on resume (those steps ran with "
+            f"{before or 'none'}); got {after or 'none'}: add milestones at step {start} or later"
+        )
+
+
+def _checked_window(path: Path, window: Any, step: int) -> list[float]:
+    """The checkpoint's training losses not yet logged: a list of at most ``step`` finite floats."""
+    if not (
+        isinstance(window, list)
+        and len(window) <= step
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in window)
+    ):
+        got = str(window)[:80]
+        raise CheckpointError(path, "meta", f"'window' must be a list of at most {step} finite losses; got {got}")
+    return [float(v) for v in window]
 
 
 @contextlib.contextmanager
