@@ -36,6 +36,10 @@ def test_bad_and_truncated_files(tmp_path):
     short.write_bytes(bytes([0, 0, 8, 1]) + (10).to_bytes(4, "big") + b"\x00" * 3)
     with pytest.raises(ValueError, match="truncated"):
         read_idx(short)
+    long = tmp_path / "long"  # 12 labels where the header counts 10: header and data disagree
+    long.write_bytes(bytes([0, 0, 8, 1]) + (10).to_bytes(4, "big") + b"\x00" * 12)
+    with pytest.raises(ValueError, match=r"holds 2 bytes after the data of the shape \(10,\)"):
+        read_idx(long)
 
 
 @pytest.mark.skipif(not MNIST_DIR.is_dir(), reason="../shared/data/mnist not present")

@@ -379,3 +379,21 @@ def test_command_line_says_when_the_last_evaluation_was(tmp_path, capsys):
     out = capsys.readouterr().out.strip()
     assert out.startswith("time_limit at step 1: held-out loss ")
     assert out.endswith("(last evaluated at step 0)")
+
+
+def test_evaluate_in_chunks_weighs_labelled_positions_not_sequences():
+    from unitary_update.experiments.train import evaluate
+
+    task, model, _, _ = build(TrainConfig(task="copy", length=3, hidden_size=8))
+    x, y = task.batch(6, rng=0)
+    y = y.copy()
+    y[:4] = -1  # the first four sequences carry no label at all
+    y[4, : y.shape[1] // 2] = -1
+    whole = model.evaluate(x, y)
+    for chunk in (1, 2, 4, 6):
+        parts = evaluate(model, x, y, chunk=chunk)
+        assert parts["loss"] == pytest.approx(whole["loss"], rel=1e-12)
+        assert parts["accuracy"] == pytest.approx(whole["accuracy"], rel=1e-12)
+    y[:] = -1
+    with pytest.raises(ValueError, match="y has no labelled position"):
+        evaluate(model, x, y)

@@ -276,6 +276,21 @@ def test_conv_inputs_that_overflow_the_layer_dtype_are_refused_by_name():
             layer(x)  # was: a silent array of inf and NaN
 
 
+def test_conv_float64_input_beyond_a_complex64_layer_and_near_max_inputs_are_refused():
+    """float64 has complex64's itemsize but not its range; and the FFT sums of near-max entries overflow."""
+    layer = OrthogonalConv2d(1, 2, (3, 3), dtype=np.complex64, rng=0)
+    with pytest.raises(ValueError, match="x overflows the layer's dtype complex64: "):
+        layer(np.full((1, 1, 3, 3), 1e300))  # was: NaN with RuntimeWarnings only
+    for dtype in (np.float32, np.complex64):
+        eye = OrthogonalConv2d(2, 2, (3, 3), dtype=dtype, init="identity", rng=0)
+        near_max = np.full((1, 2, 3, 3), 2e38, dtype=dtype)
+        with pytest.raises(ValueError, match="x overflows inside the layer's FFTs"):
+            eye(near_max)  # was: NaN, though y = x
+        with pytest.raises(ValueError, match="y overflows inside the layer's FFTs"):
+            eye.adjoint(near_max)
+        np.testing.assert_allclose(eye(near_max / 1e30), near_max / 1e30, rtol=1e-5)  # moderate: fine
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.complex64])
 @pytest.mark.parametrize("update", ["transport", "project"])
 def test_conv_step_whose_lr_times_grad_overflows_the_dtype_stays_finite_and_unitary(dtype, update):

@@ -81,8 +81,12 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     dtype = np.dtype(_IDX_TYPES[raw[2]])
     count = math.prod(shape)  # a Python int: a tampered header cannot overflow it
-    if len(raw) < header_len + count * dtype.itemsize:
+    size = header_len + count * dtype.itemsize
+    if len(raw) < size:
         raise ValueError(f"{path} is truncated: header declares shape {shape}")
+    if len(raw) > size:  # e.g. more labels than the header counts: the header and the data disagree
+        extra = len(raw) - size
+        raise ValueError(f"{path} holds {extra} bytes after the data of the shape {shape} its header declares")
     data = np.frombuffer(raw, dtype=dtype, count=count, offset=header_len)
     return data.reshape(shape).astype(dtype.newbyteorder("="))
 

@@ -211,14 +211,16 @@ def evaluate(model: URNN, x: Any, y: Any, chunk: int = 512) -> dict[str, float]:
     -------
     dict
         The model's metrics (``loss``, and ``accuracy`` for a classification loss), each the
-        mean over all of ``x``.
+        mean over all of ``x``: over its labelled positions for integer targets (-1: no label),
+        over its sequences for real ones, whatever ``chunk``.
 
     Raises
     ------
     TypeError, ValueError
         For a non-real ``x`` or a shape that does not fit the model (from
         :meth:`~unitary_update.models.urnn.URNN.evaluate`), an empty ``x``, ``x`` and ``y`` of
-        different lengths, ``x`` or ``y`` not an array, or ``chunk`` not an integer >= 1.
+        different lengths, ``x`` or ``y`` not an array, ``chunk`` not an integer >= 1, or integer
+        targets without a labelled position.
 
     Examples
     --------
@@ -236,13 +238,23 @@ def evaluate(model: URNN, x: Any, y: Any, chunk: int = 512) -> dict[str, float]:
         raise ValueError(f"x must hold at least one sequence; got shape {tuple(getattr(x, 'shape', (len(x),)))}")
     if len(y) != len(x):
         raise ValueError(f"x and y must hold the same number of sequences; got {len(x)} and {len(y)}")
-    totals: dict[str, float] = {}
+    # each chunk's means weigh by what they average: its labelled positions (integer targets,
+    # -1 = no label) or its sequences (real targets)
+    labelled = getattr(getattr(y, "dtype", None), "kind", "f") in "iu"
+    sums: dict[str, float] = {}
+    total = 0
     for start in range(0, len(x), chunk):
-        part = model.evaluate(x[start : start + chunk], y[start : start + chunk])
-        weight = len(x[start : start + chunk]) / len(x)
+        y_part = y[start : start + chunk]
+        weight = int((y_part >= 0).sum()) if labelled else len(y_part)
+        if weight == 0:
+            continue
+        part = model.evaluate(x[start : start + chunk], y_part)
+        total += weight
         for key, value in part.items():
-            totals[key] = totals.get(key, 0.0) + weight * value
-    return totals
+            sums[key] = sums.get(key, 0.0) + weight * value
+    if total == 0:
+        raise ValueError("y has no labelled position (every target is -1): there is nothing to evaluate")
+    return {key: value / total for key, value in sums.items()}
 
 
 def train(

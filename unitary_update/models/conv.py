@@ -484,7 +484,8 @@ class OrthogonalConv2d:
         if array_namespace(x) is not self._xp:
             raise TypeError(f"{name} lives in {array_namespace(x).__name__} but the layer in {self._xp.__name__}")
         check_finite(x, name)
-        if x.dtype.itemsize > self.dtype.itemsize and x.size and get_options().check_finite:
+        # real precisions compared: a float64 x has the itemsize of a complex64 layer, not its range
+        if np.finfo(x.dtype).max > np.finfo(self.dtype).max and x.size and get_options().check_finite:
             largest = float(max_abs(self._xp, x))
             if largest > float(np.finfo(self.dtype).max):
                 raise ValueError(
@@ -541,8 +542,10 @@ class OrthogonalConv2d:
         """
         x, library = self._input(x, "x", self.in_channels)
         batch = tuple(x.shape[:-3])
-        Y = self._stack() @ self._fft(self._pad(x))
-        return from_compute(self._ifft(Y, batch), library)
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflow is checked and named below
+            Y = self._stack() @ self._fft(self._pad(x))
+            y = self._ifft(Y, batch)
+        return from_compute(self._finite_output(y, "x"), library)
 
     __call__ = forward
 
@@ -574,7 +577,18 @@ class OrthogonalConv2d:
         True
         """
         y, library = self._input(y, "y", self.out_channels)
-        return from_compute(self._adjoint(y), library)
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflow is checked and named below
+            x = self._adjoint(y)
+        return from_compute(self._finite_output(x, "y"), library)
+
+    def _finite_output(self, out: Any, name: str) -> Any:
+        """``out``, or ValueError when a finite input overflowed inside the FFTs (entries near the dtype's max)."""
+        if get_options().check_finite and out.size and not bool(self._xp.isfinite(out).all()):
+            raise ValueError(
+                f"{name} overflows inside the layer's FFTs ({self.dtype}): its entries are too close to the "
+                f"dtype's largest value {float(np.finfo(self.dtype).max):.3g}; scale {name} down"
+            )
+        return out
 
     def _adjoint(self, y: Any) -> Any:
         batch = tuple(y.shape[:-3])
