@@ -397,3 +397,11 @@ def test_evaluate_in_chunks_weighs_labelled_positions_not_sequences():
     y[:] = -1
     with pytest.raises(ValueError, match="y has no labelled position"):
         evaluate(model, x, y)
+
+
+def test_plot_of_a_record_that_is_not_a_runs_is_one_line(tmp_path, capsys):
+    (tmp_path / "metrics.jsonl").write_text('{"split": "train", "step": 1, "loss": 0.5}\n{"step": 3}\n')
+    assert main(["plot", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "the record of step 3 is not a run's record" in err
+    assert "Traceback" not in err

@@ -47,5 +47,8 @@ def run(args: argparse.Namespace) -> int:  # numpydoc ignore=PR01,RT01
 
     if not (Path(args.run_dir) / "metrics.jsonl").is_file():
         raise UsageError(f"{args.run_dir} is not a run directory (no metrics.jsonl)")
-    print(plot_run(args.run_dir, args.out))
+    try:
+        print(plot_run(args.run_dir, args.out))
+    except ValueError as err:  # a metrics.jsonl or config.json that is not a run's
+        raise UsageError(str(err)) from None
     return 0

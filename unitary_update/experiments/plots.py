@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 from .._extras import pyplot
 from .checkpoints import read_metrics
-from .config import TrainConfig
+from .config import load_config
 from .tasks import task_class
 
 __all__ = ["plot_run"]
@@ -35,6 +34,9 @@ def plot_run(run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | None
     ------
     FileNotFoundError
         If the run has no metrics.
+    ValueError
+        If a record of ``metrics.jsonl`` is not a run's record (split "train" or "eval", a
+        numeric loss), or ``config.json`` cannot be read back.
     ImportError
         If matplotlib is not installed (the ``plot`` extra: ``pip install "unitary_update[plot]"``).
 
@@ -52,10 +54,17 @@ def plot_run(run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | None
     """
     plt = pyplot("plot")
     records = read_metrics(run_dir)
+    for r in records:
+        loss = r.get("loss")
+        if r.get("split") not in ("train", "eval") or isinstance(loss, bool) or not isinstance(loss, (int, float)):
+            raise ValueError(
+                f"{Path(run_dir) / 'metrics.jsonl'}: the record of step {r['step']} is not a run's record "
+                f"(a 'split' of 'train' or 'eval' and a numeric 'loss'); got {str(r)[:80]}"
+            )
     config_path = Path(run_dir) / "config.json"
     title, classification = Path(run_dir).name, False
     if config_path.is_file():
-        cfg = TrainConfig(**json.loads(config_path.read_text()))
+        cfg = load_config(config_path)
         task = task_class(cfg.task)
         title = f"{task.label(cfg.length)}, N={cfg.resolved_hidden()}, rank {cfg.rank}, {cfg.update}, {cfg.optimizer}"
         classification = task.classification
