@@ -391,3 +391,17 @@ def test_urnn_input_that_is_a_view_of_its_own_states_is_read_intact():
     assert loss == expected_loss
     for name in ("W", "V", "b", "O", "c"):
         np.testing.assert_array_equal(got[name], expected[name])
+
+
+def test_conv_euclidean_step_that_overflows_names_the_stack_also_with_drift_control():
+    import unitary_update as uu
+
+    layer = OrthogonalConv2d(2, 4, (4, 4), dtype=np.float32, rng=0)
+    x = np.random.default_rng(1).standard_normal((3, 2, 4, 4)).astype(np.float32)
+    _, grad = layer.backward(x, layer(x))
+    before = [s.copy() for s in (layer.U, layer.Q)]
+    for drift in (None, uu.DriftControl(every=1)):
+        with pytest.raises(uu.NonFiniteError, match=r"the step of (U|Q) is not finite"):
+            layer.step(grad, lr=1e38, update="euclidean", drift=drift)
+        for stack, old in zip((layer.U, layer.Q), before, strict=True):
+            np.testing.assert_array_equal(stack, old)

@@ -818,14 +818,19 @@ class OrthogonalConv2d:
             with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported below, by name
                 new = stack - lr * (P @ hconj(X)).astype(stack.dtype, copy=False)
             if policy is not None:
+                self._finite_step(new, name, lr)  # before the policy, which would blame "U"
                 policy.maybe_retract(new)
+        self._finite_step(new, name, lr)
+        return new
+
+    def _finite_step(self, new: Any, name: str, lr: float) -> None:
+        """NonFiniteError naming the stack when its new value is not finite (``check_finite`` on)."""
         if get_options().check_finite:
             xp = self._xp
             if not bool(xp.isfinite(new).all()):
                 raise NonFiniteError(
                     f"the step of {name} is not finite (lr = {lr!r} times the gradient overflows); nothing was written"
                 )
-        return new
 
 
 # ---------------------------------------------------------------------------------------------
