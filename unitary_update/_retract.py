@@ -293,9 +293,9 @@ class DriftControl:
     Notes
     -----
     With the defaults, 100,000 float32 projUNN steps at N = 128 stay below a unitarity error of
-    1e-5 (at most 4.4e-6) for both updates, against 1.3e-4 without drift control
+    1e-5 (at most 3.9e-6) for both updates, against 1.3e-4 without drift control
     (``python -m unitary_update soak``, see ``docs/robustness.md``).  Drift grows like a random
-    walk, so a float32 matrix is retracted about every ``0.6 N`` steps (every 80 at N = 128);
+    walk, so a float32 matrix is retracted about every ``0.6 N`` steps (every 77 at N = 128);
     each retraction is one Newton-Schulz iteration, two N x N products (``~4 N^3`` flops), which
     amortises to ``~7 N^2`` flops per step: a few percent of a step with a dense gradient (its
     sketch alone is ``~75 N^2`` flops at rank 1), two thirds of a rank-1 update with a factored
