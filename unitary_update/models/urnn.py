@@ -640,7 +640,8 @@ class URNN:
         -------
         dict
             ``{"loss": float}`` plus ``"accuracy"`` (fraction of labelled positions whose arg-max
-            logit is the label) for cross-entropy.
+            logit is the label) for cross-entropy.  A batch without labelled positions (every
+            target -1) gives 0 for both (a sum over nothing; deciding would read the device).
 
         Raises
         ------
@@ -694,8 +695,8 @@ class URNN:
         Returns
         -------
         loss : float or 0-d array
-            Mean loss over the labelled positions (cross-entropy) or over all target entries
-            (mse): a Python float for a model on NumPy; for a model on CuPy a 0-d device array,
+            Mean loss over the labelled positions (cross-entropy; 0, with zero gradients, when
+            there are none) or over all target entries (mse): a Python float for a model on NumPy; for a model on CuPy a 0-d device array,
             so that the step never waits for the GPU (``float(loss)`` reads it, and waits).
         grads : dict
             Same keys, shapes and dtypes as :attr:`params`; complex entries follow the
