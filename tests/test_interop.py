@@ -112,6 +112,19 @@ def test_torch_write_to_a_tensor_saved_for_backward_is_detected(torch):
         loss.backward()
 
 
+def test_torch_parameter_stepped_by_a_numpy_optimizer_is_seen_by_autograd(torch):
+    from unitary_update.optim import SGD, Adam, RMSprop
+
+    for opt in (SGD(0.1), RMSprop(0.1), Adam(0.1)):
+        p = torch.nn.Parameter(torch.ones(3, dtype=torch.float64))
+        loss = (p * p).sum()  # mul saves p for backward
+        with torch.no_grad():
+            opt.step({"p": p}, {"p": torch.ones(3, dtype=torch.float64)})
+        assert not torch.equal(p.detach(), torch.ones(3, dtype=torch.float64))
+        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+            loss.backward()  # was: silently computed from the new values
+
+
 # --- torch: lazy views and strides -------------------------------------------------------------
 def test_torch_conjugate_view_input_is_read_by_value(torch):
     U0, A0, B0 = _problem()
@@ -302,3 +315,12 @@ def test_top_k_by_argmax_matches_sort(batch):
     by_argmax = _top_k(np, keys, 7, by_argmax=True)
     assert by_argmax.shape == (*batch, 7)
     np.testing.assert_array_equal(by_argmax, by_sort)
+
+
+def test_drift_control_refuses_a_u_it_could_never_retract_at_the_first_call(torch):
+    U0 = uu.random_unitary(8, dtype=np.complex128, rng=0)
+    lazy = torch.from_numpy(U0.conj().copy()).conj()
+    policy = uu.DriftControl(every=3)
+    with pytest.raises(ValueError, match="U is a torch tensor with the conjugate bit set"):
+        policy.maybe_retract(lazy, step=1)  # was: False until step 3, then an error naming out
+    assert policy.retractions == 0

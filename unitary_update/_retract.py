@@ -456,15 +456,18 @@ class DriftControl:
         Raises
         ------
         TypeError
-            If ``step`` is not an integer, or U is not a floating-point array.
+            If ``step`` is not an integer, or U is not a floating-point array, or is a JAX array
+            (immutable: use :func:`unitary_update.jax.retract`), at every call.
         ValueError
-            If ``step`` is negative, U is not square, or (when it is retracted) read-only or
-            with overlapping memory.
+            If ``step`` is negative, U is not square or a lazy torch conjugate/negative view (at
+            every call), or (when it is retracted) read-only or with overlapping memory.
         NonFiniteError
             If U contains NaN or Inf when it is estimated or retracted (U is left untouched).
         """
         step = self._calls + 1 if step is None else check_int(step, "step", low=0)
-        target, _ = to_compute(U, "U")
+        # writable: a U that could never be retracted in place (a JAX array, a lazy torch view) is
+        # refused at once, not on the step where a retraction first falls due
+        target, _ = to_compute(U, "U", writable=True)
         n = check_square(target, "U")
         due = self.every is not None and step > 0 and step % self.every == 0
         estimate = None

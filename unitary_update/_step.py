@@ -114,7 +114,14 @@ def step(
     if is_jax(U, G, out):  # JAX arrays and tracers stay in JAX; rng may also be a JAX PRNG key
         from .jax import _core as _jax_core
 
-        return _jax_core.public_step(U, G, rank, update, sketch, rng, out, drift)
+        numpy_gen = rng if isinstance(rng, np.random.Generator) else None
+        saved_jax: Any = None if numpy_gen is None else numpy_gen.bit_generator.state
+        try:
+            return _jax_core.public_step(U, G, rank, update, sketch, rng, out, drift)
+        except BaseException:
+            if numpy_gen is not None:
+                numpy_gen.bit_generator.state = saved_jax  # as on the NumPy path: a failed step draws nothing
+            raise
     with compute_context(U):  # one device and stream for the checks, the sketch and the update
         Uc, _ = to_compute(U, "U")
         n = check_square(Uc, "U")

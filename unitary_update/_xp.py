@@ -125,8 +125,17 @@ def _torch_to_compute(x: Any, name: str, *, writable: bool) -> Any:
 def _jax_to_compute(x: Any, name: str, *, writable: bool) -> Any:
     if writable:
         raise TypeError(
-            f"{name} is a JAX array; JAX arrays are immutable and cannot be updated in place: "
-            "call without out= and use the returned array"
+            f"{name} is a JAX array; JAX arrays are immutable and cannot be updated in place: call the "
+            "functions without out= and use the returned array (optimizers and drift control: "
+            "unitary_update.jax's projunn, retract and retract_every)"
+        )
+    import jax
+
+    if isinstance(x, jax.core.Tracer):  # reached only by the functions that have no JAX twin inside traces
+        raise TypeError(
+            f"{name} is a traced JAX array (inside jit, vmap or grad); this function needs concrete "
+            "values: call it outside the transformation, or use unitary_update.jax (retract, step, "
+            "project, transport) inside traced code"
         )
     devices = x.devices()
     if len(devices) != 1:

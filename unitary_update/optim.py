@@ -42,7 +42,7 @@ from ._validation import (
     max_abs,
     overlaps,
 )
-from ._xp import array_namespace, hconj, to_compute
+from ._xp import array_namespace, hconj, mark_written, to_compute
 from .random import normalize_rng
 
 __all__ = ["OPTIMIZERS", "SGD", "Adam", "Optimizer", "RMSprop", "UnitaryOptimizer", "make_optimizer"]
@@ -257,6 +257,7 @@ class Optimizer:
         for name, p, direction, new, t in results:
             self._commit(name, new, t)
             p += direction
+            mark_written(params[name])  # torch: bump the version counter, as an in-place op would
 
     def state_dict(self) -> dict[str, Any]:
         """The optimizer's state, for a checkpoint.

@@ -302,3 +302,26 @@ def test_results_follow_u_concrete_jax_factors_cross_through_dlpack():
     traced = jax.jit(lambda a: uu.project(U, a, B))(jnp.asarray(A))
     assert isinstance(traced, jax.Array)
     np.testing.assert_allclose(np.asarray(traced), expected, atol=1e-5)
+
+
+def test_drift_control_refuses_a_jax_array_at_the_first_call():
+    U = jnp.asarray(uu.random_unitary(6, dtype=np.float32, rng=0))
+    with pytest.raises(TypeError, match=r"U is a JAX array; JAX arrays are immutable.*unitary_update.jax"):
+        uu.DriftControl(every=3).maybe_retract(U, step=1)  # was: False until step 3
+
+
+def test_a_failed_jax_step_leaves_a_numpy_generator_as_it_was():
+    U = jnp.asarray(uu.random_unitary(6, dtype=np.float32, rng=0)).at[0, 0].set(jnp.nan)
+    G = jnp.ones((6, 6), jnp.float32)
+    gen = np.random.default_rng(5)
+    before = gen.bit_generator.state
+    with pytest.raises(uu.NonFiniteError):
+        uu.step(U, G, rank=1, rng=gen)
+    assert gen.bit_generator.state == before
+
+
+def test_eager_only_functions_name_the_traced_array_and_the_jax_twin():
+    U = jnp.asarray(uu.random_unitary(6, dtype=np.float32, rng=0))
+    for f in (uu.retract, uu.unitarity_error):
+        with pytest.raises(TypeError, match=r"U is a traced JAX array .*use unitary_update.jax"):
+            jax.jit(f)(U)  # was: JAX's ConcretizationTypeError from inside the conversion

@@ -413,12 +413,23 @@ def config_from_dict(stored: Any, where: str) -> TrainConfig:
     Returns
     -------
     TrainConfig
+        The settings, each checked.
 
     Raises
     ------
     ValueError
         If ``stored`` is not a dict of settings, holds an unknown setting, or a setting is
         invalid; the message starts with ``where`` and names the setting.
+
+    Examples
+    --------
+    >>> from unitary_update.experiments.config import config_from_dict
+    >>> config_from_dict({"task": "adding", "steps": 7}, "example").steps
+    7
+    >>> config_from_dict({"task": "adding", "stepz": 7}, "example")
+    Traceback (most recent call last):
+    ...
+    ValueError: example: unknown setting 'stepz'
     """
     if not isinstance(stored, dict):
         raise ValueError(f"{where}: expected a JSON object of settings; got {type(stored).__name__}")

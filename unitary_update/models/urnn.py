@@ -696,8 +696,9 @@ class URNN:
         -------
         loss : float or 0-d array
             Mean loss over the labelled positions (cross-entropy; 0, with zero gradients, when
-            there are none) or over all target entries (mse): a Python float for a model on NumPy; for a model on CuPy a 0-d device array,
-            so that the step never waits for the GPU (``float(loss)`` reads it, and waits).
+            there are none) or over all target entries (mse): a Python float for a model on
+            NumPy; for a model on CuPy a 0-d device array, so that the step never waits for the
+            GPU (``float(loss)`` reads it, and waits).
         grads : dict
             Same keys, shapes and dtypes as :attr:`params`; complex entries follow the
             convention ``dL/dRe + i dL/dIm`` (so ``p -= lr * grads[p]`` descends).
