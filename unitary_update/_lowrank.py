@@ -546,16 +546,25 @@ def lowrank_update(xp: ModuleType, kind: str, U: Any, A: Any, B: Any, target: An
     # product, the rank-r update, is count N^2 r multiply-adds (4 real ones each when complex)
     work = count * n * n * r * (4 if U.dtype.kind == "c" else 1)
     with single_threaded_blas(work if xp is np and work < SERIAL_MAX_WORK else 0):
-        return _update_by_products(xp, kind, U, A, B, e, target, shape)
+        return _update_by_products(xp, kind, U, A, B, e, target, shape, count, r)
 
 
 def _update_by_products(
-    xp: ModuleType, kind: str, U: Any, A: Any, B: Any, e: Any, target: Any, shape: tuple[int, ...]
+    xp: ModuleType,
+    kind: str,
+    U: Any,
+    A: Any,
+    B: Any,
+    e: Any,
+    target: Any,
+    shape: tuple[int, ...],
+    count: int,
+    r: int,
 ) -> Any:
-    """:func:`lowrank_update` once A and B are balanced, off the batched Numba kernel: its other paths."""
-    n, k = U.shape[-1], A.shape[-1]
-    count = int(np.prod(shape[:-2], dtype=np.int64))
-    r = min(n, 2 * k)
+    """:func:`lowrank_update` once A and B are balanced, off the batched Numba kernel: its other paths.
+
+    ``count`` is the number of matrices in ``shape``, ``r = min(N, 2k)`` the basis width.
+    """
     fused = xp is np and _fused_eligible(U, target, r)
     if fused:
         A_hat = _kernels.adjoint_matmul_numba(U, A)

@@ -246,22 +246,27 @@ def _validate_update(U: Any, A: Any, B: Any) -> tuple[Any, Any, Any, tuple[int, 
 
 
 @functools.partial(jax.jit, static_argnames=("kind", "batch"))
-def _lowrank_update(U: Any, A: Any, B: Any, *, kind: str, batch: tuple[int, ...]) -> Any:
-    """``U + (U W) D W^H`` (jitted: one compilation per shape, also for eager calls)."""
+def _lowrank_update(U: Any, A: Any, B: Any, *, kind: str, batch: tuple[int, ...]) -> tuple[Any, Any]:
+    """``(U + (U W) D W^H, finite)`` (jitted: one compilation per shape, also for eager calls).
+
+    ``finite`` says whether the thin ``P = (U W) D`` and ``W`` are finite: an O(N r) check that
+    finite inputs gave a finite step (they do unless U is far from unitary).
+    """
     A, B, e = _balance(A, B, U.dtype)
     W, a, b = _basis(U, A, B, batch)
     D = (_project_core if kind == "project" else _transport_core)(a, b, e).astype(U.dtype)
     P = (U @ W) @ D
+    finite = jnp.isfinite(P).all() & jnp.isfinite(W).all()
     r = W.shape[-1]
     if r > _FUSED_MAX_R:
-        return U + P @ _hconj(W)
+        return U + P @ _hconj(W), finite
     # small r: r outer products summed elementwise, which XLA fuses into one pass over U (and,
     # when U is donated, writes in place); a dot would add an N x N temporary and a second pass
     Wc = jnp.conj(W)
     out = U
     for m in range(r):
         out = out + P[..., :, m : m + 1] * Wc[..., None, :, m]
-    return out
+    return out, finite
 
 
 _FUSED_MAX_R = 8
@@ -295,8 +300,8 @@ def public_update(kind: str, U: Any, A: Any, B: Any, out: Any) -> Any:
 def update(kind: str, U: Any, A: Any, B: Any) -> Any:
     """``project`` or ``transport`` (``kind``) on JAX arrays: validation, then the update."""
     U, A, B, batch = _validate_update(U, A, B)
-    V = _lowrank_update(U, A, B, kind=kind, batch=batch)
-    if not _is_tracer(V) and get_options().check_finite and not bool(_all_finite(V)):
+    V, finite = _lowrank_update(U, A, B, kind=kind, batch=batch)
+    if not _is_tracer(finite) and get_options().check_finite and not bool(finite):
         # finite inputs give a finite result unless U is far from unitary (U^H A overflows)
         raise NonFiniteError(
             "U^H A overflows: U's entries are too large for its dtype (U must be unitary, entries of magnitude <= 1)"

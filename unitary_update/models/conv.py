@@ -817,9 +817,10 @@ class OrthogonalConv2d:
         else:
             with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported below, by name
                 new = stack - lr * (P @ hconj(X)).astype(stack.dtype, copy=False)
+            self._finite_step(new, name, lr)  # before the policy, which would blame "U"
             if policy is not None:
-                self._finite_step(new, name, lr)  # before the policy, which would blame "U"
-                policy.maybe_retract(new)
+                policy.maybe_retract(new)  # a retraction of a finite stack stays finite
+            return new
         self._finite_step(new, name, lr)
         return new
 
