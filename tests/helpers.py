@@ -23,6 +23,25 @@ def random_factors(rng: np.random.Generator, shape: tuple[int, ...], dtype: Any)
 ALL_DTYPES = [np.float32, np.float64, np.complex64, np.complex128]
 
 
+def project_limit_of_huge_steps(U: np.ndarray, A: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """``lim_{t -> inf} polar(U + t A B^H)`` (one N x N matrix, A and B of k independent columns), in double precision.
+
+    ``U + t A B^H = U (I + t M)`` with ``M = U^H A B^H = X S Y^H`` of rank k, and
+    ``polar(eps I + M)`` tends to ``X_k Y_k^H + Z polar(Z^H Z_R) Z_R^H`` as ``eps -> 0``, with
+    ``Z``, ``Z_R`` orthonormal bases of the complements of ``X_k``, ``Y_k``: the identity term
+    alone maps the null spaces.  Built from NumPy's SVD and SciPy's polar, independently of the
+    library's core (checked against a 440-digit mpmath SVD of ``10^-400 U + A B^H``).
+    """
+    import scipy.linalg
+
+    wide = np.complex128 if np.iscomplexobj(U) or np.iscomplexobj(A) else np.float64
+    U, A, B = (x.astype(wide) for x in (U, A, B))
+    X, _, Yh = np.linalg.svd(np.conj(U.T) @ A @ np.conj(B.T))
+    k = A.shape[-1]
+    Z, Z_R = X[:, k:], np.conj(Yh[k:].T)
+    return U @ (X[:, :k] @ Yh[:k] + Z @ scipy.linalg.polar(np.conj(Z.T) @ Z_R)[0] @ np.conj(Z_R.T))
+
+
 def cupy_gpu_available() -> bool:
     """True when CuPy imports and sees at least one CUDA device (the GPU tests skip otherwise)."""
     try:

@@ -6,7 +6,7 @@ import warnings
 
 import numpy as np
 import pytest
-from helpers import ALL_DTYPES, random_factors
+from helpers import ALL_DTYPES, project_limit_of_huge_steps, random_factors
 
 import unitary_update as uu
 from unitary_update._sketch import SKETCH_METHODS
@@ -219,6 +219,32 @@ def test_unbalanced_factors_equal_the_balanced_ones(dtype, fn):
     for s in (1 / top, 1e-9, 1e9, top):
         got = fn(U, (A * s).astype(dtype), (B / s).astype(dtype))
         np.testing.assert_allclose(got, expected, atol=100 * np.sqrt(n) * np.finfo(dtype).eps)
+
+
+@pytest.mark.parametrize("dtype", ALL_DTYPES)
+@pytest.mark.parametrize("backend_option", ["auto", "numpy"])
+def test_huge_project_steps_give_the_limit_of_the_polar_factor(dtype, backend_option):
+    """``|A B^H|`` from 2^60 to 2^2000: the polar factor's limit, not just some unitary matrix.
+
+    The identity term of the core, ``2^-e``, underflowed to 0 beyond about 1e306 (e > 1022),
+    and the SVD of the rank-deficient rest picked an arbitrary map between its null spaces
+    (off by up to 1.2).
+    """
+    rng = np.random.default_rng(23)
+    n = 7
+    U = uu.random_unitary(n, dtype=dtype, rng=rng)
+    A0, B0 = random_factors(rng, (n, 2), dtype), random_factors(rng, (n, 2), dtype)
+    expected = project_limit_of_huge_steps(U, A0, B0)
+    # the largest exponent each factor can hold: 2^1000 in double, 2^120 in single precision
+    top = 1000 if np.finfo(dtype).maxexp > 128 else 120
+    for e in (60, top - 20, top, 2 * top):
+        A, B = A0 * 2.0 ** min(e, top), B0 * 2.0 ** (e - min(e, top))  # exact: powers of two
+        A, B = A.astype(dtype), B.astype(dtype)
+        assert np.isfinite(A).all()
+        assert np.isfinite(B).all()
+        with uu.options(backend=backend_option):
+            got = uu.project(U, A, B)
+        np.testing.assert_allclose(got, expected, atol=100 * np.sqrt(n) * np.finfo(dtype).eps, err_msg=f"e={e}")
 
 
 @pytest.mark.parametrize("fn", [uu.project, uu.transport])

@@ -85,6 +85,57 @@ def test_non_finite_large_U_detected(fn):
     np.testing.assert_array_equal(U, before)
 
 
+@pytest.mark.parametrize("fn", [uu.project, uu.transport])
+@pytest.mark.parametrize(
+    ("dtype", "bad"),
+    [
+        (np.float32, np.nan),
+        (np.float32, np.inf),
+        (np.float64, -np.inf),
+        (np.complex64, np.nan),
+        (np.complex64, complex(np.inf, 0.0)),
+        (np.complex128, complex(0.0, -np.inf)),
+    ],
+)
+@pytest.mark.parametrize("zero_rows_of_A", ["none", "the bad row", "all but one"])
+def test_non_finite_U_on_the_blas_path_is_caught_whatever_the_rows_of_A(fn, dtype, bad, zero_rows_of_A):
+    # the BLAS path checks U through U^H A when every row of A is nonzero, by a pass over U
+    # otherwise; a NaN/Inf in U must raise either way, including a row of U that A does not touch
+    n, k = 300, 8  # r = 16 at N >= 256: the BLAS path, not the fused or batched Numba kernels
+    rng = np.random.default_rng(3)
+    U = uu.random_unitary(n, dtype=dtype, rng=rng)
+    A = rng.standard_normal((n, k)).astype(dtype)
+    B = rng.standard_normal((n, k)).astype(dtype)
+    if zero_rows_of_A == "the bad row":
+        A[41] = 0
+    elif zero_rows_of_A == "all but one":
+        A[1:] = 0
+    U[41, 17] = bad
+    before = U.copy()
+    with pytest.raises(uu.NonFiniteError, match="U contains NaN or Inf"):
+        fn(U, A, B, out=U)
+    np.testing.assert_array_equal(U, before)
+
+
+def test_the_blas_path_skips_the_pass_over_U_only_when_U_H_A_proves_U_finite(monkeypatch):
+    from unitary_update import _lowrank
+
+    calls = []
+    real_check = _lowrank.check_finite
+    monkeypatch.setattr(_lowrank, "check_finite", lambda x, name: (calls.append(name), real_check(x, name)))
+    n, k = 300, 8
+    rng = np.random.default_rng(4)
+    U = uu.random_unitary(n, dtype=np.float32, rng=rng)
+    A = rng.standard_normal((n, k)).astype(np.float32)
+    B = rng.standard_normal((n, k)).astype(np.float32)
+    expected = uu.project(U, A, B, out=None)
+    assert calls == []  # every row of A nonzero and U^H A finite: no N x N pass
+    A[5] = 0
+    np.testing.assert_allclose(uu.project(U, A, B), project_dense(U, A, B), atol=1e-4)
+    assert calls == ["U"]  # a zero row of A: U^H A proves nothing about U's row 5, so U is read
+    assert np.isfinite(expected).all()
+
+
 @pytest.mark.parametrize(
     ("out", "exc", "match"),
     [

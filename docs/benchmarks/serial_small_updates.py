@@ -19,12 +19,7 @@ import numpy as np
 
 import unitary_update as uu
 from unitary_update import _lowrank, _threads
-from unitary_update.bench._timing import alternating_step, best_time
-
-
-def per_call_us(call, calls: int) -> float:
-    """Wall time of one round of ``calls`` calls, per call in microseconds."""
-    return best_time(lambda: [call() for _ in range(calls)], 1) / calls * 1e6
+from unitary_update.bench._timing import alternating_step, per_call_us
 
 
 def main() -> None:

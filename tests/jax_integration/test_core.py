@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 import scipy.linalg
-from helpers import ALL_DTYPES, random_factors
+from helpers import ALL_DTYPES, project_limit_of_huge_steps, random_factors
 
 import unitary_update as uu
 from unitary_update.random import standard_normal
@@ -149,6 +149,34 @@ def test_zero_and_rank_deficient_factors_give_no_nan(x64, kind, dtype):
         assert np.isfinite(V).all()
         np.testing.assert_allclose(V, DENSE[kind](U, a, b), atol=_atol(dtype))
         assert uu.unitarity_error(V) < (1e-5 if dtype == np.float32 else 1e-12)
+
+
+def _check_huge_project_steps(dtype):
+    rng = np.random.default_rng(24)
+    n = 7
+    U = uu.random_unitary(n, dtype=dtype, rng=rng)
+    A0, B0 = random_factors(rng, (n, 2), dtype), random_factors(rng, (n, 2), dtype)
+    expected = project_limit_of_huge_steps(U, A0, B0)
+    top = 1000 if np.finfo(dtype).maxexp > 128 else 120  # the largest exponent a factor holds
+    fn = jax.jit(uj.project)
+    for e in (60, top - 10, top, 2 * top):
+        A, B = A0 * 2.0 ** min(e, top), B0 * 2.0 ** (e - min(e, top))  # exact: powers of two
+        V = np.asarray(fn(jnp.asarray(U), jnp.asarray(A.astype(dtype)), jnp.asarray(B.astype(dtype))))
+        np.testing.assert_allclose(V, expected, atol=100 * np.sqrt(n) * np.finfo(dtype).eps, err_msg=f"e={e}")
+
+
+@pytest.mark.parametrize("dtype", ALL_DTYPES)
+def test_huge_project_steps_give_the_limit_of_the_polar_factor(x64, dtype):
+    # an identity term that underflowed (beyond |A B^H| ~ 1e306) was lost: a unitary matrix off
+    # the polar factor by up to 1.2
+    _check_huge_project_steps(dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.complex64])
+def test_huge_project_steps_in_single_precision_cores(x32, dtype):
+    # without x64 the core runs in single precision: XLA's SVD lost the identity term beyond
+    # |A B^H| ~ 1e34 (complex64) or 1e35 (float32), off the polar factor by up to 0.3
+    _check_huge_project_steps(dtype)
 
 
 def test_huge_real_transport_keeps_det_and_orthogonality(x64):

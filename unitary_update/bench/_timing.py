@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["alternating_step", "best_time"]
+__all__ = ["alternating_step", "best_time", "per_call_us"]
 
 
 def best_time(fn: Callable[[], Any], repeat: int, *, warmup: bool = False) -> float:
@@ -19,6 +19,11 @@ def best_time(fn: Callable[[], Any], repeat: int, *, warmup: bool = False) -> fl
         fn()
         best = min(best, time.perf_counter() - t0)
     return best
+
+
+def per_call_us(call: Callable[[], Any], calls: int) -> float:
+    """Wall time of one round of ``calls`` calls of ``call``, per call, in microseconds."""
+    return best_time(lambda: [call() for _ in range(calls)], 1) / calls * 1e6
 
 
 def alternating_step(update: Callable[..., Any], U: Any, A: Any, B: Any) -> Callable[[], Any]:

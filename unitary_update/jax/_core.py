@@ -33,6 +33,7 @@ import numpy as np
 from .. import random as _random
 from .._config import get_options
 from .._kernels import REAL_CORE_IMAG_TOL
+from .._lowrank import HUGE_STEP_EXPONENT
 from .._validation import (
     NonFiniteError,
     check_choice,
@@ -173,18 +174,30 @@ def _finite_or_identity(M: Any) -> tuple[Any, Any]:
     return jnp.where(finite, M, jnp.eye(M.shape[-1], dtype=M.dtype)), finite
 
 
+# the largest exponent of projUNN-D's identity term, 3 p for p significand bits (nmant + 1):
+# 2^-72 in single precision, 2^-159 in double (_lowrank.HUGE_STEP_EXPONENT; see _project_core)
+_HUGE_STEP_EXPONENT = {23: 3 * 24, 52: HUGE_STEP_EXPONENT}
+
+
 def _project_core(a: Any, b: Any, e: Any) -> Any:
     """``polar(I + 2^e a b^H) - I`` from the SVD of the r x r core (NaN where that core is not finite).
 
     The polar factor does not change under positive scaling, so the core is formed as
-    ``2^-max(e, 0) I + 2^min(e, 0) a b^H``: no overflow for huge steps (the identity then
-    rounds away, as it should) and no underflow of the step for tiny ones that matter.
+    ``2^-max(e, 0) I + 2^min(e, 0) a b^H``: no overflow for huge steps and no underflow of the
+    step for tiny ones that matter.  For a huge step the identity term is capped at
+    ``2^-3p`` (p: the core dtype's significand bits; :data:`_HUGE_STEP_EXPONENT`, as on the NumPy path).  The polar
+    factor of ``eps I + a b^H`` tends to a limit as ``eps -> 0`` that the rank-deficient
+    ``a b^H`` alone does not fix (the map between its null spaces comes from the identity), and
+    it is within ``eps / sigma_k(a b^H)`` of that limit: below rounding for ``eps <= 2^-3p``
+    wherever ``a b^H`` is numerically of rank k.  Below the cap, XLA's single-precision SVD
+    loses the identity term (about ``2^-113``) and returns some unitary matrix instead.
     """
     dt = _core_dtype(a.dtype)
     a, b = a.astype(dt), b.astype(dt)
     eye = jnp.eye(a.shape[-2], dtype=dt)
     one = jnp.ones((), jnp.finfo(dt).dtype)  # real: ldexp takes no complex arrays
-    T = jnp.ldexp(one, -jnp.maximum(e, 0)) * eye + jnp.ldexp(one, jnp.minimum(e, 0)) * (a @ _hconj(b))
+    identity_exponent = jnp.clip(e, 0, _HUGE_STEP_EXPONENT[jnp.finfo(dt).nmant])
+    T = jnp.ldexp(one, -identity_exponent) * eye + jnp.ldexp(one, jnp.minimum(e, 0)) * (a @ _hconj(b))
     T, finite = _finite_or_identity(T)
     X, _, Yh = jnp.linalg.svd(T)
     return jnp.where(finite, X @ Yh - eye, jnp.nan)
