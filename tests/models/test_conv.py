@@ -378,3 +378,23 @@ def test_errors_name_the_argument():
     with pytest.raises(uu.NonFiniteError, match=r"grad\.Q\[0\]"):
         layer.step(ConvGradient(grad.U, bad_Q), lr=0.1)
     np.testing.assert_array_equal(layer.U, U0)  # nothing written
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.complex128])
+def test_assigning_a_stack_checks_it_and_names_it(dtype):
+    layer = OrthogonalConv2d(2, 3, (4, 5), dtype=dtype, rng=0)
+    U0, Q0 = layer.U, layer.Q
+    with pytest.raises(ValueError, match=rf"U must have shape \({U0.shape[0]}, 3, 3\) for this layer; got \(3, 3\)"):
+        layer.U = np.eye(3, dtype=U0.dtype)
+    other = np.complex128 if U0.dtype == np.complex64 else np.complex64
+    with pytest.raises(TypeError, match=f"U must have dtype {U0.dtype} for this layer; got {np.dtype(other)}"):
+        layer.U = U0.astype(other)
+    with pytest.raises(TypeError, match="U must be a numpy array"):
+        layer.U = U0.tolist()
+    with pytest.raises(ValueError, match=r"Q must have shape"):
+        layer.Q = np.zeros((Q0.shape[0] + 1, 3, 3), dtype=Q0.dtype)
+    assert layer.U is U0  # a refused assignment leaves the stack as it was
+    assert layer.Q is Q0
+    fresh = U0.copy()
+    layer.U = fresh  # the right shape and dtype: kept as given, no copy
+    assert layer.U is fresh

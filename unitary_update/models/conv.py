@@ -368,6 +368,7 @@ class OrthogonalConv2d:
         self.dtype = dt
         self.real = dt.kind == "f"
         self.complex_dtype = np.result_type(dt, np.complex64)
+        self._q_dtype = dt if self.real else np.dtype(np.float64)
         self._xp = xp
         self._layout = _layout(shape, self.real)
         lay = self._layout
@@ -378,13 +379,48 @@ class OrthogonalConv2d:
         gen = normalize_rng(rng)  # checked for every init: a bad rng is refused, not ignored
         if init == "identity":
             U = np.broadcast_to(np.eye(c, dtype=self.complex_dtype), (n_u, c, c))
-            Q = np.broadcast_to(np.eye(c, dtype=dt if self.real else np.float64), (n_q, c, c))
+            Q = np.broadcast_to(np.eye(c, dtype=self._q_dtype), (n_q, c, c))
         else:
             U = random_unitary(c, dtype=self.complex_dtype, batch_shape=(n_u,), rng=gen)
-            Q = random_unitary(c, dtype=dt if self.real else np.float64, batch_shape=(n_q,), rng=gen)
+            Q = random_unitary(c, dtype=self._q_dtype, batch_shape=(n_q,), rng=gen)
         self.U = xp.asarray(np.array(U, order="C"))  # a writable copy (identity init is a broadcast view)
         self.Q = xp.asarray(np.array(Q, order="C"))
         self.steps = 0  # completed calls of step(); the clock of a DriftControl passed to it
+
+    @property
+    def U(self) -> Any:
+        """The unitary stack of the paired (or, complex layer, all) frequencies: ``(F, C, C)``, complex."""
+        return self._U
+
+    @U.setter
+    def U(self, value: Any) -> None:
+        self._U = self._checked_stack(value, "U", self._layout.paired.size, self.complex_dtype)
+
+    @property
+    def Q(self) -> Any:
+        """The real orthogonal stack of the self-conjugate frequencies: ``(R, C, C)``; R = 0 for complex layers."""
+        return self._Q
+
+    @Q.setter
+    def Q(self, value: Any) -> None:
+        self._Q = self._checked_stack(value, "Q", self._layout.self_conjugate.size, self._q_dtype)
+
+    def _checked_stack(self, value: Any, name: str, count: int, dtype: np.dtype) -> Any:
+        """``value`` if it is a ``(count, C, C)`` array of the layer's namespace and dtype; else an error naming it."""
+        try:
+            xp = array_namespace(value)
+        except TypeError:
+            xp = None
+        if xp is not self._xp:
+            raise TypeError(
+                f"{name} must be a {self._xp.__name__} array (the layer's namespace); got {type(value).__name__}"
+            )
+        c = self.out_channels
+        if tuple(value.shape) != (count, c, c):
+            raise ValueError(f"{name} must have shape {(count, c, c)} for this layer; got {tuple(value.shape)}")
+        if value.dtype != dtype:
+            raise TypeError(f"{name} must have dtype {np.dtype(dtype)} for this layer; got {value.dtype}")
+        return value
 
     def __repr__(self) -> str:
         return (
