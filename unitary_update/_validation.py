@@ -36,6 +36,7 @@ __all__ = [
     "check_rank",
     "check_square",
     "has_internal_overlap",
+    "layout_overlaps",
     "max_abs",
     "overlaps",
     "quiet_when_unchecked",
@@ -208,8 +209,13 @@ def has_internal_overlap(x: Any) -> bool:
     """
     if x.size <= 1:
         return False
-    itemsize = x.dtype.itemsize
-    axes = sorted((abs(int(st)), int(n)) for st, n in zip(x.strides, x.shape, strict=True) if n > 1)
+    return layout_overlaps(x.shape, x.strides, x.dtype.itemsize)
+
+
+def layout_overlaps(shape: Any, strides: Any, itemsize: int) -> bool:
+    """:func:`has_internal_overlap` of a strided layout (strides in the unit of ``itemsize``: bytes,
+    or elements with ``itemsize=1`` as torch counts them)."""
+    axes = sorted((abs(int(st)), int(n)) for st, n in zip(strides, shape, strict=True) if n > 1)
     span = itemsize
     for stride, n in axes:
         if stride < span:

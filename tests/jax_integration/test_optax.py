@@ -82,6 +82,16 @@ def test_labels_as_callable_or_prefix_and_errors(x32):
         update_with({"rnn": True, "out": True})
     with pytest.raises(ValueError, match="needs the parameters"):
         update_with(prefix, with_params=False)
+    # 0 x 0 leaves and rank > N are named by init (a step would fail inside the sketch, unnamed)
+    empty = {"rnn": {"W": U, "R": jnp.zeros((2, 0, 0))}, "out": jnp.ones((3, 6))}
+    with pytest.raises(ValueError, match=r"unitary leaf params\['rnn'\]\['R'\] must have N >= 1"):
+        uj.scale_by_projunn(unitary_labels=prefix).init(empty)
+    with pytest.raises(ValueError, match=r"params\['rnn'\]\['R'\]: rank must satisfy 1 <= rank <= N = 6; got 7"):
+        uj.scale_by_projunn(unitary_labels=prefix, rank=7, check_unitary=False).init(params)
+    stack = {"rnn": {"W": U, "R": jnp.zeros((0, 6, 6))}, "out": jnp.ones((3, 6))}  # an empty stack is fine
+    tx = uj.scale_by_projunn(unitary_labels=prefix)
+    updates, _ = tx.update(jax.tree.map(jnp.ones_like, stack), tx.init(stack), stack)
+    assert updates["rnn"]["R"].shape == (0, 6, 6)
     # bad labels are found by init already, before any step (both transformations)
     for transformation in (uj.scale_by_projunn, lambda **kw: uj.retract_every(10, **kw)):
         with pytest.raises(ValueError, match=r"unitary leaf params\['out'\] must have shape"):

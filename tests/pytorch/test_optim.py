@@ -353,7 +353,7 @@ def test_a_failed_step_changes_nothing():
     W2.grad = torch.randn(8, 8)
     for group in (0, 2):  # a setting changed to one the library rejects (rank > N), first or last parameter
         opt.param_groups[group]["rank"] = 9
-        with pytest.raises(ValueError, match="rank must satisfy 1 <= rank <= 8"):
+        with pytest.raises(ValueError, match=f"param group {group}: parameter 0: rank must satisfy 1 <= rank <= N = 8"):
             opt.step()
         opt.param_groups[group]["rank"] = before[1]["param_groups"][group]["rank"]
         _assert_same(before, _snapshot(params, opt))
@@ -510,3 +510,78 @@ def test_a_group_made_unitary_between_steps_names_the_parameter():
     with pytest.raises(ValueError, match=r"param group 0: parameter 0 has shape \(16,\)"):
         opt.step()
     assert torch.equal(b, torch.zeros(16))
+
+
+def test_a_group_made_unitary_between_steps_is_checked_for_unitarity_at_its_first_step():
+    torch.manual_seed(0)
+    W = torch.nn.Parameter(torch.randn(6, 6))  # square, but not orthogonal
+    opt = ProjUNN([{"params": [W], "unitary": False}], lr=1e-2)
+    W.grad = torch.randn(6, 6)
+    opt.step()  # an ordinary step: W is any matrix
+    opt.param_groups[0]["unitary"] = True
+    before = _snapshot([W], opt)
+    with pytest.raises(ValueError, match=r"param group 0: parameter 0 is not unitary"):
+        opt.step()
+    _assert_same(before, _snapshot([W], opt))
+    with torch.no_grad():
+        orthogonal_(W, rng=1)
+    opt.step()  # now orthogonal: checked once, then stepped
+    assert uu.unitarity_error(W) < 1e-5
+    # check_unitary=False keeps its meaning: no check, the user's responsibility
+    V = torch.nn.Parameter(torch.randn(6, 6))
+    loose = ProjUNN([{"params": [V], "unitary": False}], lr=1e-2, check_unitary=False)
+    loose.param_groups[0]["unitary"] = True
+    V.grad = torch.randn(6, 6)
+    loose.step()
+
+
+def test_a_zero_gradient_entry_with_eps_zero_names_the_rule_not_the_gradient():
+    W = _param(6, dtype=torch.float32)
+    opt = ProjUNN([W], lr=1e-2, eps=0.0, seed=0)
+    W.grad = torch.randn(6, 6)
+    W.grad[2] = 0.0  # RMSprop: 0 / (sqrt(0) + 0)
+    before = _snapshot([W], opt)
+    with pytest.raises(uu.NonFiniteError, match=r"param group 0: parameter 0: the rmsprop direction is not finite"):
+        opt.step()
+    _assert_same(before, _snapshot([W], opt))
+    W.grad[2, 3] = float("nan")  # a non-finite gradient is still named as such
+    with pytest.raises(uu.NonFiniteError, match=r"param group 0: parameter 0: the gradient contains NaN"):
+        opt.step()
+    _assert_same(before, _snapshot([W], opt))
+
+
+def test_an_ordinary_parameter_with_overlapping_memory_is_refused_before_anything_is_written():
+    W = _param(4)
+    e = torch.nn.Parameter(torch.zeros(1).expand(4))  # four entries, one memory location
+    opt = ProjUNN([{"params": [W]}, {"params": [e], "unitary": False}], lr=1e-2, seed=0)
+    W.grad, e.grad = torch.randn(4, 4, dtype=W.dtype), torch.ones(4)
+    before = _snapshot([W, e], opt)
+    with pytest.raises(ValueError, match=r"param group 1: parameter 0 has overlapping memory"):
+        opt.step()
+    _assert_same(before, _snapshot([W, e], opt))
+
+
+def test_a_parameter_on_an_unsupported_device_is_named():
+    meta = torch.nn.Parameter(torch.empty(4, 4, device="meta"))
+    with pytest.raises(ValueError, match=r"param group 0: parameter 0 is on device meta"):
+        ProjUNN([meta], check_unitary=False)
+
+
+def test_torch_manual_seed_reproduces_initialisers_and_unseeded_optimizers():
+    def run(seed):
+        torch.manual_seed(seed)
+        W = torch.nn.Parameter(orthogonal_(torch.empty(8, 8)))
+        inits = [henaff_(torch.empty(6, 6)), cayley_(torch.empty(6, 6))]
+        opt = ProjUNN([W], lr=0.1, sketch="randomized")  # seed=None: drawn from torch's generator
+        for _ in range(3):
+            W.grad = torch.randn(8, 8)
+            opt.step()
+        return [W.detach().clone(), *inits]
+
+    first, again, other = run(0), run(0), run(1)
+    for a, b in zip(first, again, strict=True):
+        assert torch.equal(a, b)
+    assert not torch.equal(first[0], other[0])
+    assert not torch.equal(first[1], other[1])
+    gen = torch.Generator().manual_seed(5)  # a torch.Generator seeds the draw too
+    assert torch.equal(orthogonal_(torch.empty(5, 5), rng=gen), orthogonal_(torch.empty(5, 5), rng=gen.manual_seed(5)))

@@ -97,8 +97,13 @@ def _labels(unitary_labels: Any, params: Any) -> list[bool]:
     return out
 
 
-def _unitary_leaves(unitary_labels: Any, params: Any, updates: Any, who: str) -> tuple[list[Any], list[Any], Any]:
-    """The indices of the chosen leaves, their (param, update) pairs, and (treedef, update leaves)."""
+def _unitary_leaves(
+    unitary_labels: Any, params: Any, updates: Any, who: str, rank: int = 1
+) -> tuple[list[Any], list[Any], Any]:
+    """The indices of the chosen leaves, their (param, update) pairs, and (treedef, update leaves).
+
+    Each chosen leaf must be a (stack of) N x N matrix with ``1 <= rank <= N``, of a unitary dtype.
+    """
     if params is None:
         raise ValueError(f"{who} needs the parameters: call update(updates, state, params)")
     flags = _labels(unitary_labels, params)
@@ -107,6 +112,10 @@ def _unitary_leaves(unitary_labels: Any, params: Any, updates: Any, who: str) ->
     for flag, p, path in zip(flags, p_leaves, _paths(params), strict=True):
         if flag and (jnp.ndim(p) < 2 or p.shape[-1] != p.shape[-2]):
             raise ValueError(f"unitary leaf params{path} must have shape (..., N, N); got {tuple(jnp.shape(p))}")
+        if flag and p.shape[-1] == 0:
+            raise ValueError(f"unitary leaf params{path} must have N >= 1 (no 0 x 0 matrices); got shape {p.shape}")
+        if flag and p.shape[-1] < rank:
+            raise ValueError(f"unitary leaf params{path}: rank must satisfy 1 <= rank <= N = {p.shape[-1]}; got {rank}")
         if flag and jnp.result_type(p) not in _UNITARY_DTYPES:
             raise TypeError(
                 f"unitary leaf params{path} has dtype {jnp.result_type(p)}; unitary leaves take float32, "
@@ -123,13 +132,13 @@ def _paths(params: Any) -> list[str]:
     return [jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
 
 
-def _check_unitary_leaves(unitary_labels: Any, params: Any, who: str) -> None:
+def _check_unitary_leaves(unitary_labels: Any, params: Any, who: str, rank: int = 1) -> None:
     """ValueError for a chosen leaf that is concrete and not unitary to ``N sqrt(eps)`` (as torch's ProjUNN).
 
     The updates keep ``W^H W`` as it is (projUNN-T exactly), so a leaf that starts off the
     manifold would stay off it without a word.  Traced leaves (an ``init`` under ``jit``) pass.
     """
-    chosen, pairs, _ = _unitary_leaves(unitary_labels, params, params, who)
+    chosen, pairs, _ = _unitary_leaves(unitary_labels, params, params, who, rank)
     paths = _paths(params)
     for i, (p, _) in zip(chosen, pairs, strict=True):
         if _core._is_tracer(p) or p.size == 0:
@@ -262,13 +271,13 @@ def scale_by_projunn(
 
     def init_fn(params: Any) -> ProjUNNState:
         if check_unitary:
-            _check_unitary_leaves(unitary_labels, params, "scale_by_projunn")
-        else:
-            _unitary_leaves(unitary_labels, params, params, "scale_by_projunn")  # bad labels fail here, not later
+            _check_unitary_leaves(unitary_labels, params, "scale_by_projunn", rank)
+        else:  # bad labels and shapes fail here, not later
+            _unitary_leaves(unitary_labels, params, params, "scale_by_projunn", rank)
         return ProjUNNState(count=jnp.zeros([], jnp.int32), key=jax.random.key_data(jax.random.key(seed)))
 
     def update_fn(updates: Any, state: ProjUNNState, params: Any = None) -> tuple[Any, ProjUNNState]:
-        chosen, pairs, (treedef, u_leaves) = _unitary_leaves(unitary_labels, params, updates, "scale_by_projunn")
+        chosen, pairs, (treedef, u_leaves) = _unitary_leaves(unitary_labels, params, updates, "scale_by_projunn", rank)
         key = state.key  # raw key data; a typed key (states saved before 0.x) is taken as it is
         key, sub = jax.random.split(
             key if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else jax.random.wrap_key_data(key)

@@ -2,7 +2,9 @@
 
 Each fills a tensor of shape (..., N, N) with independent unitary (complex dtype) or orthogonal
 (real dtype) matrices, drawn with the library's seeded NumPy generators in double precision and
-copied into the tensor's memory (on its device), and returns the tensor.
+copied into the tensor's memory (on its device), and returns the tensor.  Without ``rng`` the
+seed comes from torch's default generator, so ``torch.manual_seed`` reproduces the draw, as it
+does for :mod:`torch.nn.init`.
 """
 
 from __future__ import annotations
@@ -22,6 +24,23 @@ _NUMPY = {torch.float32: np.float32, torch.float64: np.float64, torch.complex64:
           torch.complex128: np.complex128}  # fmt: skip
 
 
+def torch_seed(generator: Any = None) -> int:
+    """A non-negative 63-bit seed drawn from ``generator`` (a ``torch.Generator``; None: torch's default one).
+
+    The library's own generators are NumPy's; drawing their seed from torch's makes
+    ``torch.manual_seed(s)`` reproduce everything random that a torch user did not seed
+    explicitly.
+    """
+    return int(torch.randint(0, 2**63 - 1, (), dtype=torch.int64, generator=generator))
+
+
+def _numpy_rng(rng: Any) -> np.random.Generator:
+    """The NumPy generator of an initialiser's ``rng``: a Generator or int as given, else seeded from torch."""
+    if rng is None or isinstance(rng, torch.Generator):
+        return np.random.default_rng(torch_seed(rng))
+    return normalize_rng(rng)
+
+
 def _check(tensor: Any, name: str) -> tuple[tuple[int, ...], int]:
     if not isinstance(tensor, torch.Tensor):
         raise TypeError(f"{name}: tensor must be a torch.Tensor; got {type(tensor).__name__}")
@@ -34,7 +53,7 @@ def _check(tensor: Any, name: str) -> tuple[tuple[int, ...], int]:
 
 def _fill(tensor: Any, name: str, rng: Any, draw: Callable[[int, np.random.Generator], np.ndarray]) -> Any:
     batch, n = _check(tensor, name)
-    gen = normalize_rng(rng)
+    gen = _numpy_rng(rng)
     count = int(np.prod(batch, dtype=np.int64))
     values = np.stack([draw(n, gen) for _ in range(count)]) if count else np.zeros((0, n, n))
     values = values.reshape(*batch, n, n).astype(_NUMPY[tensor.dtype])
@@ -52,7 +71,7 @@ def _rotation_blocks(n: int, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
     return W
 
 
-def orthogonal_(tensor: Any, *, rng: np.random.Generator | int | None = None) -> Any:
+def orthogonal_(tensor: Any, *, rng: np.random.Generator | int | torch.Generator | None = None) -> Any:
     """Fill ``tensor`` in place with Haar-random orthogonal (real) or unitary (complex) matrices.
 
     Parameters
@@ -60,8 +79,9 @@ def orthogonal_(tensor: Any, *, rng: np.random.Generator | int | None = None) ->
     tensor : torch.Tensor, shape (..., N, N)
         float32, float64, complex64 or complex128; each N x N matrix of a stack is drawn
         independently (:func:`unitary_update.random_unitary`).
-    rng : numpy.random.Generator, int or None
-        Seed or generator.
+    rng : numpy.random.Generator, int, torch.Generator or None
+        Seed or generator; a ``torch.Generator``, or None for torch's default one, gives the
+        seed (so ``torch.manual_seed`` reproduces the result).
 
     Returns
     -------
@@ -88,14 +108,14 @@ def orthogonal_(tensor: Any, *, rng: np.random.Generator | int | None = None) ->
     True
     """
     batch, n = _check(tensor, "orthogonal_")
-    gen = normalize_rng(rng)
+    gen = _numpy_rng(rng)
     values = uu.random_unitary(n, dtype=_NUMPY[tensor.dtype], batch_shape=batch, rng=gen)
     with torch.no_grad():
         tensor.copy_(torch.from_numpy(values))
     return tensor
 
 
-def henaff_(tensor: Any, *, rng: np.random.Generator | int | None = None) -> Any:
+def henaff_(tensor: Any, *, rng: np.random.Generator | int | torch.Generator | None = None) -> Any:
     r"""Fill ``tensor`` in place with Henaff's block-diagonal rotations (Henaff, Szlam, LeCun 2016).
 
     Each matrix is ``expm(S)`` for a block-diagonal skew-symmetric S with 2 x 2 blocks
@@ -106,8 +126,9 @@ def henaff_(tensor: Any, *, rng: np.random.Generator | int | None = None) -> Any
     ----------
     tensor : torch.Tensor, shape (..., N, N)
         float32, float64, complex64 or complex128.
-    rng : numpy.random.Generator, int or None
-        Seed or generator.
+    rng : numpy.random.Generator, int, torch.Generator or None
+        Seed or generator; a ``torch.Generator``, or None for torch's default one, gives the
+        seed (so ``torch.manual_seed`` reproduces the result).
 
     Returns
     -------
@@ -142,7 +163,7 @@ def henaff_(tensor: Any, *, rng: np.random.Generator | int | None = None) -> Any
     return _fill(tensor, "henaff_", rng, draw)
 
 
-def cayley_(tensor: Any, *, rng: np.random.Generator | int | None = None) -> Any:
+def cayley_(tensor: Any, *, rng: np.random.Generator | int | torch.Generator | None = None) -> Any:
     r"""Fill ``tensor`` in place with Helfrich's Cayley initialisation (Helfrich, Willmott, Ye 2018).
 
     Each matrix is the Cayley transform ``(I + S)^{-1} (I - S)`` of a block-diagonal
@@ -154,8 +175,9 @@ def cayley_(tensor: Any, *, rng: np.random.Generator | int | None = None) -> Any
     ----------
     tensor : torch.Tensor, shape (..., N, N)
         float32, float64, complex64 or complex128.
-    rng : numpy.random.Generator, int or None
-        Seed or generator.
+    rng : numpy.random.Generator, int, torch.Generator or None
+        Seed or generator; a ``torch.Generator``, or None for torch's default one, gives the
+        seed (so ``torch.manual_seed`` reproduces the result).
 
     Returns
     -------

@@ -18,12 +18,15 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.weak import WeakIdKeyDictionary
 
 import unitary_update as uu
 from unitary_update._retract import DriftControl
 from unitary_update._sketch import SKETCH_METHODS
 from unitary_update._step import UPDATES, drift_at
+from unitary_update._validation import layout_overlaps
 from unitary_update._validation import unitary_tolerance as _unitary_tolerance
+from unitary_update.torch._init import torch_seed
 
 __all__ = ["BASES", "ProjUNN"]
 
@@ -120,10 +123,11 @@ def _drift_options(drift: Any, name: str) -> dict[str, Any] | None:
 
 
 def _resolve_seed(seed: Any) -> int:
-    """An integer seed; None draws one from the OS, shared by every rank of an initialised process group."""
+    """An integer seed; None draws one from torch's default generator (``torch.manual_seed`` reproduces it),
+    shared by every rank of an initialised process group."""
     if seed is not None:
         return int(seed)
-    entropy = int(np.random.SeedSequence().entropy)  # type: ignore[arg-type]
+    entropy = torch_seed()
     dist = torch.distributed
     if dist.is_available() and dist.is_initialized():
         box = [entropy]
@@ -151,6 +155,8 @@ def _check_unitary_param(p: Any, where: str, rank: int, check_unitary: bool) -> 
         )
     if p.layout != torch.strided:
         raise ValueError(f"{where} has layout {p.layout}; only dense tensors can be kept unitary")
+    if p.device.type not in ("cpu", "cuda"):
+        raise ValueError(f"{where} is on device {p.device}; a unitary group takes cpu and cuda tensors")
     if p.is_conj() or p.is_neg():
         raise ValueError(
             f"{where} is a lazy conjugate (or negative) view, which cannot be updated in its own memory; "
@@ -265,7 +271,8 @@ class ProjUNN(torch.optim.Optimizer):
         Seed of the sketches.  Parameter number ``i`` (counting from 0 over all groups, in the
         order they were added) draws from
         ``numpy.random.default_rng(numpy.random.SeedSequence(seed, spawn_key=(i,)))``, its own
-        stream, whose state is part of :meth:`state_dict`.  None draws a seed from the OS; if a
+        stream, whose state is part of :meth:`state_dict`.  None draws a seed from torch's
+        default generator, so ``torch.manual_seed`` reproduces the run; if a
         :mod:`torch.distributed` process group is initialised, rank 0's seed is broadcast so that
         every rank sketches identically.
     momentum : float, default 0
@@ -392,6 +399,8 @@ class ProjUNN(torch.optim.Optimizer):
         _check_group(defaults, "")
         defaults["seed"] = _resolve_seed(seed)
         self.check_unitary = check_unitary
+        # the unitary parameters check_unitary has checked (keyed by identity: a tensor's == is elementwise)
+        self._verified: WeakIdKeyDictionary = WeakIdKeyDictionary()
         self._generators: dict[Any, np.random.Generator] = {}
         self._drift: dict[Any, tuple[dict[str, Any], DriftControl]] = {}
         super().__init__(params, defaults)
@@ -410,6 +419,7 @@ class ProjUNN(torch.optim.Optimizer):
         """
         super().__setstate__(state)
         self.__dict__.setdefault("check_unitary", True)
+        self._verified = WeakIdKeyDictionary()
         self._generators = {}
         self._drift = {}
 
@@ -445,6 +455,8 @@ class ProjUNN(torch.optim.Optimizer):
         if group["unitary"]:
             for i, p in enumerate(group["params"]):
                 _check_unitary_param(p, f"{where}parameter {i}", group["rank"], self.check_unitary)
+            if self.check_unitary:
+                self._verified.update(dict.fromkeys(group["params"], True))
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a state saved by :meth:`state_dict` (torch's format), checking the groups' settings.
@@ -507,10 +519,16 @@ class ProjUNN(torch.optim.Optimizer):
             cached = self._drift[p] = (dict(options), DriftControl(**options))
         return cached[1]
 
-    def _check_gradients(self) -> list[tuple[dict[str, Any], Any, int]]:
-        """Every (group, parameter, global index) with a gradient, after checking the gradients."""
-        work: list[tuple[dict[str, Any], Any, int]] = []
-        unitary: list[tuple[str, Any]] = []
+    def _check_gradients(self) -> list[tuple[dict[str, Any], Any, int, str]]:
+        """Every (group, parameter, global index, name) with a gradient, after checking parameters and gradients.
+
+        A parameter in a unitary group is checked again (shape, device, ``rank``): the group may
+        have been changed since it joined.  One that was never checked for unitarity (its group
+        was made unitary after it joined, or ``check_unitary`` came on by a load) is checked
+        at its first unitary step.  The finiteness of the gradients is checked in :meth:`_step`,
+        through the base rule's direction.
+        """
+        work: list[tuple[dict[str, Any], Any, int, str]] = []
         index = 0
         for gi, group in enumerate(self.param_groups):
             _check_group(group, f"param group {gi}: ")  # settings may have been changed (schedulers)
@@ -518,8 +536,18 @@ class ProjUNN(torch.optim.Optimizer):
                 if p.grad is not None:
                     g = p.grad
                     where = f"param group {gi}: parameter {pi}"
-                    if group["unitary"]:  # a group may have been made unitary (its rank: uu.step checks it)
-                        _check_unitary_param(p, where, 1, False)
+                    if group["unitary"]:
+                        unverified = self.check_unitary and p not in self._verified
+                        first = "sketch_rng" not in self.state.get(p, {})  # never stepped as unitary
+                        _check_unitary_param(p, where, group["rank"], unverified and first)
+                        if unverified and first:
+                            self._verified[p] = True
+                    elif layout_overlaps(p.shape, p.stride(), 1):
+                        raise ValueError(
+                            f"{where} has overlapping memory (shape {tuple(p.shape)}, strides {tuple(p.stride())}, "
+                            "e.g. from expand): it cannot be updated in place; make it a parameter that owns "
+                            "its entries (p.clone())"
+                        )
                     if g.layout != torch.strided:
                         raise ValueError(f"{where}: sparse gradients ({g.layout}) are not supported")
                     if g.shape != p.shape or g.dtype != p.dtype or g.device != p.device:
@@ -527,15 +555,26 @@ class ProjUNN(torch.optim.Optimizer):
                             f"{where}: gradient of shape {tuple(g.shape)}, {g.dtype} on {g.device} does not match "
                             f"the parameter's {tuple(p.shape)}, {p.dtype} on {p.device}"
                         )
-                    work.append((group, p, index))
-                    if group["unitary"]:
-                        unitary.append((where, g))
+                    work.append((group, p, index, where))
                 index += 1
-        if uu.get_options().check_finite:
-            for where, g in unitary:  # one host read per unitary parameter, as uu.step's own checks
-                if not bool(torch.isfinite(g).all()):
-                    raise uu.NonFiniteError(f"{where}: the gradient contains NaN or Inf; nothing was updated")
         return work
+
+    @staticmethod
+    def _check_direction(group: dict[str, Any], p: Any, direction: Any, where: str) -> None:
+        """NonFiniteError naming the parameter when the base rule's direction has NaN or Inf (``check_finite`` on).
+
+        One host read per unitary parameter (uu.step's own check of the direction is then the
+        only other); the message tells a non-finite gradient from a rule that made one.
+        """
+        if not uu.get_options().check_finite or bool(torch.isfinite(direction).all()):
+            return
+        if not bool(torch.isfinite(p.grad).all()):
+            raise uu.NonFiniteError(f"{where}: the gradient contains NaN or Inf; nothing was updated")
+        raise uu.NonFiniteError(
+            f"{where}: the {group['base']} direction is not finite although the gradient is (lr = {group['lr']!r} "
+            f"times the gradient overflows {p.dtype}, or eps = {group['eps']!r} with a zero gradient entry "
+            "gives 0 / 0); nothing was updated"
+        )
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """One optimization step of every parameter with a gradient; all or nothing.
@@ -567,14 +606,15 @@ class ProjUNN(torch.optim.Optimizer):
 
     def _step(self) -> None:
         work = self._check_gradients()
-        last = max((i for i, (group, _, _) in enumerate(work) if group["unitary"]), default=-1)
+        last = max((i for i, (group, _, _, _) in enumerate(work) if group["unitary"]), default=-1)
         commits: list[tuple[Any, Any, dict[str, Any], int, Any]] = []
-        for i, (group, p, index) in enumerate(work):
+        for i, (group, p, index, where) in enumerate(work):
             if not group["unitary"]:
                 continue
             state = self.state.get(p, {})  # get: an entry appears only when the step succeeds
             t = state.get("step", 0) + 1
             moments, direction = _direction(group, state, p, p.grad, t)
+            self._check_direction(group, p, direction, where)
             gen = self._generator(p, state, group["seed"], index)
             policy = self._drift_policy(p, _drift_options(group["drift"], "drift"))
             options = {"rank": group["rank"], "update": group["update"], "sketch": group["sketch"], "rng": gen}
@@ -593,7 +633,7 @@ class ProjUNN(torch.optim.Optimizer):
             self.state[p].update(moments)
             self.state[p]["step"] = t
             self.state[p]["sketch_rng"] = rng_state
-        for group, p, _ in work:
+        for group, p, _, _ in work:
             if group["unitary"]:
                 continue
             state = self.state[p]
