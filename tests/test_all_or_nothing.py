@@ -105,6 +105,13 @@ def test_gradient_whose_square_overflows_is_refused_with_the_reason(make):
     np.testing.assert_array_equal(p["w"], p_before)
 
 
+def test_an_overflowing_learning_rate_is_named_in_the_message():
+    opt = SGD(1e308)
+    with pytest.raises(uu.NonFiniteError, match=r"largest \|entry\| 10, lr = 1e\+308"):
+        opt.direction("w", np.full(3, 10.0))
+    assert opt.t == {}
+
+
 def test_direction_that_fails_does_not_advance_the_step_count():
     opt = Adam(0.01)
     opt.direction("w", np.ones(4))

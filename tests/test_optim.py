@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -231,6 +233,28 @@ def test_lr_zero_is_allowed_and_freezes_the_parameter():
     p = {"w": np.ones(3)}
     Adam(0.0).step(p, {"w": np.arange(3.0)})
     np.testing.assert_array_equal(p["w"], 1.0)
+
+
+@pytest.mark.parametrize("make", [lambda: Adam(0.1), lambda: RMSprop(0.1), lambda: SGD(0.1, momentum=0.9)])
+def test_a_step_count_without_buffers_is_refused(make):
+    # a stepped parameter whose moments are gone would restart from zero moments with a stale
+    # count (Adam's bias correction then shrinks the step): refused, not silently wrong
+    opt = make()
+    opt.direction("w", np.array([1.0, -2.0, 3.0]))
+    meta = opt.state_dict()["meta"]
+    fresh = make()
+    with pytest.raises(ValueError, match=r"step count t\['w'\] = 1 \(in meta\) but no buffers for 'w'"):
+        fresh.load_state_dict({"meta": meta})
+    phantom = json.dumps({**json.loads(meta), "t": {"w": 1, "q": 5}})
+    with pytest.raises(ValueError, match=r"t\['q'\] = 5"):
+        fresh.load_state_dict({**opt.state_dict(), "meta": phantom})
+    assert fresh.t == {}
+    assert fresh.state == {}
+    plain = SGD(0.1)  # no momentum: no buffers, a step count alone is the whole state
+    plain.direction("w", np.ones(3))
+    again = SGD(0.1)
+    again.load_state_dict(plain.state_dict())
+    assert again.t == {"w": 1}
 
 
 def test_load_state_dict_is_all_or_nothing():

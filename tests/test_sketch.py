@@ -76,6 +76,21 @@ def test_rank_above_factored_rank_pads_with_zeros():
     np.testing.assert_array_equal(A[:, 2:], 0)
 
 
+@pytest.mark.parametrize("method", _sketch.SKETCH_METHODS)
+def test_a_factored_g_with_no_columns_sketches_to_zero(method):
+    # X, Y of m = 0 columns: G = 0, of rank 0 < k (column sampling divided by a block width of 0)
+    A, B = uu.sketch((np.ones((8, 0)), np.ones((6, 0))), 2, method=method, rng=0)
+    assert A.shape == (8, 2)
+    assert B.shape == (6, 2)
+    np.testing.assert_array_equal(A @ B.T, 0)
+
+
+@pytest.mark.parametrize("G", [np.zeros((0, 3)), np.zeros((3, 0)), (np.zeros((0, 2)), np.ones((3, 2)))])
+def test_an_empty_g_is_named(G):
+    with pytest.raises(ValueError, match=r"G is empty \(N x M = \d x \d\); a sketch needs N, M >= 1"):
+        uu.sketch(G, 1, rng=0)
+
+
 @pytest.mark.parametrize("spectrum", ["flat", "decaying"])
 @pytest.mark.parametrize("k", [1, 5, 10])
 def test_randomized_error_is_near_optimal(spectrum, k):

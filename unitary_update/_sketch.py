@@ -46,7 +46,7 @@ from ._validation import (
     check_finite,
     check_float_dtype,
     check_int,
-    check_rank,
+    check_sketch_rank,
     max_abs,
     quiet_when_unchecked,
 )
@@ -142,7 +142,7 @@ class _Factored:
         m = X.shape[-1]
         Y = xp.broadcast_to(Y, (*self.batch, *Y.shape[-2:]))
         total = xp.zeros((*self.batch, Y.shape[-2]), dtype=np.float64)
-        width = min(m, max(rank, _NORM_BLOCK))
+        width = max(1, min(m, max(rank, _NORM_BLOCK)))  # m = 0 (an empty factor pair): no blocks, zero norms
         for start in range(0, m, width):
             block = slice(start, min(start + width, m))
             C = _ah_matmul(xp, X, self._times(X[..., :, block], sx, sx))  # (2^sx X)^H (2^sx X_B)
@@ -392,7 +392,7 @@ def sketch(
         check_int(value, f"option {key}", low=0, expected="a non-negative integer")
     with compute_context(G[0] if isinstance(G, tuple) and G else G):
         op, library = _as_operator(G)
-        rank = check_rank(rank, min(op.shape))
+        rank = check_sketch_rank(rank, op.shape)
         rng = normalize_rng(rng)
         xp = op.xp
         if any(d == 0 for d in op.batch):  # an empty stack: empty factors, no draw from rng

@@ -34,6 +34,7 @@ __all__ = [
     "check_no_internal_overlap",
     "check_out",
     "check_rank",
+    "check_sketch_rank",
     "check_square",
     "has_internal_overlap",
     "layout_overlaps",
@@ -424,6 +425,13 @@ def unitary_tolerance(n: int, eps: float) -> float:
 def check_rank(rank: Any, limit: int, name: str = "rank") -> int:
     """Check that ``rank`` is an integer with 1 <= rank <= limit; return it as int."""
     return check_int(rank, name, low=1, high=limit)
+
+
+def check_sketch_rank(rank: Any, shape: tuple[int, int]) -> int:
+    """:func:`check_rank` against ``min(shape)`` of the N x M gradient G, with an empty G named as such."""
+    if 0 in shape:
+        raise ValueError(f"G is empty (N x M = {shape[0]} x {shape[1]}); a sketch needs N, M >= 1")
+    return check_rank(rank, min(shape))
 
 
 def check_float(

@@ -23,7 +23,7 @@ def unitarity_error(U: Any) -> float:
     Parameters
     ----------
     U : array, shape (..., N, N)
-        The matrix or stack of matrices to measure; any floating dtype.
+        The matrix or stack of matrices to measure; float32, float64, complex64 or complex128.
 
     Returns
     -------

@@ -144,7 +144,8 @@ class Optimizer:
         if get_options().check_finite and not all(_all_finite(x) for x in (direction, *new.values())):
             raise NonFiniteError(
                 f"grad for {name!r} is too large for {g.dtype}: {type(self).__name__}'s step or moments "
-                f"overflow (largest |entry| {float(max_abs(xp, g)):.3g}); nothing was changed"
+                f"overflow (largest |entry| {float(max_abs(xp, g)):.3g}, lr = {self.lr!r}; a smaller lr or "
+                "gradient fixes it); nothing was changed"
             )
         return direction, new, t
 
@@ -292,7 +293,8 @@ class Optimizer:
             ``"<param>/<buffer>"`` with one of this optimizer's buffers, a parameter lacks one of
             its buffers or has buffers of different shapes, a buffer has NaN/Inf
             (:class:`~unitary_update.NonFiniteError`, while ``check_finite`` is on) or a
-            negative second moment, or a parameter with buffers has a step count of 0.
+            negative second moment, a parameter with buffers has a step count of 0, or a
+            parameter with a step count has no buffers (where the rule keeps them).
         TypeError
             If a buffer is not an array of a real floating dtype (float32 or float64).
         """
@@ -339,7 +341,19 @@ class Optimizer:
                 raise ValueError(f"state's buffers for {p!r} differ in shape or dtype: {sorted(map(str, layouts))}")
             if t.get(p, 0) < 1:
                 raise ValueError(f"state has buffers for {p!r} but its step count t[{p!r}] (in meta) is {t.get(p, 0)}")
+        needed = self._buffers_in_use()
+        for p, count in t.items():
+            if count > 0 and needed and p not in buffers:
+                raise ValueError(
+                    f"state has the step count t[{p!r}] = {count} (in meta) but no buffers for {p!r}; "
+                    f"{type(self).__name__} keeps {list(needed)} for every parameter it has stepped "
+                    "(a state saved with other settings, or edited)"
+                )
         self.t, self.lr, self.state = t, lr, buffers
+
+    def _buffers_in_use(self) -> tuple[str, ...]:
+        """The buffers this rule, with its settings, keeps for every parameter it has stepped."""
+        return self._BUFFERS
 
 
 def _real_dtype(dtype: Any) -> Any:
@@ -386,6 +400,9 @@ class SGD(Optimizer):
     def __init__(self, lr: float, momentum: float = 0.0) -> None:
         super().__init__(lr)
         self.momentum = check_float(momentum, "momentum", low=0, high=1, open_high=True)
+
+    def _buffers_in_use(self) -> tuple[str, ...]:
+        return self._BUFFERS if self.momentum else ()
 
     def _rule(self, g: Any, state: dict[str, Any], t: int) -> tuple[Any, dict[str, Any]]:
         if self.momentum == 0:

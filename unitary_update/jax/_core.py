@@ -40,7 +40,7 @@ from .._validation import (
     check_factor_pair,
     check_float_dtype,
     check_int,
-    check_rank,
+    check_sketch_rank,
     check_square,
 )
 
@@ -166,6 +166,17 @@ def _basis(U: Any, A: Any, B: Any, batch: tuple[int, ...]) -> tuple[Any, Any, An
     )
     W, R = jnp.linalg.qr(X, mode="reduced")
     return W, R[..., :, k:], R[..., :, :k]
+
+
+def _svd_or_nan(M: Any) -> tuple[Any, Any, Any]:
+    """``jnp.linalg.svd(M, full_matrices=False)``, NaN factors where a matrix of M has NaN/Inf.
+
+    XLA's SVD does not return on some non-finite matrices (CPU); this one is never handed one,
+    so under ``jit`` NaN/Inf propagate as NaN, as documented, instead of hanging.
+    """
+    finite = jnp.isfinite(M).all(axis=(-2, -1), keepdims=True)
+    L, s, Rh = jnp.linalg.svd(jnp.where(finite, M, 0), full_matrices=False)
+    return jnp.where(finite, L, jnp.nan), jnp.where(finite[..., 0], s, jnp.nan), jnp.where(finite, Rh, jnp.nan)
 
 
 def _finite_or_identity(M: Any) -> tuple[Any, Any]:
@@ -462,7 +473,7 @@ class _Dense:
         return jnp.take_along_axis(self.G, idx, axis=-1)
 
     def svd(self) -> tuple[Any, Any, Any]:
-        L, s, Rh = jnp.linalg.svd(self.G, full_matrices=False)
+        L, s, Rh = _svd_or_nan(self.G)
         return L, s, _hconj(Rh)
 
 
@@ -493,7 +504,7 @@ class _Factored:
     def svd(self) -> tuple[Any, Any, Any]:
         Qx, Rx = jnp.linalg.qr(self.X, mode="reduced")
         Qy, Ry = jnp.linalg.qr(self.Y, mode="reduced")
-        Lc, s, Rch = jnp.linalg.svd(Rx @ _hconj(Ry), full_matrices=False)
+        Lc, s, Rch = _svd_or_nan(Rx @ _hconj(Ry))
         return Qx @ Lc, s, Qy @ _hconj(Rch)
 
 
@@ -513,7 +524,7 @@ def _randomized(op: Any, rank: int, omega: Any, power_iterations: int) -> tuple[
     for _ in range(power_iterations):
         Q = _orth(op.matmul(_orth(op.rmatmul(Q))))
     Z = op.rmatmul(Q)  # G^H Q; G ~= Q Z^H
-    Lz, s, Rzh = jnp.linalg.svd(Z, full_matrices=False)
+    Lz, s, Rzh = _svd_or_nan(Z)
     return _split(Q @ _hconj(Rzh), s, Lz, rank)
 
 
@@ -586,7 +597,9 @@ def _source(method: str, rng: Any, name: str) -> _Source:
     if is_key(rng) or isinstance(rng, np.random.Generator):
         return _Source(rng)
     if isinstance(rng, (int, np.integer)) and not isinstance(rng, bool):
-        return _Source(jax.random.key(int(rng)))
+        # non-negative, as numpy.random.default_rng requires on the NumPy path (and the same seed
+        # must mean the same thing on both)
+        return _Source(jax.random.key(check_int(rng, f"{name} (an int seed)", low=0)))
     raise TypeError(
         f"{name} must be a JAX PRNG key (jax.random.key(seed)) or an int seed for sketch method "
         f"{method!r}; got {type(rng).__name__}"
@@ -622,7 +635,7 @@ def sketch_with(G: Any, rank: int, method: str, source: _Source, options: dict[s
     """The sketch from an already chosen random source (used by :func:`sketch` and the public API)."""
     method, opts = _check_options(method, options)
     op = _as_operator(G)
-    rank = check_rank(rank, min(op.shape))
+    rank = check_sketch_rank(rank, op.shape)
     draw = _draw(op, method, rank, opts["oversampling"] if method == "randomized" else 0, source)
     power = opts["power_iterations"] if method == "randomized" else 0
     A, B = _sketch_compute(op.arrays, draw, method=method, rank=rank, power_iterations=power)
@@ -803,6 +816,8 @@ def retract(U: Any, *, method: str = "polar") -> Any:
         For a non-array or a non-floating dtype.
     ValueError
         For a non-square U or an unknown method.
+    NonFiniteError
+        For a concrete U with NaN or Inf (``check_finite`` on); under ``jit`` the result is NaN.
 
     Examples
     --------
@@ -815,13 +830,17 @@ def retract(U: Any, *, method: str = "polar") -> Any:
     method = check_choice(method, RETRACT_METHODS, "retraction method")
     U = _as_jax(U, "U")
     check_square(U, "U")
+    _check_finite(U, "U")
     return _retract(U, method=method)
 
 
 @functools.partial(jax.jit, static_argnames=("method",))
 def _retract(U: Any, *, method: str) -> Any:
     if method == "polar":
-        X, _, Yh = jnp.linalg.svd(U, full_matrices=False)
+        # polar(U) = polar(2^-e U): scaled to entries of at most 1, so the SVD never overflows
+        m = jnp.max(jnp.abs(U), axis=(-2, -1), keepdims=True)
+        e = jax.lax.stop_gradient(jnp.frexp(jnp.where(jnp.isfinite(m) & (m > 0), m, 1))[1])
+        X, _, Yh = _svd_or_nan(_ldexp(U, -e))
         return X @ Yh
     eye = jnp.eye(U.shape[-1], dtype=U.dtype)
     X = U
