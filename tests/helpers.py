@@ -23,6 +23,27 @@ def random_factors(rng: np.random.Generator, shape: tuple[int, ...], dtype: Any)
 ALL_DTYPES = [np.float32, np.float64, np.complex64, np.complex128]
 
 
+def polar_mpmath(M: Any, digits: int) -> np.ndarray:
+    """The unitary polar factor of a real or complex mpmath matrix, by an SVD in ``digits`` digits."""
+    import mpmath
+
+    with mpmath.workdps(digits):
+        X, _, Yh = (mpmath.svd_c if any(isinstance(v, mpmath.mpc) for v in M) else mpmath.svd_r)(M)
+        P = X * Yh
+        return np.array([[complex(P[i, j]) for j in range(P.cols)] for i in range(P.rows)])
+
+
+def project_reference_mpmath(U: np.ndarray, A: np.ndarray, B: np.ndarray, digits: int) -> np.ndarray:
+    """``polar(U + A B^H)`` from an mpmath SVD in ``digits`` digits (enough to keep U beside a huge ``A B^H``)."""
+    import mpmath
+
+    with mpmath.workdps(digits):
+        Bh = np.conj(B.T)
+        M = mpmath.matrix(U.tolist()) + mpmath.matrix(A.tolist()) * mpmath.matrix(Bh.tolist())
+        out = polar_mpmath(M, digits)
+    return out if np.iscomplexobj(U) or np.iscomplexobj(A) else out.real
+
+
 def project_limit_of_huge_steps(U: np.ndarray, A: np.ndarray, B: np.ndarray) -> np.ndarray:
     """``lim_{t -> inf} polar(U + t A B^H)`` (one N x N matrix, A and B of k independent columns), in double precision.
 

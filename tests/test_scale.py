@@ -6,7 +6,7 @@ import warnings
 
 import numpy as np
 import pytest
-from helpers import ALL_DTYPES, project_limit_of_huge_steps, random_factors
+from helpers import ALL_DTYPES, project_limit_of_huge_steps, project_reference_mpmath, random_factors
 
 import unitary_update as uu
 from unitary_update._sketch import SKETCH_METHODS
@@ -245,6 +245,25 @@ def test_huge_project_steps_give_the_limit_of_the_polar_factor(dtype, backend_op
         with uu.options(backend=backend_option):
             got = uu.project(U, A, B)
         np.testing.assert_allclose(got, expected, atol=100 * np.sqrt(n) * np.finfo(dtype).eps, err_msg=f"e={e}")
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.complex128])
+@pytest.mark.parametrize("norms", [(1e60, 1e10), (1e100, 1e40), (1e170, 1e160)])
+def test_huge_steps_keep_their_small_singular_values(dtype, norms):
+    """A step whose columns differ by up to 1e60 in norm: its smaller singular values still count.
+
+    Capping the core's identity term too early (at 2^-159) replaced them by the cap's own
+    scale and gave a unitary matrix off the polar factor by up to 1.3.  Reference: an mpmath
+    SVD of U + A B^H in enough digits to keep U beside the step.
+    """
+    pytest.importorskip("mpmath")
+    rng = np.random.default_rng(25)
+    n = 5
+    U = uu.random_unitary(n, dtype=dtype, rng=rng)
+    A = (random_factors(rng, (n, 2), dtype) * np.array(norms)).astype(dtype)
+    B = random_factors(rng, (n, 2), dtype)
+    expected = project_reference_mpmath(U, A, B, digits=2 * int(np.log10(norms[0])) + 40)
+    np.testing.assert_allclose(uu.project(U, A, B), expected, atol=1e-12)
 
 
 @pytest.mark.parametrize("fn", [uu.project, uu.transport])

@@ -169,9 +169,10 @@ def _powers_of_two(xp: ModuleType, e: Any) -> Any:
         return xp.ldexp(xp.ones(e.shape, dtype=np.float64), e)
 
 
-# projUNN-D's identity term for a huge step: no smaller than 2^-3p, p = 53 significand bits of the
-# double-precision core (see project_core; the JAX core uses the same rule in its own precision)
-HUGE_STEP_EXPONENT = 3 * 53
+# projUNN-D's identity term for a huge step: no smaller than 2^-1000, the smallest power of two the
+# double-precision core's LAPACK SVD still resolves beside entries of order one (2^-1100 fails:
+# measured against mpmath); see project_core.  The JAX core has its own, for single precision.
+HUGE_STEP_EXPONENT = 1000
 
 
 def project_core(xp: ModuleType, a: Any, b: Any, e: Any = None) -> Any:
@@ -181,11 +182,12 @@ def project_core(xp: ModuleType, a: Any, b: Any, e: Any = None) -> Any:
     factors by :func:`balance`.  For ``e > 0`` the core is computed as
     ``polar(2^-e I + a b^H)`` (the polar factor is invariant to positive scaling), so nothing
     overflows at any scale; for ``e < 0`` the term ``2^e a b^H`` underflows gracefully.  The
-    identity term is capped at ``2^-HUGE_STEP_EXPONENT`` (``2^-159``) rather than let underflow
-    to 0: the polar factor of ``eps I + a b^H`` tends to a limit as ``eps -> 0``, and the map
-    between the null spaces of the rank-deficient ``a b^H`` comes from that term alone.  The
-    result is within ``eps / sigma_k(a b^H)`` of the limit: below rounding for ``eps <= 2^-3p``
-    (p = 53 significand bits) wherever ``a b^H`` is numerically of rank k.
+    identity term is capped at ``eps = 2^-HUGE_STEP_EXPONENT`` (``2^-1000``) rather than let
+    underflow to 0: the polar factor of ``eps I + a b^H`` tends to a limit as ``eps -> 0``, and
+    the map between the null spaces of the rank-deficient ``a b^H`` comes from that term alone.
+    Up to the cap the term is exact, so a step whose own singular values span many orders of
+    magnitude keeps them all; beyond it the result is within ``eps / sigma_k(a b^H)`` of the
+    limit, below rounding unless ``a b^H``'s singular values span more than 2^900.
 
     On NumPy with ``r >= 16``, a T within ``||T^H T - I||_F <= 1/2`` of the unitary group (every training step of
     moderate size) takes :func:`_newton_schulz_polar`: r x r products only, 5-10x faster than

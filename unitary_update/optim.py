@@ -102,6 +102,9 @@ class Optimizer:
     """
 
     _BUFFERS: tuple[str, ...] = ()  # the names of the per-parameter moment buffers of the rule
+    # whether the step count changes the step (Adam's bias correction): then a count without its
+    # buffers cannot be loaded, since zero moments with a stale count give a wrong step
+    _COUNT_SCALES_STEP = False
 
     def __init__(self, lr: float) -> None:
         self.lr = check_float(lr, "lr", low=0)
@@ -293,8 +296,8 @@ class Optimizer:
             ``"<param>/<buffer>"`` with one of this optimizer's buffers, a parameter lacks one of
             its buffers or has buffers of different shapes, a buffer has NaN/Inf
             (:class:`~unitary_update.NonFiniteError`, while ``check_finite`` is on) or a
-            negative second moment, a parameter with buffers has a step count of 0, or a
-            parameter with a step count has no buffers (where the rule keeps them).
+            negative second moment, a parameter with buffers has a step count of 0, or (Adam,
+            whose step depends on the count) a parameter with a step count has no buffers.
         TypeError
             If a buffer is not an array of a real floating dtype (float32 or float64).
         """
@@ -341,19 +344,14 @@ class Optimizer:
                 raise ValueError(f"state's buffers for {p!r} differ in shape or dtype: {sorted(map(str, layouts))}")
             if t.get(p, 0) < 1:
                 raise ValueError(f"state has buffers for {p!r} but its step count t[{p!r}] (in meta) is {t.get(p, 0)}")
-        needed = self._buffers_in_use()
         for p, count in t.items():
-            if count > 0 and needed and p not in buffers:
+            if count > 0 and self._COUNT_SCALES_STEP and p not in buffers:
                 raise ValueError(
                     f"state has the step count t[{p!r}] = {count} (in meta) but no buffers for {p!r}; "
-                    f"{type(self).__name__} keeps {list(needed)} for every parameter it has stepped "
-                    "(a state saved with other settings, or edited)"
+                    f"{type(self).__name__} keeps {list(self._BUFFERS)} for every parameter it has stepped, "
+                    "and its step depends on the count (a state saved by another optimizer, or edited)"
                 )
         self.t, self.lr, self.state = t, lr, buffers
-
-    def _buffers_in_use(self) -> tuple[str, ...]:
-        """The buffers this rule, with its settings, keeps for every parameter it has stepped."""
-        return self._BUFFERS
 
 
 def _real_dtype(dtype: Any) -> Any:
@@ -400,9 +398,6 @@ class SGD(Optimizer):
     def __init__(self, lr: float, momentum: float = 0.0) -> None:
         super().__init__(lr)
         self.momentum = check_float(momentum, "momentum", low=0, high=1, open_high=True)
-
-    def _buffers_in_use(self) -> tuple[str, ...]:
-        return self._BUFFERS if self.momentum else ()
 
     def _rule(self, g: Any, state: dict[str, Any], t: int) -> tuple[Any, dict[str, Any]]:
         if self.momentum == 0:
@@ -482,6 +477,7 @@ class Adam(Optimizer):
     """
 
     _BUFFERS = ("m", "v")
+    _COUNT_SCALES_STEP = True
 
     def __init__(self, lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
         super().__init__(lr)

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 import scipy.linalg
-from helpers import ALL_DTYPES, project_limit_of_huge_steps, random_factors
+from helpers import ALL_DTYPES, project_limit_of_huge_steps, project_reference_mpmath, random_factors
 
 import unitary_update as uu
 from unitary_update.random import standard_normal
@@ -389,3 +389,18 @@ def test_sketch_names_an_empty_g_and_refuses_a_negative_int_seed():
         uj.sketch(jnp.zeros((3, 0)), 1, key=0)
     with pytest.raises(ValueError, match=r"key \(an int seed\) must be >= 0; got -1"):
         uj.sketch(jnp.ones((4, 4)), 2, key=-1)  # the NumPy path refuses rng=-1 too
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.complex64])
+@pytest.mark.parametrize("norms", [(1e30, 1e5), (1e25, 1e5), (1e36, 1e20)])
+def test_huge_single_precision_steps_keep_their_small_singular_values(x32, dtype, norms):
+    # the single-precision core's identity term is capped only where XLA's SVD stops resolving it
+    pytest.importorskip("mpmath")
+    rng = np.random.default_rng(26)
+    n = 5
+    U = uu.random_unitary(n, dtype=dtype, rng=rng)
+    A = (random_factors(rng, (n, 2), dtype) * np.array(norms, dtype=np.float32)).astype(dtype)
+    B = random_factors(rng, (n, 2), dtype)
+    expected = project_reference_mpmath(U.astype(np.complex128), A.astype(np.complex128), B.astype(np.complex128), 120)
+    V = np.asarray(uj.project(jnp.asarray(U), jnp.asarray(A), jnp.asarray(B)))
+    np.testing.assert_allclose(V, expected if np.iscomplexobj(V) else expected.real, atol=5e-6)

@@ -527,6 +527,13 @@ def test_a_group_made_unitary_between_steps_is_checked_for_unitarity_at_its_firs
         orthogonal_(W, rng=1)
     opt.step()  # now orthogonal: checked once, then stepped
     assert uu.unitarity_error(W) < 1e-5
+    # unitary -> ordinary -> unitary: the ordinary step left the manifold, so W is checked again
+    opt.param_groups[0]["unitary"] = False
+    W.grad = torch.randn(6, 6)
+    opt.step()
+    opt.param_groups[0]["unitary"] = True
+    with pytest.raises(ValueError, match=r"param group 0: parameter 0 is not unitary"):
+        opt.step()
     # check_unitary=False keeps its meaning: no check, the user's responsibility
     V = torch.nn.Parameter(torch.randn(6, 6))
     loose = ProjUNN([{"params": [V], "unitary": False}], lr=1e-2, check_unitary=False)

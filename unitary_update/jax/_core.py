@@ -185,9 +185,10 @@ def _finite_or_identity(M: Any) -> tuple[Any, Any]:
     return jnp.where(finite, M, jnp.eye(M.shape[-1], dtype=M.dtype)), finite
 
 
-# the largest exponent of projUNN-D's identity term, 3 p for p significand bits (nmant + 1):
-# 2^-72 in single precision, 2^-159 in double (_lowrank.HUGE_STEP_EXPONENT; see _project_core)
-_HUGE_STEP_EXPONENT = {23: 3 * 24, 52: HUGE_STEP_EXPONENT}
+# the largest exponent of projUNN-D's identity term: the smallest power of two XLA's SVD still
+# resolves beside entries of order one, 2^-110 in single precision (it fails from about 2^-113:
+# measured against mpmath), 2^-1000 in double as on the NumPy path; see _project_core
+_HUGE_STEP_EXPONENT = {23: 110, 52: HUGE_STEP_EXPONENT}
 
 
 def _project_core(a: Any, b: Any, e: Any) -> Any:
@@ -196,12 +197,11 @@ def _project_core(a: Any, b: Any, e: Any) -> Any:
     The polar factor does not change under positive scaling, so the core is formed as
     ``2^-max(e, 0) I + 2^min(e, 0) a b^H``: no overflow for huge steps and no underflow of the
     step for tiny ones that matter.  For a huge step the identity term is capped at
-    ``2^-3p`` (p: the core dtype's significand bits; :data:`_HUGE_STEP_EXPONENT`, as on the NumPy path).  The polar
-    factor of ``eps I + a b^H`` tends to a limit as ``eps -> 0`` that the rank-deficient
-    ``a b^H`` alone does not fix (the map between its null spaces comes from the identity), and
-    it is within ``eps / sigma_k(a b^H)`` of that limit: below rounding for ``eps <= 2^-3p``
-    wherever ``a b^H`` is numerically of rank k.  Below the cap, XLA's single-precision SVD
-    loses the identity term (about ``2^-113``) and returns some unitary matrix instead.
+    ``eps = 2^-110`` in single and ``2^-1000`` in double precision (:data:`_HUGE_STEP_EXPONENT`):
+    smaller, XLA's single-precision SVD loses it (from about ``2^-113``) or it underflows, and
+    the SVD of the rank-deficient ``a b^H`` alone picks an arbitrary map between its null
+    spaces.  The polar factor of ``eps I + a b^H`` tends to a limit as ``eps -> 0`` and is within
+    ``eps / sigma_k(a b^H)`` of it; up to the cap the term is exact.
     """
     dt = _core_dtype(a.dtype)
     a, b = a.astype(dt), b.astype(dt)

@@ -31,7 +31,8 @@ def torch_seed(generator: Any = None) -> int:
     ``torch.manual_seed(s)`` reproduce everything random that a torch user did not seed
     explicitly.
     """
-    return int(torch.randint(0, 2**63 - 1, (), dtype=torch.int64, generator=generator))
+    device = None if generator is None else generator.device  # a CUDA generator draws on its device
+    return int(torch.randint(0, 2**63 - 1, (), dtype=torch.int64, generator=generator, device=device))
 
 
 def _numpy_rng(rng: Any) -> np.random.Generator:

@@ -399,8 +399,10 @@ class ProjUNN(torch.optim.Optimizer):
         _check_group(defaults, "")
         defaults["seed"] = _resolve_seed(seed)
         self.check_unitary = check_unitary
-        # the unitary parameters check_unitary has checked (keyed by identity: a tensor's == is elementwise)
+        # the unitary parameters check_unitary has checked, and those that have taken an ordinary
+        # step since (keyed by identity: a tensor's == is elementwise)
         self._verified: WeakIdKeyDictionary = WeakIdKeyDictionary()
+        self._left_unitary: WeakIdKeyDictionary = WeakIdKeyDictionary()
         self._generators: dict[Any, np.random.Generator] = {}
         self._drift: dict[Any, tuple[dict[str, Any], DriftControl]] = {}
         super().__init__(params, defaults)
@@ -420,6 +422,7 @@ class ProjUNN(torch.optim.Optimizer):
         super().__setstate__(state)
         self.__dict__.setdefault("check_unitary", True)
         self._verified = WeakIdKeyDictionary()
+        self._left_unitary = WeakIdKeyDictionary()
         self._generators = {}
         self._drift = {}
 
@@ -524,9 +527,9 @@ class ProjUNN(torch.optim.Optimizer):
 
         A parameter in a unitary group is checked again (shape, device, ``rank``): the group may
         have been changed since it joined.  One that was never checked for unitarity (its group
-        was made unitary after it joined, or ``check_unitary`` came on by a load) is checked
-        at its first unitary step.  The finiteness of the gradients is checked in :meth:`_step`,
-        through the base rule's direction.
+        was made unitary after it joined), or that has taken an ordinary step since, is checked
+        for unitarity (``check_unitary``) at its next unitary step.  The finiteness of the
+        gradients is checked in :meth:`_step`, through the base rule's direction.
         """
         work: list[tuple[dict[str, Any], Any, int, str]] = []
         index = 0
@@ -537,11 +540,13 @@ class ProjUNN(torch.optim.Optimizer):
                     g = p.grad
                     where = f"param group {gi}: parameter {pi}"
                     if group["unitary"]:
-                        unverified = self.check_unitary and p not in self._verified
-                        first = "sketch_rng" not in self.state.get(p, {})  # never stepped as unitary
-                        _check_unitary_param(p, where, group["rank"], unverified and first)
-                        if unverified and first:
+                        # never checked and never stepped as unitary, or stepped as ordinary since
+                        first = p not in self._verified and "sketch_rng" not in self.state.get(p, {})
+                        check = self.check_unitary and (first or p in self._left_unitary)
+                        _check_unitary_param(p, where, group["rank"], check)
+                        if check:
                             self._verified[p] = True
+                            self._left_unitary.pop(p, None)
                     elif layout_overlaps(p.shape, p.stride(), 1):
                         raise ValueError(
                             f"{where} has overlapping memory (shape {tuple(p.shape)}, strides {tuple(p.stride())}, "
@@ -640,6 +645,7 @@ class ProjUNN(torch.optim.Optimizer):
             t = state.get("step", 0) + 1
             moments, direction = _direction(group, state, p, p.grad, t)
             p.add_(direction)
+            self._left_unitary[p] = True  # off the manifold now: checked again if its group turns unitary
             state.update(moments)
             state["step"] = t
 
