@@ -221,6 +221,19 @@ def test_unbalanced_factors_equal_the_balanced_ones(dtype, fn):
         np.testing.assert_allclose(got, expected, atol=100 * np.sqrt(n) * np.finfo(dtype).eps)
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.complex128])
+@pytest.mark.parametrize(("n", "k"), [(64, 16), (64, 32)])
+def test_huge_steps_with_wide_cores_give_the_limit_of_the_polar_factor(dtype, n, k):
+    """r = 32-64: NumPy's gesdd (divide and conquer) lost the core's identity term beyond 2^40."""
+    rng = np.random.default_rng(30)
+    U = uu.random_unitary(n, dtype=dtype, rng=rng)
+    A0, B0 = random_factors(rng, (n, k), dtype), random_factors(rng, (n, k), dtype)
+    expected = project_limit_of_huge_steps(U, A0, B0)
+    for e in (60, 200, 2000):
+        A, B = A0 * 2.0 ** min(e, 1000), B0 * 2.0 ** (e - min(e, 1000))
+        np.testing.assert_allclose(uu.project(U, A, B), expected, atol=1e-8, err_msg=f"e={e}")
+
+
 @pytest.mark.parametrize("dtype", ALL_DTYPES)
 @pytest.mark.parametrize("backend_option", ["auto", "numpy"])
 def test_huge_project_steps_give_the_limit_of_the_polar_factor(dtype, backend_option):
@@ -370,7 +383,10 @@ def test_lapack_failures_are_wrapped_and_nan_passes_with_check_finite_off(monkey
     def broken(*args, **kwargs):
         raise np.linalg.LinAlgError("SVD did not converge")
 
+    import scipy.linalg
+
     monkeypatch.setattr(np.linalg, "svd", broken)
+    monkeypatch.setattr(scipy.linalg, "svd", broken)  # the cores' driver (gesvd)
     kept = U.copy()
     # the BLAS/LAPACK path (small single matrices otherwise take the Numba kernel), with a T far
     # from unitary (near-unitary ones take Newton-Schulz, no SVD)
@@ -380,6 +396,11 @@ def test_lapack_failures_are_wrapped_and_nan_passes_with_check_finite_off(monkey
     ):
         uu.project(U, A, A, out=U)
     np.testing.assert_array_equal(U, kept)
+    big = uu.random_unitary(40, dtype=np.float64, rng=29)  # r = 26 > 25: the core goes to gesvd
+    kept_big = big.copy()
+    with pytest.raises(uu.SingularUpdateError, match="the SVD of the r x r core did not converge"):
+        uu.project(big, np.ones((40, 13)), np.ones((40, 13)), out=big)
+    np.testing.assert_array_equal(big, kept_big)
     with pytest.raises(
         uu.SingularUpdateError, match=r"the SVD of U did not converge \(SVD did not converge\); U was not retracted"
     ):

@@ -169,10 +169,12 @@ def _powers_of_two(xp: ModuleType, e: Any) -> Any:
         return xp.ldexp(xp.ones(e.shape, dtype=np.float64), e)
 
 
-# projUNN-D's identity term for a huge step: no smaller than 2^-1000, the smallest power of two the
-# double-precision core's LAPACK SVD still resolves beside entries of order one (2^-1100 fails:
-# measured against mpmath); see project_core.  The JAX core has its own, for single precision.
-HUGE_STEP_EXPONENT = 1000
+# projUNN-D's identity term for a huge step: no smaller than 2^-900, about the smallest power of two
+# the double-precision core still resolves beside entries of order one (measured against mpmath
+# and the limit: r = 8-16 cores lose 1e-5 at 2^-1000, equal-norm steps fail from 2^-1100; steps
+# whose singular values span 2^500 and more want the term as small as it can be); see
+# project_core.  The JAX core has its own, for single precision.
+HUGE_STEP_EXPONENT = 900
 
 
 def project_core(xp: ModuleType, a: Any, b: Any, e: Any = None) -> Any:
@@ -182,12 +184,12 @@ def project_core(xp: ModuleType, a: Any, b: Any, e: Any = None) -> Any:
     factors by :func:`balance`.  For ``e > 0`` the core is computed as
     ``polar(2^-e I + a b^H)`` (the polar factor is invariant to positive scaling), so nothing
     overflows at any scale; for ``e < 0`` the term ``2^e a b^H`` underflows gracefully.  The
-    identity term is capped at ``eps = 2^-HUGE_STEP_EXPONENT`` (``2^-1000``) rather than let
+    identity term is capped at ``eps = 2^-HUGE_STEP_EXPONENT`` (``2^-900``) rather than let
     underflow to 0: the polar factor of ``eps I + a b^H`` tends to a limit as ``eps -> 0``, and
     the map between the null spaces of the rank-deficient ``a b^H`` comes from that term alone.
     Up to the cap the term is exact, so a step whose own singular values span many orders of
     magnitude keeps them all; beyond it the result is within ``eps / sigma_k(a b^H)`` of the
-    limit, below rounding unless ``a b^H``'s singular values span more than 2^900.
+    limit, below rounding unless ``a b^H``'s singular values span more than 2^800.
 
     On NumPy with ``r >= 16``, a T within ``||T^H T - I||_F <= 1/2`` of the unitary group (every training step of
     moderate size) takes :func:`_newton_schulz_polar`: r x r products only, 5-10x faster than
@@ -380,8 +382,34 @@ def _expm_minus_identity_pade(K: np.ndarray) -> np.ndarray | None:
     return D
 
 
+# LAPACK's gesdd runs the QR iteration of gesvd up to this size (SMLSIZ), divide and conquer above
+_GESDD_QR_MAX = 25
+
+
 def _svd(xp: ModuleType, T: Any) -> tuple[Any, Any, Any]:
-    """``svd(T)``; NaN factors for a non-finite T (reached only with check_finite off), else errors wrapped."""
+    """``svd(T)``; NaN factors for a non-finite T (reached only with check_finite off), else errors wrapped.
+
+    On NumPy a finite core with r > 25 goes to LAPACK's ``gesvd`` (QR iteration, one call per
+    matrix of a stack), not NumPy's ``gesdd``: divide and conquer (which ``gesdd`` uses from
+    r = 26 on; below, both run the same QR iteration, batched by NumPy) resolves small singular
+    values only to ``eps`` times the largest, and a huge projUNN-D step's core
+    ``2^-e I + a b^H`` needs its tiny identity term resolved (with ``gesdd``, r = 32-64 and
+    ``|A B^H|`` beyond about ``2^40`` times U's scale gave a unitary matrix 0.2 off the polar
+    factor).  The cores of ordinary steps rarely get here (Newton-Schulz or ``eigh`` from
+    r = 16).
+    """
+    if xp is np and T.shape[-1] > _GESDD_QR_MAX and bool(np.isfinite(T).all()):
+        import scipy.linalg
+
+        try:
+            if T.ndim == 2:
+                return scipy.linalg.svd(T, lapack_driver="gesvd", check_finite=False)
+            parts = [
+                scipy.linalg.svd(t, lapack_driver="gesvd", check_finite=False) for t in T.reshape(-1, *T.shape[-2:])
+            ]
+            return tuple(np.stack(p).reshape(*T.shape[:-2], *p[0].shape) for p in zip(*parts, strict=True))
+        except (np.linalg.LinAlgError, ValueError) as err:
+            raise SingularUpdateError(f"the SVD of the r x r core did not converge ({err})") from None
     try:
         return guarded_svd(xp, T)
     except np.linalg.LinAlgError as err:

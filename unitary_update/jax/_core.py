@@ -185,10 +185,12 @@ def _finite_or_identity(M: Any) -> tuple[Any, Any]:
     return jnp.where(finite, M, jnp.eye(M.shape[-1], dtype=M.dtype)), finite
 
 
-# the largest exponent of projUNN-D's identity term: the smallest power of two XLA's SVD still
-# resolves beside entries of order one, 2^-110 in single precision (it fails from about 2^-113:
-# measured against mpmath), 2^-1000 in double as on the NumPy path; see _project_core
-_HUGE_STEP_EXPONENT = {23: 110, 52: HUGE_STEP_EXPONENT}
+# the largest exponent of projUNN-D's identity term: about the smallest power of two XLA's SVD
+# still resolves beside entries of order one, 2^-100 in single precision (measured against
+# mpmath and the limit: equal-norm steps fail from about 2^-113, r = 8 cores already at 2^-110;
+# steps whose singular values span 2^80 and more want the term as small as it can be), 2^-900 in
+# double as on the NumPy path; see _project_core
+_HUGE_STEP_EXPONENT = {23: 100, 52: HUGE_STEP_EXPONENT}
 
 
 def _project_core(a: Any, b: Any, e: Any) -> Any:
@@ -197,8 +199,8 @@ def _project_core(a: Any, b: Any, e: Any) -> Any:
     The polar factor does not change under positive scaling, so the core is formed as
     ``2^-max(e, 0) I + 2^min(e, 0) a b^H``: no overflow for huge steps and no underflow of the
     step for tiny ones that matter.  For a huge step the identity term is capped at
-    ``eps = 2^-110`` in single and ``2^-1000`` in double precision (:data:`_HUGE_STEP_EXPONENT`):
-    smaller, XLA's single-precision SVD loses it (from about ``2^-113``) or it underflows, and
+    ``eps = 2^-100`` in single and ``2^-900`` in double precision (:data:`_HUGE_STEP_EXPONENT`):
+    smaller, XLA's single-precision SVD loses it (from about ``2^-110``) or it underflows, and
     the SVD of the rank-deficient ``a b^H`` alone picks an arbitrary map between its null
     spaces.  The polar factor of ``eps I + a b^H`` tends to a limit as ``eps -> 0`` and is within
     ``eps / sigma_k(a b^H)`` of it; up to the cap the term is exact.
@@ -210,8 +212,25 @@ def _project_core(a: Any, b: Any, e: Any) -> Any:
     identity_exponent = jnp.clip(e, 0, _HUGE_STEP_EXPONENT[jnp.finfo(dt).nmant])
     T = jnp.ldexp(one, -identity_exponent) * eye + jnp.ldexp(one, jnp.minimum(e, 0)) * (a @ _hconj(b))
     T, finite = _finite_or_identity(T)
-    X, _, Yh = jnp.linalg.svd(T)
+    X, _, Yh = _qr_svd(T)
     return jnp.where(finite, X @ Yh - eye, jnp.nan)
+
+
+_SVD_QR = getattr(getattr(jax.lax.linalg, "SvdAlgorithm", None), "QR", None)  # JAX >= 0.5
+
+
+def _qr_svd(T: Any) -> tuple[Any, Any, Any]:
+    """The SVD of a square core by the QR iteration where JAX offers the choice (``gesvd`` on CPU).
+
+    The default (divide and conquer on CPU) resolves small singular values only to ``eps`` times
+    the largest, and a huge projUNN-D step's core ``2^-e I + a b^H`` needs its tiny identity
+    term: with it, r = 32-64 and ``|A B^H|`` beyond about ``2^40`` times U's scale gave a unitary
+    matrix 0.2-0.4 off the polar factor (as NumPy's ``gesdd``, see ``_lowrank._svd``).
+    """
+    if _SVD_QR is None:  # pragma: no cover - older JAX: its default
+        return jnp.linalg.svd(T)
+    U, s, Vh = jax.lax.linalg.svd(T, full_matrices=False, algorithm=_SVD_QR)
+    return U, s, Vh
 
 
 def _transport_core(a: Any, b: Any, e: Any) -> Any:
