@@ -220,14 +220,16 @@ _SVD_QR = getattr(getattr(jax.lax.linalg, "SvdAlgorithm", None), "QR", None)  # 
 
 
 def _qr_svd(T: Any) -> tuple[Any, Any, Any]:
-    """The SVD of a square core by the QR iteration where JAX offers the choice (``gesvd`` on CPU).
+    """The SVD of a square core, by the QR iteration on CPU from r = 26 where JAX offers the choice.
 
     The default (divide and conquer on CPU) resolves small singular values only to ``eps`` times
     the largest, and a huge projUNN-D step's core ``2^-e I + a b^H`` needs its tiny identity
     term: with it, r = 32-64 and ``|A B^H|`` beyond about ``2^40`` times U's scale gave a unitary
     matrix 0.2-0.4 off the polar factor (as NumPy's ``gesdd``, see ``_lowrank._svd``).
     """
-    if _SVD_QR is None:  # pragma: no cover - older JAX: its default
+    # only where the default is divide and conquer: CPU, r > 25 (below, LAPACK's gesdd runs the
+    # same QR iteration; GPU defaults are Jacobi or QR, and batched Jacobi is far faster there)
+    if _SVD_QR is None or T.shape[-1] <= 25 or jax.default_backend() != "cpu":
         return jnp.linalg.svd(T)
     U, s, Vh = jax.lax.linalg.svd(T, full_matrices=False, algorithm=_SVD_QR)
     return U, s, Vh
