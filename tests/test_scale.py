@@ -221,17 +221,37 @@ def test_unbalanced_factors_equal_the_balanced_ones(dtype, fn):
         np.testing.assert_allclose(got, expected, atol=100 * np.sqrt(n) * np.finfo(dtype).eps)
 
 
-@pytest.mark.parametrize("dtype", [np.float64, np.complex128])
-@pytest.mark.parametrize(("n", "k"), [(64, 16), (64, 32)])
+@pytest.mark.parametrize("dtype", [np.float64, np.complex128, np.float32])
+@pytest.mark.parametrize(("n", "k"), [(64, 16), (64, 32), (300, 32), (134, 64)])
 def test_huge_steps_with_wide_cores_give_the_limit_of_the_polar_factor(dtype, n, k):
-    """r = 32-64: NumPy's gesdd (divide and conquer) lost the core's identity term beyond 2^40."""
+    """r = 32-128: the SVD of the core lost its identity term beyond about 2^40 (0.1-0.2 off).
+
+    NumPy's gesdd (divide and conquer) from r = 26, and any SVD once N >> 2k; the cores of
+    such steps now take the closed-form limit (``_lowrank._with_huge_step_limit``).
+    """
     rng = np.random.default_rng(30)
     U = uu.random_unitary(n, dtype=dtype, rng=rng)
-    A0, B0 = random_factors(rng, (n, k), dtype), random_factors(rng, (n, k), dtype)
+    A0, B0 = random_factors(rng, (n, k), dtype) / np.sqrt(n), random_factors(rng, (n, k), dtype) / np.sqrt(n)
     expected = project_limit_of_huge_steps(U, A0, B0)
-    for e in (60, 200, 2000):
-        A, B = A0 * 2.0 ** min(e, 1000), B0 * 2.0 ** (e - min(e, 1000))
-        np.testing.assert_allclose(uu.project(U, A, B), expected, atol=1e-8, err_msg=f"e={e}")
+    top = 1000 if np.finfo(dtype).maxexp > 128 else 120
+    for e in (60, 200, 2000 if top == 1000 else 240):
+        A = (A0 * 2.0 ** min(e, top)).astype(dtype)
+        B = (B0 * 2.0 ** (e - min(e, top))).astype(dtype)
+        atol = 1e-12 if dtype != np.float32 else 1e-6
+        np.testing.assert_allclose(uu.project(U, A, B), expected, atol=atol, err_msg=f"e={e}")
+
+
+def test_large_steps_below_the_limit_match_mpmath():
+    """2^40-2^50 times U's scale with r = 40: the SVD path, not yet the limit, still exact."""
+    pytest.importorskip("mpmath")
+    rng = np.random.default_rng(68)
+    n, k = 48, 20
+    U = uu.random_unitary(n, dtype=np.float64, rng=rng)
+    A0, B0 = random_factors(rng, (n, k), np.float64) / np.sqrt(n), random_factors(rng, (n, k), np.float64) / np.sqrt(n)
+    for e in (40, 50):
+        A = A0 * 2.0**e
+        expected = project_reference_mpmath(U, A, B0, digits=60)
+        np.testing.assert_allclose(uu.project(U, A, B0), expected, atol=1e-9, err_msg=f"e={e}")
 
 
 @pytest.mark.parametrize("dtype", ALL_DTYPES)
