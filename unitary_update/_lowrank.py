@@ -217,13 +217,13 @@ def project_core(xp: ModuleType, a: Any, b: Any, e: Any = None) -> Any:
     X, _, Yh = _svd(xp, T)
     D = X @ Yh - eye
     if xp is np and a.shape[-1] < r:
-        # |2^e a b^H| bounds sigma_k from above: only a step this large can be at its limit
-        exponent = np.zeros((*ab.shape[:-2], 1, 1), dtype=np.int64) if e is None else np.asarray(e)
+        scale = 0 if e is None else e[..., 0, 0]  # the step is 2^scale a b^H
+        # |2^scale a b^H| bounds sigma_k from above: only a step this large can be at its limit
         with np.errstate(divide="ignore"):
-            top = exponent[..., 0, 0] + np.log2(r * np.max(np.abs(ab), axis=(-2, -1)))
+            top = scale + np.log2(r * np.max(np.abs(ab), axis=(-2, -1)))
         # (NaN factors, reached with check_finite off, keep the SVD's NaN result)
         if bool(np.any(top > _LIMIT_MIN_EXPONENT)) and bool(np.isfinite(a).all() and np.isfinite(b).all()):
-            D = _with_huge_step_limit(a, b, exponent, D)
+            D = _with_huge_step_limit(a, b, scale, D, eye)
     return D
 
 
@@ -231,7 +231,7 @@ def project_core(xp: ModuleType, a: Any, b: Any, e: Any = None) -> Any:
 _LIMIT_MIN_EXPONENT = 56
 
 
-def _with_huge_step_limit(a: np.ndarray, b: np.ndarray, e: np.ndarray, D: np.ndarray) -> np.ndarray:
+def _with_huge_step_limit(a: np.ndarray, b: np.ndarray, scale: Any, D: np.ndarray, eye: np.ndarray) -> np.ndarray:
     """``D`` with the cores of huge steps replaced by ``lim_{eps -> 0} polar(eps I + a b^H) - I``.
 
     With ``a b^H = X S Y^H`` of rank k < r, the limit is ``X_k Y_k^H + Z polar(Z^H Z_R) Z_R^H``,
@@ -241,9 +241,10 @@ def _with_huge_step_limit(a: np.ndarray, b: np.ndarray, e: np.ndarray, D: np.nda
     double rounding, and it needs no SVD to resolve a term of relative size ``2^-e`` (which
     the SVD of ``T`` cannot, for r of about 40 and more: 0.1-0.2 off).  Entries of the stack
     where ``a b^H`` has rank below k keep the SVD's result.  Cost O(r^3) per matrix, small QRs
-    and SVDs; run only when some ``e`` exceeds :data:`_LIMIT_MIN_EXPONENT`.
+    and SVDs; run only when some ``e`` exceeds :data:`_LIMIT_MIN_EXPONENT`.  ``scale`` is ``e``
+    over the stack (0 when the factors were not rescaled).
     """
-    r, k = a.shape[-2], a.shape[-1]
+    k = a.shape[-1]
     Qa, Ra = np.linalg.qr(a, mode="complete")
     Qb, Rb = np.linalg.qr(b, mode="complete")
     Uc, s, Vch = np.linalg.svd(Ra[..., :k, :] @ hconj(Rb[..., :k, :]))  # a b^H = Qa_k C Qb_k^H
@@ -252,8 +253,8 @@ def _with_huge_step_limit(a: np.ndarray, b: np.ndarray, e: np.ndarray, D: np.nda
     limit = (Qa[..., :, :k] @ Uc) @ (Vch @ hconj(Qb[..., :, :k])) + Z @ (Pz @ Qzh) @ hconj(Z_R)
     sigma_k = s[..., k - 1]
     with np.errstate(divide="ignore"):
-        at_limit = (sigma_k > 0) & (e[..., 0, 0] + np.log2(sigma_k) > _LIMIT_MIN_EXPONENT)
-    return np.where(at_limit[..., None, None], limit - np.eye(r, dtype=D.dtype), D)
+        at_limit = (sigma_k > 0) & (scale + np.log2(sigma_k) > _LIMIT_MIN_EXPONENT)
+    return np.where(at_limit[..., None, None], limit - eye, D)
 
 
 def _frobenius_max(x: np.ndarray) -> float:

@@ -168,14 +168,16 @@ def _basis(U: Any, A: Any, B: Any, batch: tuple[int, ...]) -> tuple[Any, Any, An
     return W, R[..., :, k:], R[..., :, :k]
 
 
-def _svd_or_nan(M: Any) -> tuple[Any, Any, Any]:
+def _svd_or_nan(M: Any, *, core: bool = False) -> tuple[Any, Any, Any]:
     """``jnp.linalg.svd(M, full_matrices=False)``, NaN factors where a matrix of M has NaN/Inf.
 
     XLA's SVD does not return on some non-finite matrices (CPU); this one is never handed one,
-    so under ``jit`` NaN/Inf propagate as NaN, as documented, instead of hanging.
+    so under ``jit`` NaN/Inf propagate as NaN, as documented, instead of hanging.  ``core``:
+    M is projUNN-D's square core, factored by :func:`_core_svd`.
     """
     finite = jnp.isfinite(M).all(axis=(-2, -1), keepdims=True)
-    L, s, Rh = jnp.linalg.svd(jnp.where(finite, M, 0), full_matrices=False)
+    safe = jnp.where(finite, M, 0)
+    L, s, Rh = _core_svd(safe) if core else jnp.linalg.svd(safe, full_matrices=False)
     return jnp.where(finite, L, jnp.nan), jnp.where(finite[..., 0], s, jnp.nan), jnp.where(finite, Rh, jnp.nan)
 
 
@@ -211,15 +213,14 @@ def _project_core(a: Any, b: Any, e: Any) -> Any:
     one = jnp.ones((), jnp.finfo(dt).dtype)  # real: ldexp takes no complex arrays
     identity_exponent = jnp.clip(e, 0, _HUGE_STEP_EXPONENT[jnp.finfo(dt).nmant])
     T = jnp.ldexp(one, -identity_exponent) * eye + jnp.ldexp(one, jnp.minimum(e, 0)) * (a @ _hconj(b))
-    T, finite = _finite_or_identity(T)
-    X, _, Yh = _qr_svd(T)
-    return jnp.where(finite, X @ Yh - eye, jnp.nan)
+    X, _, Yh = _svd_or_nan(T, core=True)  # NaN where T is not finite
+    return X @ Yh - eye
 
 
 _SVD_QR = getattr(getattr(jax.lax.linalg, "SvdAlgorithm", None), "QR", None)  # JAX >= 0.5
 
 
-def _qr_svd(T: Any) -> tuple[Any, Any, Any]:
+def _core_svd(T: Any) -> tuple[Any, Any, Any]:
     """The SVD of a square core, by the QR iteration on CPU from r = 26 where JAX offers the choice.
 
     The default (divide and conquer on CPU) resolves small singular values only to ``eps`` times
