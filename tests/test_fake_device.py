@@ -165,6 +165,24 @@ def test_train_on_device_reads_the_host_only_at_log_points(cp, tmp_path):
     assert all(between[s] >= 1 for s in (3, 6, 9)), between  # the logged mean loss is read
 
 
+def test_clipped_training_on_device_matches_cpu_without_extra_host_reads(cp, tmp_path):
+    reads: dict[int, int] = {}
+
+    def on_step(step, loss):
+        reads[step] = fake_cupy.HOST_READS["count"]
+
+    clipped = {"clip_grad_norm": 0.05, "readout_init": "uniform", "eval_every": 0, "checkpoint_every": 0}
+    train(_config(steps=9, log_every=3, **clipped), tmp_path / "cpu", progress=False)
+    train(_config(steps=9, log_every=3, device="gpu", **clipped), tmp_path / "gpu", progress=False, on_step=on_step)
+    cpu, gpu = _losses(tmp_path / "cpu"), _losses(tmp_path / "gpu")
+    np.testing.assert_allclose([r[2] for r in gpu], [r[2] for r in cpu], rtol=1e-9)
+    free = {**clipped, "clip_grad_norm": None}
+    train(_config(steps=9, log_every=3, **free), tmp_path / "free", progress=False)
+    assert [r[2] for r in _losses(tmp_path / "free")][1:] != [r[2] for r in cpu][1:]  # the clipping acted
+    between = {s: reads[s] - reads[s - 1] for s in range(2, 10)}
+    assert all(between[s] == 0 for s in between if s % 3), between
+
+
 def test_checkpoints_of_a_device_run_hold_host_arrays_and_resume_on_either_device(cp, tmp_path):
     full = tmp_path / "full"
     train(_config(device="gpu"), full, progress=False)

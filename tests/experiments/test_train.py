@@ -405,3 +405,122 @@ def test_plot_of_a_record_that_is_not_a_runs_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "the record of step 3 is not a run's record" in err
     assert "Traceback" not in err
+
+
+# ------------------------------------------------------- readout init and gradient clipping
+@pytest.mark.parametrize("complex_", [False, True])
+def test_uniform_readout_init_is_torch_linear_default_and_changes_nothing_else(complex_):
+    base = TrainConfig(task="adding", length=6, complex=complex_, **SMALL)
+    _, plain, _, _ = build(base)
+    _, uniform, _, _ = build(TrainConfig(**{**base.__dict__, "readout_init": "uniform"}))
+    fan_in = 2 * 12 if complex_ else 12
+    bound = 1 / np.sqrt(fan_in)
+    for name in ("O", "c"):
+        value = uniform.params[name]
+        assert value.dtype == plain.params[name].dtype == np.float32
+        assert value.shape == plain.params[name].shape
+        assert np.all(np.abs(value) <= bound)
+        assert np.abs(value).max() > bound / 2
+        assert not np.any(plain.params[name])
+    for name in ("W", "V", "b"):
+        np.testing.assert_array_equal(uniform.params[name], plain.params[name])
+    _, again, _, _ = build(TrainConfig(**{**base.__dict__, "readout_init": "uniform"}))
+    np.testing.assert_array_equal(again.params["O"], uniform.params["O"])
+
+
+def _reference_global_norm(grads):
+    parts = []
+    for g in grads.values():
+        dense = g[0] @ g[1].conj().T if isinstance(g, tuple) else g
+        parts.append(np.abs(np.asarray(dense, dtype=np.complex128)).ravel())
+    return float(np.linalg.norm(np.concatenate(parts)))
+
+
+@pytest.mark.parametrize("factored", [False, True])
+@pytest.mark.parametrize("complex_", [False, True])
+def test_clip_by_global_norm_matches_torch_rule_on_every_gradient(complex_, factored):
+    from unitary_update.experiments.train import clip_by_global_norm
+
+    task, model, _, _ = build(TrainConfig(task="adding", length=6, complex=complex_, **SMALL))
+    model.params["O"][...] = 0.3  # a nonzero readout: every gradient is nonzero
+    _loss, grads = model.loss_and_grads(*task.batch(8, rng=1), factored=factored)
+    norm = _reference_global_norm(grads)
+    saved = {k: tuple(x.copy() for x in g) if isinstance(g, tuple) else g.copy() for k, g in grads.items()}
+    for max_norm in (norm / 7, 10 * norm):
+        clipped = clip_by_global_norm(grads, max_norm)
+        scale = min(1.0, max_norm / (norm + 1e-6))
+        for k, g in grads.items():
+            if isinstance(g, tuple):
+                np.testing.assert_array_equal(clipped[k][1], g[1])
+                got, want = clipped[k][0] @ clipped[k][1].conj().T, g[0] @ g[1].conj().T
+            else:
+                got, want = clipped[k], g
+            assert (clipped[k][0] if isinstance(g, tuple) else got).dtype == (g[0] if isinstance(g, tuple) else g).dtype
+            np.testing.assert_allclose(got, scale * want, rtol=2e-6, atol=1e-7 * np.abs(want).max())
+        if max_norm < norm:
+            assert _reference_global_norm(clipped) == pytest.approx(max_norm, rel=1e-5)
+    for k, g in grads.items():  # the inputs are left as they were
+        pairs = zip(g, saved[k], strict=True) if isinstance(g, tuple) else [(g, saved[k])]
+        for a, b in pairs:
+            np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_clip_by_global_norm_never_zeroes_a_non_finite_gradient(bad):
+    from unitary_update.experiments.train import clip_by_global_norm
+
+    grads = {"a": np.array([bad, 1.0], dtype=np.float32), "b": np.array([2.0], dtype=np.float32)}
+    clipped = clip_by_global_norm(grads, 1.0)
+    assert np.isnan(clipped["b"]).all()
+    assert np.isnan(clipped["a"]).all()
+
+
+def test_clip_by_global_norm_does_not_overflow_in_float32():
+    from unitary_update.experiments.train import clip_by_global_norm
+
+    big = np.full(4, 1e30, dtype=np.float32)  # its squares overflow float32
+    clipped = clip_by_global_norm({"a": big}, 1.0)
+    np.testing.assert_allclose(clipped["a"], np.full(4, 0.5, dtype=np.float32), rtol=1e-6)
+
+
+def test_training_step_clips_before_both_optimizers():
+    from unitary_update.experiments.train import training_step
+
+    config = TrainConfig(task="adding", length=6, optimizer="sgd", lr=0.05, momentum=0.5, **SMALL)
+    task, model, opt, w_opt = build(config)
+    model.params["O"][...] = 0.3
+    x, y = task.batch(8, rng=2)
+    _, grads = model.loss_and_grads(x, y)
+    norm = _reference_global_norm(grads)
+    before = {k: v.copy() for k, v in model.params.items()}
+    training_step(model, opt, w_opt, x, y, clip_grad_norm=norm / 4)
+    # SGD's first step with momentum is -lr g: the Euclidean parameters moved by a quarter
+    for name in ("V", "b", "O", "c"):
+        np.testing.assert_allclose(before[name] - model.params[name], 0.05 * grads[name] / 4, rtol=1e-4, atol=1e-8)
+    _, _, _, w_free = build(config)
+    W_free = before["W"].copy()
+    w_free.step(W_free, grads["W"] / 4)  # W's update saw the clipped gradient too
+    np.testing.assert_allclose(model.params["W"], W_free, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="clip_grad_norm must be finite and > 0"):
+        training_step(model, opt, w_opt, x, y, clip_grad_norm=0.0)
+
+
+def test_clipping_and_readout_init_from_the_command_line_are_stored_and_not_resumable(tmp_path, capsys):
+    run = str(tmp_path / "run")
+    common = ["--length", "6", "--hidden", "8", "--batch-size", "4", "--eval-size", "8", "--no-progress"]
+    args = ["--clip-grad-norm", "0.5", "--readout-init", "uniform"]
+    assert main(["train", "adding", "--steps", "2", *args, "--run-dir", run, *common]) == 0
+    stored = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert (stored["clip_grad_norm"], stored["readout_init"]) == (0.5, "uniform")
+    capsys.readouterr()
+    assert main(["train", "--resume", run, "--steps", "3", "--clip-grad-norm", "1"]) != 0
+    assert "--clip-grad-norm 1.0 (the run has 0.5)" in capsys.readouterr().err
+    assert main(["train", "--resume", run, "--steps", "3"]) == 0
+
+
+def test_clipped_run_resumes_exactly(tmp_path):
+    config = TrainConfig(task="copy", length=4, steps=8, checkpoint_every=3, clip_grad_norm=0.05, **SMALL)
+    train(config, tmp_path / "full", progress=False)
+    train(TrainConfig(**{**config.__dict__, "steps": 3}), tmp_path / "split", progress=False)
+    train(None, tmp_path / "split", resume=True, steps=8, progress=False)
+    assert train_losses(tmp_path / "split") == train_losses(tmp_path / "full")

@@ -398,3 +398,27 @@ def test_assigning_a_stack_checks_it_and_names_it(dtype):
     fresh = U0.copy()
     layer.U = fresh  # the right shape and dtype: kept as given, no copy
     assert layer.U is fresh
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.complex128])
+def test_layer_pickles_and_deep_copies_with_its_stacks(dtype):
+    import copy
+    import pickle
+
+    layer = OrthogonalConv2d(2, 3, (4, 5), dtype=dtype, rng=0)
+    x = np.random.default_rng(1).standard_normal((2, 2, 4, 5)).astype(dtype)
+    _, grad = layer.backward(x, layer(x))
+    layer.step(grad, lr=1e-2, rank=1, rng=2)
+    for twin in (copy.deepcopy(layer), pickle.loads(pickle.dumps(layer))):
+        assert twin.U is not layer.U
+        np.testing.assert_array_equal(twin.U, layer.U)
+        np.testing.assert_array_equal(twin.Q, layer.Q)
+        assert twin.steps == layer.steps == 1
+        np.testing.assert_array_equal(twin(x), layer(x))
+        # the copy trains on its own: the same step gives the same stacks, the original is untouched
+        before = layer.U.copy()
+        twin.step(grad, lr=1e-2, rank=1, rng=3)
+        np.testing.assert_array_equal(layer.U, before)
+        assert twin.steps == 2
+        with pytest.raises(TypeError, match="U must be a numpy array"):
+            twin.U = list(twin.U)

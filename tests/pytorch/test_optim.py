@@ -127,6 +127,58 @@ def test_resume_from_state_dict_is_bit_exact(base):
 
 
 @pytest.mark.parametrize("base", sorted(BASE_RULES))
+def test_step_count_is_a_tensor_as_in_torch_optimizers_and_int_counts_still_load(base):
+    options = BASE_RULES[base][0]
+    model = _model()
+    opt = ProjUNN(_groups(model), lr=0.01, base=base, seed=7, **options)
+    _train(model, opt, 3, 0)
+    other = copy.deepcopy(model)
+    reference = torch.optim.Adam(other.parameters())
+    other(torch.ones(2, other[0].in_features)).sum().backward()
+    reference.step()
+    for p, q in zip(model.parameters(), other.parameters(), strict=True):
+        step = opt.state[p]["step"]
+        kind = reference.state[q]["step"]
+        assert isinstance(step, torch.Tensor)
+        assert step.ndim == 0
+        assert step.dtype == kind.dtype
+        assert step.device.type == "cpu"
+        assert step.item() == 3
+    # a state saved with int counts (this library before) resumes exactly as the tensor one
+    saved = opt.state_dict()
+    legacy = copy.deepcopy(saved)
+    for entry in legacy["state"].values():
+        entry["step"] = int(entry["step"])
+    twins = []
+    for state in (saved, legacy):
+        twin = _model(seed=99)
+        twin.load_state_dict(model.state_dict())
+        opt_twin = ProjUNN(_groups(twin), lr=0.5, base=base, seed=123, **options)
+        opt_twin.load_state_dict(state)
+        _train(twin, opt_twin, 2, 3)
+        assert opt_twin.state[twin[0].weight]["step"].item() == 5
+        twins.append(twin)
+    for a, b in zip(twins[0].parameters(), twins[1].parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize(
+    "bad", [-1, 2.5, True, "3", torch.tensor(1.5), torch.tensor([1.0, 2.0]), torch.tensor(float("nan"))]
+)
+def test_a_saved_step_that_is_not_a_count_is_refused_and_changes_nothing(bad):
+    model = _model()
+    opt = ProjUNN(_groups(model), lr=0.01, base="adam", seed=7)
+    _train(model, opt, 2, 0)
+    state = copy.deepcopy(opt.state_dict())
+    before = copy.deepcopy(state)
+    state["state"][0]["step"] = bad
+    with pytest.raises(ValueError, match=r"param group 0: parameter 0: saved state 'step' must be a step count"):
+        opt.load_state_dict(state)
+    assert opt.state[model[0].weight]["step"].item() == 2
+    assert opt.state_dict()["param_groups"] == before["param_groups"]
+
+
+@pytest.mark.parametrize("base", sorted(BASE_RULES))
 def test_state_of_another_shape_is_refused_and_leaves_the_optimizer_as_it_was(base):
     options = BASE_RULES[base][0]
     big = torch.nn.Parameter(orthogonal_(torch.empty(8, 8), rng=0))

@@ -17,7 +17,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from ..experiments.config import RESUMABLE, TrainConfig, load_config, resume_conflicts
+from ..experiments.config import READOUT_INITS, RESUMABLE, TrainConfig, load_config, resume_conflicts
 from ..experiments.tasks import PIXELS
 from ..models.urnn import ACTIVATIONS
 from ._common import (
@@ -90,6 +90,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:  # numpydoc ignore=P
     setting("init", "initialiser of W", choices=INITS)
     setting("activation", "the RNN's nonlinearity (relu: real models only)", choices=ACTIVATIONS)
     setting("input_scale", "multiplies the initial input weights V (Glorot-normal)", type=float)
+    setting(
+        "readout_init",
+        "initial readout O, c: zero, or uniform in +-1/sqrt(fan_in) (PyTorch's nn.Linear default)",
+        choices=READOUT_INITS,
+    )
     setting("pixels", "pmnist: grey levels standardised (mean 0, std 1) or raw in [0, 1]", choices=PIXELS)
     setting("dtype", "real precision of the model", choices=REAL_DTYPES)
     setting("optimizer", "optimizer of V, b, O, c and of W's direction", choices=OPTIMIZERS)
@@ -104,6 +109,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:  # numpydoc ignore=P
     )
     setting("lr_gamma", "learning-rate factor at each milestone", type=float)
     setting("momentum", "SGD momentum", type=float)
+    setting(
+        "clip_grad_norm",
+        "clip the global norm of all gradients (W's Euclidean one included) to this, as "
+        "torch.nn.utils.clip_grad_norm_ (default: no clipping)",
+        type=float,
+        metavar="MAX_NORM",
+    )
     setting("rank", "rank k of the W update", type=int)
     setting("update", "projUNN-D (project) or projUNN-T (transport)", choices=UPDATES)
     setting("sketch", "sketch method of the W update", choices=SKETCH_METHODS)

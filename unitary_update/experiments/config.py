@@ -24,10 +24,21 @@ from ..models.urnn import ACTIVATIONS, INITS
 from ..optim import OPTIMIZERS
 from .tasks import PIXELS, TASK_CLASSES, TASKS, Task
 
-__all__ = ["REAL_DTYPES", "RESUMABLE", "TrainConfig", "config_from_dict", "load_config", "resume_conflicts"]
+__all__ = [
+    "READOUT_INITS",
+    "REAL_DTYPES",
+    "RESUMABLE",
+    "TrainConfig",
+    "config_from_dict",
+    "load_config",
+    "resume_conflicts",
+]
 
 REAL_DTYPES = ("float32", "float64")
 """The values of :attr:`TrainConfig.dtype`."""
+
+READOUT_INITS = ("zero", "uniform")
+"""The values of :attr:`TrainConfig.readout_init`."""
 
 RESUMABLE = (
     "steps",
@@ -70,6 +81,12 @@ class TrainConfig:
         finite and > 0 (default 1).  Sets how strongly the inputs drive the hidden state at the
         start: expRNN's permuted-MNIST script starts about 4x stronger than Glorot (its
         Kaiming-normal V, std sqrt(2), on raw pixels of std 0.31).
+    readout_init : {"zero", "uniform"}
+        Initial readout O, c: zero (the default; the first loss is then exactly the loss of a
+        uniform prediction), or PyTorch's ``nn.Linear`` default, both uniform in
+        ``[-1/sqrt(fan_in), 1/sqrt(fan_in)]`` with ``fan_in`` the readout's width (N; 2N for a
+        complex model), drawn from ``default_rng([seed, 4])`` so every other parameter is the
+        same as with "zero".
     activation : {"modrelu", "relu"}
         The RNN's nonlinearity: modReLU (the default) or ReLU with b as input bias (a real model
         only; the projUNN paper's permuted-MNIST RNN uses ReLU).
@@ -93,6 +110,11 @@ class TrainConfig:
         The factor applied at each milestone, in (0, 1] (default 0.1).
     momentum : float
         SGD momentum.
+    clip_grad_norm : float or None
+        Clip the gradient's global norm before each update, as
+        ``torch.nn.utils.clip_grad_norm_`` does: every parameter's gradient (W's Euclidean
+        gradient included) is multiplied by ``min(1, clip_grad_norm / (norm + 1e-6))``, ``norm``
+        the 2-norm of all of them together.  None (the default): no clipping.
     rank : int
         Rank k of the sketched W update.
     update : {"project", "transport"}
@@ -130,8 +152,9 @@ class TrainConfig:
         ``checkpoint_every`` >= 0 (0: never); ``rank`` in [1, hidden size]; ``lr``,
         ``input_scale``, ``w_lr_divisor`` finite and > 0 (and ``lr / w_lr_divisor`` > 0);
         ``lr_gamma`` in (0, 1]; ``momentum`` in [0, 1); ``time_limit_s`` None or finite >= 0;
-        ``task``, ``init``, ``activation``, ``pixels``, ``dtype``, ``optimizer``, ``update``,
-        ``sketch`` and ``device`` one of their choices; ``pixels`` other than "standardized"
+        ``clip_grad_norm`` None or finite > 0; ``task``, ``init``, ``readout_init``,
+        ``activation``, ``pixels``, ``dtype``, ``optimizer``, ``update``, ``sketch`` and
+        ``device`` one of their choices; ``pixels`` other than "standardized"
         for a task other than pmnist; ``activation`` "relu" with ``complex``.
 
     Examples
@@ -153,6 +176,7 @@ class TrainConfig:
     complex: bool = False
     init: str = "henaff"
     input_scale: float = 1.0
+    readout_init: str = "zero"
     activation: str = "modrelu"
     pixels: str = "standardized"
     dtype: str = "float32"
@@ -162,6 +186,7 @@ class TrainConfig:
     lr_milestones: tuple[int, ...] = ()
     lr_gamma: float = 0.1
     momentum: float = 0.0
+    clip_grad_norm: float | None = None
     rank: int = 1
     update: str = "project"
     sketch: str = "randomized"
@@ -188,6 +213,7 @@ class TrainConfig:
         self.complex = _check_bool(self.complex, "complex")
         self.init = check_choice_str(self.init, INITS, "init")
         self.input_scale = check_float(self.input_scale, "input_scale", low=0, open_low=True)
+        self.readout_init = check_choice_str(self.readout_init, READOUT_INITS, "readout_init")
         self.activation = check_choice_str(self.activation, ACTIVATIONS, "activation")
         if self.activation == "relu" and self.complex:
             raise ValueError("activation 'relu' needs a real model; complex=True takes 'modrelu'")
@@ -218,6 +244,8 @@ class TrainConfig:
         self.lr_milestones = tuple(int(m) for m in milestones)
         self.lr_gamma = check_float(self.lr_gamma, "lr_gamma", low=0, high=1, open_low=True, expected="in (0, 1]")
         self.momentum = check_float(self.momentum, "momentum", low=0, high=1, open_high=True, expected="in [0, 1)")
+        if self.clip_grad_norm is not None:
+            self.clip_grad_norm = check_float(self.clip_grad_norm, "clip_grad_norm", low=0, open_low=True)
         hidden = self.resolved_hidden()
         self.rank = check_int(self.rank, "rank", low=1, high=hidden, expected=f"in [1, hidden size = {hidden}]")
         self.update = check_choice_str(self.update, UPDATES, "update")

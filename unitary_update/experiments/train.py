@@ -48,7 +48,8 @@ import numpy as np
 from tqdm import tqdm
 
 from .._config import options
-from .._xp import get_namespace
+from .._validation import check_float
+from .._xp import array_namespace, get_namespace, hconj
 from ..metrics import unitarity_error
 from ..models.urnn import URNN
 from ..optim import Optimizer, UnitaryOptimizer, make_optimizer
@@ -63,6 +64,7 @@ __all__ = [
     "CheckpointError",
     "TrainConfig",
     "build",
+    "clip_by_global_norm",
     "evaluate",
     "load_checkpoint",
     "plot_run",
@@ -131,6 +133,12 @@ def build(config: TrainConfig) -> tuple[Task, URNN, Optimizer, UnitaryOptimizer]
                 f"input_scale {config.input_scale!r} overflows the initial input weights V in {config.dtype}"
             )
         model.params["V"] = scaled.astype(model.dtype, copy=False)
+    if config.readout_init == "uniform":  # PyTorch's nn.Linear default, from a stream of its own
+        readout_rng = np.random.default_rng([config.seed, 4])
+        bound = 1.0 / math.sqrt(model.params["O"].shape[1])
+        for name in ("O", "c"):
+            shape = model.params[name].shape
+            model.params[name] = readout_rng.uniform(-bound, bound, shape).astype(model.real_dtype)
     extra = {"momentum": config.momentum} if config.optimizer == "sgd" else {}
     opt = make_optimizer(config.optimizer, config.lr, **extra)
     w_base = make_optimizer(config.optimizer, config.lr / config.w_lr_divisor, **extra)
@@ -397,6 +405,54 @@ def train(
     }
 
 
+def clip_by_global_norm(grads: dict[str, Any], max_norm: float) -> dict[str, Any]:
+    """The gradients scaled by ``min(1, max_norm / (norm + 1e-6))``, as ``torch.nn.utils.clip_grad_norm_``.
+
+    Parameters
+    ----------
+    grads : dict
+        A model's gradients (:meth:`~unitary_update.models.urnn.URNN.loss_and_grads`): NumPy or
+        CuPy arrays, and W's either dense or as its factors ``(X, Y)`` with ``dL/dW = X Y^H``.
+    max_norm : float
+        The largest global norm kept, > 0.
+
+    Returns
+    -------
+    dict
+        New arrays (the inputs are not changed), each in its own dtype; ``norm`` is the 2-norm
+        of every entry of every gradient together (``||X Y^H||_F`` for a factored W), summed in
+        double precision so that it does not overflow for float32 gradients.  A NaN or infinite
+        norm gives NaN gradients (never zeros), which the optimizers refuse.
+
+    Notes
+    -----
+    A factored W gradient is multiplied out once (N x N, ``O(N^2 T batch)``) to take its norm.
+    Nothing is read back to the host: on a GPU the scale stays a device scalar.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from unitary_update.experiments.train import clip_by_global_norm
+    >>> clipped = clip_by_global_norm({"a": np.array([3.0, 0.0]), "b": np.array([4.0])}, 1.0)
+    >>> np.round(clipped["a"], 6), np.round(clipped["b"], 6)
+    (array([0.6, 0. ]), array([0.8]))
+    """
+    xp = array_namespace(grads["b"] if "b" in grads else next(iter(grads.values())))
+    total = xp.zeros((), dtype=np.float64)
+    for g in grads.values():
+        dense = g[0] @ hconj(g[1]) if isinstance(g, tuple) else g
+        wide = dense.astype(np.complex128 if dense.dtype.kind == "c" else np.float64)
+        total = total + xp.sum(wide.real**2 + wide.imag**2 if wide.dtype.kind == "c" else wide**2)
+    # min(1, NaN) is NaN and max_norm / inf is 0 (then Inf * 0 is NaN): a bad norm never zeroes a gradient
+    scale = xp.minimum(xp.asarray(1.0), max_norm / (xp.sqrt(total) + 1e-6))
+    scale = xp.where(xp.isfinite(total), scale, xp.asarray(np.nan))
+
+    def scaled(g: Any) -> Any:
+        return g * scale.astype(g.real.dtype)
+
+    return {k: (scaled(g[0]), g[1]) if isinstance(g, tuple) else scaled(g) for k, g in grads.items()}
+
+
 def _due(step: int, every: int) -> bool:
     """Whether a periodic action (every ``every`` steps; 0: never) falls on ``step``."""
     return bool(every) and step % every == 0
@@ -445,7 +501,14 @@ def _run_config(
 
 
 def training_step(
-    model: URNN, opt: Optimizer, w_opt: UnitaryOptimizer, x: Any, y: Any, *, factored: bool = False
+    model: URNN,
+    opt: Optimizer,
+    w_opt: UnitaryOptimizer,
+    x: Any,
+    y: Any,
+    *,
+    factored: bool = False,
+    clip_grad_norm: float | None = None,
 ) -> Any:
     """One training step of a URNN, all or nothing: the loss, then both optimizers' updates.
 
@@ -461,6 +524,9 @@ def training_step(
         A batch, as for :meth:`~unitary_update.models.urnn.URNN.loss_and_grads`.
     factored : bool, default False
         Pass W's gradient to ``w_opt`` as its factors ``(X, Y)`` (plain SGD) instead of dense.
+    clip_grad_norm : float, optional
+        Clip the gradients' global norm to this (finite, > 0), as
+        ``torch.nn.utils.clip_grad_norm_``: see :func:`clip_by_global_norm`.
 
     Returns
     -------
@@ -506,11 +572,15 @@ def training_step(
             raise TypeError(f"{name} must be {what}; got {type(value).__name__}")
     if not isinstance(factored, (bool, np.bool_)):
         raise TypeError(f"factored must be a bool (True or False); got {factored!r} of type {type(factored).__name__}")
+    if clip_grad_norm is not None:
+        clip_grad_norm = check_float(clip_grad_norm, "clip_grad_norm", low=0, open_low=True)
     saved = _Snapshot(model, opt, w_opt)
     try:
         loss, grads = model.loss_and_grads(x, y, factored=bool(factored))
         if isinstance(loss, float) and not math.isfinite(loss):
             raise FloatingPointError(f"loss is {loss}; nothing was updated")
+        if clip_grad_norm is not None:
+            grads = clip_by_global_norm(grads, clip_grad_norm)
         w_opt.step(model.params["W"], grads.pop("W"))
         opt.step(model.params, grads)
     except BaseException:
@@ -615,7 +685,9 @@ class _Run:
         # on a GPU the finiteness checks inside the updates would read the device every step
         try:
             with options(check_finite=False) if self.on_device else contextlib.nullcontext():
-                loss = training_step(self.model, self.opt, self.w_opt, x, y, factored=self.factored)
+                loss = training_step(
+                    self.model, self.opt, self.w_opt, x, y, factored=self.factored, clip_grad_norm=config.clip_grad_norm
+                )
         except FloatingPointError as err:
             self.opt.lr, self.w_opt.base.lr = lrs
             raise FloatingPointError(f"step {self.step + 1}: {err}; last checkpoint kept") from None

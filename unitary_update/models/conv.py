@@ -41,6 +41,7 @@ factored sketch of :func:`unitary_update.sketch`.
 from __future__ import annotations
 
 import copy
+import importlib
 import math
 import os
 from dataclasses import dataclass
@@ -321,6 +322,9 @@ class OrthogonalConv2d:
     the per-frequency products, O(C^2 H W) per image.  A rank-k update of the stacks
     (:meth:`step`) costs O(F C^2 k) through the batched low-rank updates.
 
+    A layer pickles and deep-copies with its stacks (the namespace is stored by name and
+    imported again when it is read back).
+
     Examples
     --------
     >>> import numpy as np
@@ -386,6 +390,18 @@ class OrthogonalConv2d:
         self.U = xp.asarray(np.array(U, order="C"))  # a writable copy (identity init is a broadcast view)
         self.Q = xp.asarray(np.array(Q, order="C"))
         self.steps = 0  # completed calls of step(); the clock of a DriftControl passed to it
+
+    def __getstate__(self) -> dict[str, Any]:
+        """The layer's attributes with the namespace module by name (a module does not pickle)."""
+        state = self.__dict__.copy()
+        state["_xp"] = self._xp.__name__
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`__getstate__`'s attributes, importing the namespace module again."""
+        state = dict(state)
+        state["_xp"] = importlib.import_module(state["_xp"])
+        self.__dict__.update(state)
 
     @property
     def U(self) -> Any:

@@ -315,7 +315,8 @@ class ProjUNN(torch.optim.Optimizer):
 
     Notes
     -----
-    *State.*  ``self.state[p]`` holds ``"step"`` (int), the base rule's moments as tensors of
+    *State.*  ``self.state[p]`` holds ``"step"`` (a 0-d CPU tensor, as torch's optimizers keep
+    it; states saved with an int there load too), the base rule's moments as tensors of
     p's dtype and device (``"momentum_buffer"``; ``"square_avg"``; ``"exp_avg"``,
     ``"exp_avg_sq"``; complex parameters as torch does it, through
     :func:`torch.view_as_real`, so the real and imaginary parts have moments of their own) and,
@@ -487,6 +488,9 @@ class ProjUNN(torch.optim.Optimizer):
                     if group["unitary"]:
                         _check_unitary_param(p, f"param group {i}: parameter {j}", group["rank"], False)
                     for key, value in self.state.get(p, {}).items():
+                        if key == "step":
+                            _check_step_entry(value, f"param group {i}: parameter {j}: ")
+                            continue
                         # torch checks only the number of parameters: a moment saved for another
                         # shape would fail at the next step (or broadcast), so it is refused here
                         if isinstance(value, torch.Tensor) and value.ndim and tuple(value.shape) != tuple(p.shape):
@@ -617,7 +621,7 @@ class ProjUNN(torch.optim.Optimizer):
             if not group["unitary"]:
                 continue
             state = self.state.get(p, {})  # get: an entry appears only when the step succeeds
-            t = state.get("step", 0) + 1
+            t = _step_count(state) + 1
             moments, direction = _direction(group, state, p, p.grad, t)
             self._check_direction(group, p, direction, where)
             gen = self._generator(p, state, group["seed"], index)
@@ -636,18 +640,41 @@ class ProjUNN(torch.optim.Optimizer):
             if new is not None:
                 p.copy_(torch.from_dlpack(new) if isinstance(new, np.ndarray) else new)
             self.state[p].update(moments)
-            self.state[p]["step"] = t
+            self.state[p]["step"] = _step_tensor(t)
             self.state[p]["sketch_rng"] = rng_state
         for group, p, _, _ in work:
             if group["unitary"]:
                 continue
             state = self.state[p]
-            t = state.get("step", 0) + 1
+            t = _step_count(state) + 1
             moments, direction = _direction(group, state, p, p.grad, t)
             p.add_(direction)
             self._left_unitary[p] = True  # off the manifold now: checked again if its group turns unitary
             state.update(moments)
-            state["step"] = t
+            state["step"] = _step_tensor(t)
+
+
+def _step_tensor(t: int) -> Any:
+    """A step count as torch's own optimizers keep it: a 0-d CPU tensor of the default scalar dtype."""
+    return torch.tensor(float(t), dtype=torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32)
+
+
+def _step_count(state: Mapping[str, Any]) -> int:
+    """The step count of a parameter's state (0 when it has none): a 0-d tensor, or an int as saved before."""
+    return int(state.get("step", 0))
+
+
+def _check_step_entry(value: Any, where: str) -> None:
+    """Refuse a saved ``"step"`` that is not a count: an integer >= 0, or a 0-d tensor holding one."""
+    ok = False
+    if isinstance(value, torch.Tensor):
+        if value.ndim == 0 and not value.is_complex() and value.dtype != torch.bool:
+            number = float(value)
+            ok = math.isfinite(number) and number >= 0 and number == int(number)
+    elif isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        ok = int(value) >= 0
+    if not ok:
+        raise ValueError(f"{where}saved state 'step' must be a step count (an integer >= 0); got {value!r}")
 
 
 def _rng_entry(state: Mapping[str, Any]) -> dict[str, int]:
