@@ -475,6 +475,17 @@ def test_clip_by_global_norm_never_zeroes_a_non_finite_gradient(bad):
     assert np.isnan(clipped["a"]).all()
 
 
+def test_clip_by_global_norm_names_a_bad_max_norm_and_takes_no_gradients():
+    from unitary_update.experiments.train import clip_by_global_norm
+
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="max_norm must be finite and > 0"):
+            clip_by_global_norm({"a": np.ones(2)}, bad)
+    with pytest.raises(TypeError, match="max_norm must be a real number"):
+        clip_by_global_norm({"a": np.ones(2)}, "1")
+    assert clip_by_global_norm({}, 1.0) == {}
+
+
 def test_clip_by_global_norm_does_not_overflow_in_float32():
     from unitary_update.experiments.train import clip_by_global_norm
 

@@ -419,10 +419,18 @@ def clip_by_global_norm(grads: dict[str, Any], max_norm: float) -> dict[str, Any
     Returns
     -------
     dict
-        New arrays (the inputs are not changed), each in its own dtype; ``norm`` is the 2-norm
-        of every entry of every gradient together (``||X Y^H||_F`` for a factored W), summed in
-        double precision so that it does not overflow for float32 gradients.  A NaN or infinite
+        New arrays (the inputs are not changed; no gradients give an empty dict), each in its own
+        dtype; ``norm`` is the 2-norm of every entry of every gradient together (``||X Y^H||_F``
+        for a factored W), summed in double precision so that it does not overflow for float32
+        gradients.  A NaN or infinite
         norm gives NaN gradients (never zeros), which the optimizers refuse.
+
+    Raises
+    ------
+    ValueError
+        If ``max_norm`` is not finite and > 0.
+    TypeError
+        If ``max_norm`` is not a real number, or the gradients mix NumPy and CuPy arrays.
 
     Notes
     -----
@@ -437,7 +445,10 @@ def clip_by_global_norm(grads: dict[str, Any], max_norm: float) -> dict[str, Any
     >>> np.round(clipped["a"], 6), np.round(clipped["b"], 6)
     (array([0.6, 0. ]), array([0.8]))
     """
-    xp = array_namespace(grads["b"] if "b" in grads else next(iter(grads.values())))
+    max_norm = check_float(max_norm, "max_norm", low=0, open_low=True)
+    if not grads:
+        return {}
+    xp = array_namespace(*(x for g in grads.values() for x in (g if isinstance(g, tuple) else (g,))))
     total = xp.zeros((), dtype=np.float64)
     for g in grads.values():
         dense = g[0] @ hconj(g[1]) if isinstance(g, tuple) else g
