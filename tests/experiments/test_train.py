@@ -420,8 +420,9 @@ def test_uniform_readout_init_is_torch_linear_default_and_changes_nothing_else(c
         assert value.dtype == plain.params[name].dtype == np.float32
         assert value.shape == plain.params[name].shape
         assert np.all(np.abs(value) <= bound)
-        assert np.abs(value).max() > bound / 2
         assert not np.any(plain.params[name])
+    assert np.abs(uniform.params["O"]).max() > bound / 2  # spread over the range, not a tiny draw
+    assert np.all(uniform.params["c"] != 0)
     for name in ("W", "V", "b"):
         np.testing.assert_array_equal(uniform.params[name], plain.params[name])
     _, again, _, _ = build(TrainConfig(**{**base.__dict__, "readout_init": "uniform"}))
@@ -484,6 +485,63 @@ def test_clip_by_global_norm_names_a_bad_max_norm_and_takes_no_gradients():
     with pytest.raises(TypeError, match="max_norm must be a real number"):
         clip_by_global_norm({"a": np.ones(2)}, "1")
     assert clip_by_global_norm({}, 1.0) == {}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.complex64])
+@pytest.mark.parametrize("factor", [0.01, 100.0])
+def test_clip_by_global_norm_agrees_with_torch_clip_grad_norm(dtype, factor):
+    torch = pytest.importorskip("torch")
+    from unitary_update.experiments.train import clip_by_global_norm
+
+    rng = np.random.default_rng(4)
+    shapes = {"W": (6, 6), "b": (6,), "c": (2,)}
+    grads = {}
+    for k, shape in shapes.items():
+        g = rng.standard_normal(shape)
+        if np.dtype(dtype).kind == "c":
+            g = g + 1j * rng.standard_normal(shape)
+        grads[k] = g.astype(dtype)
+    params = [
+        torch.nn.Parameter(torch.zeros(g.shape, dtype=getattr(torch, np.dtype(dtype).name))) for g in grads.values()
+    ]
+    for p, g in zip(params, grads.values(), strict=True):
+        p.grad = torch.from_numpy(g.copy())
+    max_norm = factor * _reference_global_norm(grads)
+    torch.nn.utils.clip_grad_norm_(params, max_norm)
+    ours = clip_by_global_norm(grads, max_norm)
+    for p, (k, g) in zip(params, ours.items(), strict=True):
+        assert g.dtype == grads[k].dtype
+        np.testing.assert_allclose(g, p.grad.numpy(), rtol=3e-7 if dtype != np.float64 else 1e-15)
+
+
+def test_clip_by_global_norm_keeps_tiny_scales_and_refuses_non_float_gradients():
+    from unitary_update.experiments.train import clip_by_global_norm
+
+    # the scale 5e-49 is below float32's range, the result 5e-11 is not
+    got = clip_by_global_norm({"a": np.full(4, 1e38, dtype=np.float32)}, 1e-10)["a"]
+    np.testing.assert_allclose(got, np.full(4, 5e-11, dtype=np.float32), rtol=1e-6)
+    # the scale 2e-8 is below float16's smallest number, the results are not
+    got = clip_by_global_norm({"a": np.array([3e4, 4e4], dtype=np.float16)}, 1e-3)["a"]
+    assert got.dtype == np.float16
+    np.testing.assert_allclose(got.astype(np.float64), [6e-4, 8e-4], rtol=1e-3)
+    for bad in (np.array([3, 4]), np.array([True, False]), [3.0, 4.0]):
+        with pytest.raises(TypeError, match=r"grads\['a'\] must be a floating or complex array"):
+            clip_by_global_norm({"a": bad, "b": np.ones(2)}, 1.0)
+
+
+def test_clip_by_global_norm_of_huge_finite_gradients_is_finite():
+    import warnings
+
+    from unitary_update.experiments.train import clip_by_global_norm
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no overflow warning leaks either
+        X = np.full((3, 2), 1e20, dtype=np.float32)  # X Y^H = 2e40: beyond float32, not beyond double
+        clipped = clip_by_global_norm({"W": (X, X.copy()), "b": np.ones(3, dtype=np.float32)}, 1.0)
+        dense = clipped["W"][0].astype(np.float64) @ clipped["W"][1].T.astype(np.float64)
+        np.testing.assert_allclose(np.linalg.norm(dense), 1.0, rtol=1e-5)
+        big = clip_by_global_norm({"a": np.full(3, 1e200), "b": np.full(2, 1e200)}, 2.0)
+        np.testing.assert_allclose(np.concatenate([big["a"], big["b"]]), np.full(5, 2 / np.sqrt(5)), rtol=1e-12)
 
 
 def test_clip_by_global_norm_does_not_overflow_in_float32():

@@ -415,10 +415,19 @@ def test_layer_pickles_and_deep_copies_with_its_stacks(dtype):
         np.testing.assert_array_equal(twin.Q, layer.Q)
         assert twin.steps == layer.steps == 1
         np.testing.assert_array_equal(twin(x), layer(x))
-        # the copy trains on its own: the same step gives the same stacks, the original is untouched
+        # the copy trains on its own, as the original would: the same step gives the same stacks
         before = layer.U.copy()
         twin.step(grad, lr=1e-2, rank=1, rng=3)
         np.testing.assert_array_equal(layer.U, before)
         assert twin.steps == 2
+        reference = copy.deepcopy(layer)
+        reference.step(grad, lr=1e-2, rank=1, rng=3)
+        np.testing.assert_array_equal(twin.U, reference.U)
+        np.testing.assert_array_equal(twin.Q, reference.Q)
+        assert not np.array_equal(twin.U, before)
         with pytest.raises(TypeError, match="U must be a numpy array"):
             twin.U = list(twin.U)
+    state = layer.__getstate__()
+    state["_xp"] = "os"
+    with pytest.raises(ValueError, match="namespace must be 'numpy' or 'cupy'; got 'os'"):
+        OrthogonalConv2d.__new__(OrthogonalConv2d).__setstate__(state)

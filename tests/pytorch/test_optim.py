@@ -140,8 +140,8 @@ def test_step_count_is_a_tensor_as_in_torch_optimizers_and_int_counts_still_load
         step = opt.state[p]["step"]
         kind = reference.state[q]["step"]
         assert isinstance(step, torch.Tensor)
-        assert step.ndim == 0
-        assert step.dtype == kind.dtype
+        assert step.ndim == kind.ndim == 0
+        assert step.dtype == torch.float64  # torch's float32 counts stop at 2^24
         assert step.device.type == "cpu"
         assert step.item() == 3
     # a state saved with int counts (this library before) resumes exactly as the tensor one
@@ -155,11 +155,34 @@ def test_step_count_is_a_tensor_as_in_torch_optimizers_and_int_counts_still_load
         twin.load_state_dict(model.state_dict())
         opt_twin = ProjUNN(_groups(twin), lr=0.5, base=base, seed=123, **options)
         opt_twin.load_state_dict(state)
+        assert all(isinstance(st["step"], torch.Tensor) for st in opt_twin.state.values())  # before any step
         _train(twin, opt_twin, 2, 3)
         assert opt_twin.state[twin[0].weight]["step"].item() == 5
         twins.append(twin)
     for a, b in zip(twins[0].parameters(), twins[1].parameters(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_step_count_stays_exact_beyond_float32_and_keeps_the_drift_clock(monkeypatch):
+    import unitary_update.torch._optim as optim_module
+
+    clock = []
+    real_drift_at = optim_module.drift_at
+    monkeypatch.setattr(optim_module, "drift_at", lambda policy, t: clock.append(t) or real_drift_at(policy, t))
+    W = _param(6, torch.float64)
+    opt = ProjUNN([W], lr=0.01, base="sgd", rank=1, seed=0, drift={"every": 2, "tol": None})
+    W.grad = torch.ones(6, 6, dtype=torch.float64)
+    opt.step()
+    state = opt.state_dict()
+    for start in (2**24, torch.tensor(2.0**24, dtype=torch.float32)):
+        state["state"][0]["step"] = start
+        opt.load_state_dict(state)
+        clock.clear()
+        for _ in range(4):
+            W.grad = torch.ones(6, 6, dtype=torch.float64)
+            opt.step()
+        assert clock == [2**24 + 1, 2**24 + 2, 2**24 + 3, 2**24 + 4]  # drift control's clock goes on
+        assert opt.state[W]["step"].item() == 2**24 + 4
 
 
 @pytest.mark.parametrize(

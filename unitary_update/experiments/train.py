@@ -430,12 +430,18 @@ def clip_by_global_norm(grads: dict[str, Any], max_norm: float) -> dict[str, Any
     ValueError
         If ``max_norm`` is not finite and > 0.
     TypeError
-        If ``max_norm`` is not a real number, or the gradients mix NumPy and CuPy arrays.
+        If ``max_norm`` is not a real number, a gradient is not a floating or complex array
+        (named by its key), or the gradients mix NumPy and CuPy arrays.
 
     Notes
     -----
-    A factored W gradient is multiplied out once (N x N, ``O(N^2 T batch)``) to take its norm.
-    Nothing is read back to the host: on a GPU the scale stays a device scalar.
+    The norm is taken in double precision, each gradient divided by the largest magnitude of
+    all of them first, so that neither float32 nor huge float64 gradients overflow it; the
+    scaled gradients are multiplied in double and rounded to their dtype once (a tiny scale does
+    not underflow).  A factored W gradient is multiplied out once, from double copies of X and
+    Y (N x N, ``O(N^2 T batch)`` time and two double copies of the factors): clipping gives up
+    the factored path's saving.  Nothing is read back to the host: on a GPU the scale stays a
+    device scalar.
 
     Examples
     --------
@@ -448,20 +454,36 @@ def clip_by_global_norm(grads: dict[str, Any], max_norm: float) -> dict[str, Any
     max_norm = check_float(max_norm, "max_norm", low=0, open_low=True)
     if not grads:
         return {}
-    xp = array_namespace(*(x for g in grads.values() for x in (g if isinstance(g, tuple) else (g,))))
-    total = xp.zeros((), dtype=np.float64)
-    for g in grads.values():
-        dense = g[0] @ hconj(g[1]) if isinstance(g, tuple) else g
-        wide = dense.astype(np.complex128 if dense.dtype.kind == "c" else np.float64)
-        total = total + xp.sum(wide.real**2 + wide.imag**2 if wide.dtype.kind == "c" else wide**2)
-    # min(1, NaN) is NaN and max_norm / inf is 0 (then Inf * 0 is NaN): a bad norm never zeroes a gradient
-    scale = xp.minimum(xp.asarray(1.0), max_norm / (xp.sqrt(total) + 1e-6))
-    scale = xp.where(xp.isfinite(total), scale, xp.asarray(np.nan))
+    parts = {k: g if isinstance(g, tuple) else (g,) for k, g in grads.items()}
+    for k, arrays in parts.items():
+        for a in arrays:
+            if getattr(getattr(a, "dtype", None), "kind", None) not in ("f", "c"):
+                raise TypeError(f"grads[{k!r}] must be a floating or complex array; got {type(a).__name__} {a!r:.60}")
+    xp = array_namespace(*(a for arrays in parts.values() for a in arrays))
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        # in double, a factored W multiplied out from double factors: nothing overflows on the way
+        wide = [_widened(a[0]) @ hconj(_widened(a[1])) if len(a) == 2 else _widened(a[0]) for a in parts.values()]
+        # divided by the largest magnitude first: the sum of squares of huge double entries stays finite
+        largest = xp.zeros((), dtype=np.float64)
+        for d in wide:
+            if d.size:
+                largest = xp.maximum(largest, xp.abs(d).max())
+        unit = xp.where(largest > 0, largest, 1.0)
+        total = sum(xp.sum(xp.abs(d / unit) ** 2) for d in wide)
+        norm = unit * xp.sqrt(total)
+        # min(1, NaN) is NaN and max_norm / inf is 0 (then Inf * 0 is NaN): a bad norm never zeroes a gradient
+        scale = xp.minimum(xp.asarray(1.0), max_norm / (norm + 1e-6))
+        scale = xp.where(xp.isfinite(norm), scale, xp.asarray(np.nan))
 
-    def scaled(g: Any) -> Any:
-        return g * scale.astype(g.real.dtype)
+        def scaled(g: Any) -> Any:  # multiplied in double, then rounded once: a tiny scale does not underflow
+            return (_widened(g) * scale).astype(g.dtype)
 
-    return {k: (scaled(g[0]), g[1]) if isinstance(g, tuple) else scaled(g) for k, g in grads.items()}
+        return {k: (scaled(a[0]), a[1]) if len(a) == 2 else scaled(a[0]) for k, a in parts.items()}
+
+
+def _widened(a: Any) -> Any:
+    """``a`` in double precision (complex128 for a complex array)."""
+    return a.astype(np.complex128 if a.dtype.kind == "c" else np.float64)
 
 
 def _due(step: int, every: int) -> bool:

@@ -400,6 +400,10 @@ class OrthogonalConv2d:
     def __setstate__(self, state: dict[str, Any]) -> None:
         """Restore :meth:`__getstate__`'s attributes, importing the namespace module again."""
         state = dict(state)
+        if state.get("_xp") not in ("numpy", "cupy"):
+            raise ValueError(
+                f"not a pickled OrthogonalConv2d: its namespace must be 'numpy' or 'cupy'; got {state.get('_xp')!r}"
+            )
         state["_xp"] = importlib.import_module(state["_xp"])
         self.__dict__.update(state)
 

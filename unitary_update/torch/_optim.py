@@ -315,9 +315,9 @@ class ProjUNN(torch.optim.Optimizer):
 
     Notes
     -----
-    *State.*  ``self.state[p]`` holds ``"step"`` (a 0-d CPU tensor, as torch's optimizers keep
-    it; states saved with an int there load too), the base rule's moments as tensors of
-    p's dtype and device (``"momentum_buffer"``; ``"square_avg"``; ``"exp_avg"``,
+    *State.*  ``self.state[p]`` holds ``"step"`` (a 0-d float64 CPU tensor, as torch's
+    optimizers keep it but exact to 2^53 steps; states saved with an int there load too), the
+    base rule's moments as tensors of p's dtype and device (``"momentum_buffer"``; ``"square_avg"``; ``"exp_avg"``,
     ``"exp_avg_sq"``; complex parameters as torch does it, through
     :func:`torch.view_as_real`, so the real and imaginary parts have moments of their own) and,
     for unitary parameters, ``"sketch_rng"``: the state of the parameter's NumPy bit generator
@@ -500,6 +500,8 @@ class ProjUNN(torch.optim.Optimizer):
                                 "the state_dict belongs to another model"
                             )
             for st in self.state.values():
+                if "step" in st:  # an int (saved before) or another dtype: the count's own form
+                    st["step"] = _step_tensor(int(st["step"]))
                 if "sketch_rng" in st:  # checked, and an own copy: the caller's dict is never written through
                     st["sketch_rng"] = _rng_entry(_pcg64_state(st["sketch_rng"]))
         except Exception:
@@ -655,8 +657,11 @@ class ProjUNN(torch.optim.Optimizer):
 
 
 def _step_tensor(t: int) -> Any:
-    """A step count as torch's own optimizers keep it: a 0-d CPU tensor of the default scalar dtype."""
-    return torch.tensor(float(t), dtype=torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32)
+    """A step count as a 0-d CPU tensor, as torch's optimizers keep it, but float64: exact to 2^53.
+
+    (torch's float32 counts stop at 2^24; here the count is also the clock of drift control.)
+    """
+    return torch.tensor(float(t), dtype=torch.float64)
 
 
 def _step_count(state: Mapping[str, Any]) -> int:
