@@ -421,9 +421,8 @@ def clip_by_global_norm(grads: dict[str, Any], max_norm: float) -> dict[str, Any
     dict
         New arrays (the inputs are not changed; no gradients give an empty dict), each in its own
         dtype; ``norm`` is the 2-norm of every entry of every gradient together (``||X Y^H||_F``
-        for a factored W), summed in double precision so that it does not overflow for float32
-        gradients.  A NaN or infinite
-        norm gives NaN gradients (never zeros), which the optimizers refuse.
+        for a factored W), taken in double precision (Notes).  A NaN or infinite norm gives NaN
+        gradients (never zeros), which the optimizers refuse.
 
     Raises
     ------

@@ -317,13 +317,13 @@ class ProjUNN(torch.optim.Optimizer):
     -----
     *State.*  ``self.state[p]`` holds ``"step"`` (a 0-d float64 CPU tensor, as torch's
     optimizers keep it but exact to 2^53 steps; states saved with an int there load too), the
-    base rule's moments as tensors of p's dtype and device (``"momentum_buffer"``; ``"square_avg"``; ``"exp_avg"``,
-    ``"exp_avg_sq"``; complex parameters as torch does it, through
-    :func:`torch.view_as_real`, so the real and imaginary parts have moments of their own) and,
-    for unitary parameters, ``"sketch_rng"``: the state of the parameter's NumPy bit generator
-    (PCG64's four integers, plain Python data that ``torch.load(weights_only=True)`` reads).
-    :meth:`state_dict` and :meth:`load_state_dict` are torch's: a run
-    resumed from a checkpoint continues bit for bit.
+    base rule's moments as tensors of p's dtype and device (``"momentum_buffer"``;
+    ``"square_avg"``; ``"exp_avg"``, ``"exp_avg_sq"``; complex parameters as torch does it,
+    through :func:`torch.view_as_real`, so the real and imaginary parts have moments of their
+    own) and, for unitary parameters, ``"sketch_rng"``: the state of the parameter's NumPy bit
+    generator (PCG64's four integers, plain Python data that ``torch.load(weights_only=True)``
+    reads).  :meth:`state_dict` and :meth:`load_state_dict` are torch's: a run resumed from a
+    checkpoint continues bit for bit.
 
     *All or nothing.*  A step first checks every gradient (shape; with the library option
     ``check_finite`` on, NaN/Inf in the gradients of unitary parameters:
