@@ -46,6 +46,7 @@ SMALL = {"task": "adding", "length": 6, "steps": 2, "hidden_size": 8, "batch_siz
         ({"clip_grad_norm": "1"}, TypeError, "clip_grad_norm must be a real number"),
         ({"readout_init": "normal"}, ValueError, "readout_init must be one of 'zero', 'uniform'"),
         ({"readout_init": None}, TypeError, "readout_init must be one of"),
+        ({"bias_init": "ones"}, ValueError, "bias_init must be one of 'uniform', 'zero'"),
         ({"pixels": "raw"}, ValueError, "pixels applies to the pmnist task only; got pixels='raw' for adding"),
         ({"pixels": "normalised"}, ValueError, "pixels must be one of 'standardized', 'raw'"),
         ({"pixels": None}, TypeError, "pixels must be one of"),

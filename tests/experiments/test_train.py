@@ -593,3 +593,21 @@ def test_clipped_run_resumes_exactly(tmp_path):
     train(TrainConfig(**{**config.__dict__, "steps": 3}), tmp_path / "split", progress=False)
     train(None, tmp_path / "split", resume=True, steps=8, progress=False)
     assert train_losses(tmp_path / "split") == train_losses(tmp_path / "full")
+
+
+def test_zero_bias_init_changes_only_the_bias_and_is_stored(tmp_path, capsys):
+    base = TrainConfig(task="adding", length=6, **SMALL)
+    _, plain, _, _ = build(base)
+    _, zero, _, _ = build(TrainConfig(**{**base.__dict__, "bias_init": "zero"}))
+    assert np.any(plain.params["b"])
+    assert not np.any(zero.params["b"])
+    assert zero.params["b"].dtype == plain.params["b"].dtype
+    for name in ("W", "V", "O", "c"):
+        np.testing.assert_array_equal(zero.params[name], plain.params[name])
+    run = str(tmp_path / "run")
+    common = ["--length", "6", "--hidden", "8", "--batch-size", "4", "--eval-size", "8", "--no-progress"]
+    assert main(["train", "adding", "--steps", "2", "--bias-init", "zero", "--run-dir", run, *common]) == 0
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["bias_init"] == "zero"
+    capsys.readouterr()
+    assert main(["train", "--resume", run, "--steps", "3", "--bias-init", "uniform"]) != 0
+    assert "--bias-init uniform (the run has zero)" in capsys.readouterr().err

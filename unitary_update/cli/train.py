@@ -17,7 +17,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from ..experiments.config import READOUT_INITS, RESUMABLE, TrainConfig, load_config, resume_conflicts
+from ..experiments.config import BIAS_INITS, READOUT_INITS, RESUMABLE, TrainConfig, load_config, resume_conflicts
 from ..experiments.tasks import PIXELS
 from ..models.urnn import ACTIVATIONS
 from ._common import (
@@ -95,6 +95,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:  # numpydoc ignore=P
         "initial readout O, c: zero, or uniform in +-1/sqrt(fan_in) (PyTorch's nn.Linear default)",
         choices=READOUT_INITS,
     )
+    setting("bias_init", "initial bias b of the nonlinearity: uniform in +-0.01 (expRNN's) or zero", choices=BIAS_INITS)
     setting("pixels", "pmnist: grey levels standardised (mean 0, std 1) or raw in [0, 1]", choices=PIXELS)
     setting("dtype", "real precision of the model", choices=REAL_DTYPES)
     setting("optimizer", "optimizer of V, b, O, c and of W's direction", choices=OPTIMIZERS)

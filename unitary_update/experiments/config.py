@@ -25,6 +25,7 @@ from ..optim import OPTIMIZERS
 from .tasks import PIXELS, TASK_CLASSES, TASKS, Task
 
 __all__ = [
+    "BIAS_INITS",
     "READOUT_INITS",
     "REAL_DTYPES",
     "RESUMABLE",
@@ -39,6 +40,9 @@ REAL_DTYPES = ("float32", "float64")
 
 READOUT_INITS = ("zero", "uniform")
 """The values of :attr:`TrainConfig.readout_init`."""
+
+BIAS_INITS = ("uniform", "zero")
+"""The values of :attr:`TrainConfig.bias_init`."""
 
 RESUMABLE = (
     "steps",
@@ -87,6 +91,9 @@ class TrainConfig:
         ``[-1/sqrt(fan_in), 1/sqrt(fan_in)]`` with ``fan_in`` the readout's width (N; 2N for a
         complex model), drawn from ``default_rng([seed, 4])`` so every other parameter is the
         same as with "zero".
+    bias_init : {"uniform", "zero"}
+        Initial bias b of the nonlinearity: uniform in [-0.01, 0.01] (the default, expRNN's
+        modReLU init) or zero; every other parameter is the same either way.
     activation : {"modrelu", "relu"}
         The RNN's nonlinearity: modReLU (the default) or ReLU with b as input bias (a real model
         only; the projUNN paper's permuted-MNIST RNN uses ReLU).
@@ -152,7 +159,7 @@ class TrainConfig:
         ``checkpoint_every`` >= 0 (0: never); ``rank`` in [1, hidden size]; ``lr``,
         ``input_scale``, ``w_lr_divisor`` finite and > 0 (and ``lr / w_lr_divisor`` > 0);
         ``lr_gamma`` in (0, 1]; ``momentum`` in [0, 1); ``time_limit_s`` None or finite >= 0;
-        ``clip_grad_norm`` None or finite > 0; ``task``, ``init``, ``readout_init``,
+        ``clip_grad_norm`` None or finite > 0; ``task``, ``init``, ``readout_init``, ``bias_init``,
         ``activation``, ``pixels``, ``dtype``, ``optimizer``, ``update``, ``sketch`` and
         ``device`` one of their choices; ``pixels`` other than "standardized"
         for a task other than pmnist; ``activation`` "relu" with ``complex``.
@@ -177,6 +184,7 @@ class TrainConfig:
     init: str = "henaff"
     input_scale: float = 1.0
     readout_init: str = "zero"
+    bias_init: str = "uniform"
     activation: str = "modrelu"
     pixels: str = "standardized"
     dtype: str = "float32"
@@ -214,6 +222,7 @@ class TrainConfig:
         self.init = check_choice_str(self.init, INITS, "init")
         self.input_scale = check_float(self.input_scale, "input_scale", low=0, open_low=True)
         self.readout_init = check_choice_str(self.readout_init, READOUT_INITS, "readout_init")
+        self.bias_init = check_choice_str(self.bias_init, BIAS_INITS, "bias_init")
         self.activation = check_choice_str(self.activation, ACTIVATIONS, "activation")
         if self.activation == "relu" and self.complex:
             raise ValueError("activation 'relu' needs a real model; complex=True takes 'modrelu'")

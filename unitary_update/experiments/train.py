@@ -139,6 +139,8 @@ def build(config: TrainConfig) -> tuple[Task, URNN, Optimizer, UnitaryOptimizer]
         for name in ("O", "c"):
             shape = model.params[name].shape
             model.params[name] = readout_rng.uniform(-bound, bound, shape).astype(model.real_dtype)
+    if config.bias_init == "zero":
+        model.params["b"] = np.zeros_like(model.params["b"])
     extra = {"momentum": config.momentum} if config.optimizer == "sgd" else {}
     opt = make_optimizer(config.optimizer, config.lr, **extra)
     w_base = make_optimizer(config.optimizer, config.lr / config.w_lr_divisor, **extra)
