@@ -42,6 +42,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -436,12 +437,13 @@ def clip_by_global_norm(grads: dict[str, Any], max_norm: float) -> dict[str, Any
 
     Notes
     -----
-    The norm is taken in double precision, each gradient divided by the largest magnitude of
-    all of them first, so that neither float32 nor huge float64 gradients overflow it; the
+    The norm is taken in double precision, each gradient divided by its largest magnitude first
+    and the norms combined the same way, so that neither float32 nor huge float64 gradients
+    overflow it; the
     scaled gradients are multiplied in double and rounded to their dtype once (a tiny scale does
-    not underflow).  A factored W gradient is multiplied out once, from double copies of X and
-    Y (N x N, ``O(N^2 T batch)`` time and two double copies of the factors): clipping gives up
-    the factored path's saving.  Nothing is read back to the host: on a GPU the scale stays a
+    not underflow).  A factored W gradient's norm comes from the N x N product ``X Y^H`` or, when
+    ``T batch < N``, from the two ``T batch`` squared Gram matrices, after double copies of X and
+    Y: clipping gives up the factored path's saving.  Nothing is read back to the host: on a GPU the scale stays a
     device scalar.
 
     Examples
@@ -462,24 +464,47 @@ def clip_by_global_norm(grads: dict[str, Any], max_norm: float) -> dict[str, Any
                 raise TypeError(f"grads[{k!r}] must be a floating or complex array; got {type(a).__name__} {a!r:.60}")
     xp = array_namespace(*(a for arrays in parts.values() for a in arrays))
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        # in double, a factored W multiplied out from double factors: nothing overflows on the way
-        wide = [_widened(a[0]) @ hconj(_widened(a[1])) if len(a) == 2 else _widened(a[0]) for a in parts.values()]
-        # divided by the largest magnitude first: the sum of squares of huge double entries stays finite
-        largest = xp.zeros((), dtype=np.float64)
-        for d in wide:
-            if d.size:
-                largest = xp.maximum(largest, xp.abs(d).max())
-        unit = xp.where(largest > 0, largest, 1.0)
-        total = sum(xp.sum(xp.abs(d / unit) ** 2) for d in wide)
-        norm = unit * xp.sqrt(total)
+        wide = {k: [_widened(a) for a in arrays] for k, arrays in parts.items()}  # each converted once
+        norm = _norm_without_overflow(xp, xp.stack([_frobenius(xp, *w) for w in wide.values()]))
         # min(1, NaN) is NaN and max_norm / inf is 0 (then Inf * 0 is NaN): a bad norm never zeroes a gradient
         scale = xp.minimum(xp.asarray(1.0), max_norm / (norm + 1e-6))
         scale = xp.where(xp.isfinite(norm), scale, xp.asarray(np.nan))
+        clipped = {}
+        for k, arrays in parts.items():
+            first = wide[k][0]
+            first *= scale  # in double, then rounded once: a tiny scale does not underflow
+            first = first.astype(arrays[0].dtype)
+            clipped[k] = (first, arrays[1]) if len(arrays) == 2 else first
+        return clipped
 
-        def scaled(g: Any) -> Any:  # multiplied in double, then rounded once: a tiny scale does not underflow
-            return (_widened(g) * scale).astype(g.dtype)
 
-        return {k: (scaled(a[0]), a[1]) if len(a) == 2 else scaled(a[0]) for k, a in parts.items()}
+def _largest(xp: ModuleType, x: Any) -> Any:
+    """The largest ``|entry|`` of ``x`` where it is positive and finite, else 1: a safe divisor."""
+    largest = xp.abs(x).max() if x.size else xp.zeros((), dtype=np.float64)
+    return xp.where((largest > 0) & xp.isfinite(largest), largest, 1.0)
+
+
+def _norm_without_overflow(xp: ModuleType, d: Any) -> Any:
+    """``||d||_F`` of a double array, its entries divided by the largest first: no overflow on the way."""
+    unit = _largest(xp, d)
+    return unit * xp.sqrt(xp.sum(xp.abs(d / unit) ** 2))
+
+
+def _frobenius(xp: ModuleType, a: Any, b: Any = None) -> Any:
+    """``||a||_F``, or ``||a b^H||_F`` for factors a, b of shape (N, M), double arrays, without overflow.
+
+    The factors are divided by their largest entries first; with fewer columns than rows the norm
+    comes from the M x M Gram matrices (``||a b^H||_F^2 = sum((a^H a) * conj(b^H b))``), else from
+    the N x N product: the temporary is ``min(N, M)`` squared.
+    """
+    if b is None:
+        return _norm_without_overflow(xp, a)
+    ua, ub = _largest(xp, a), _largest(xp, b)
+    a, b = a / ua, b / ub
+    if a.shape[-1] >= a.shape[-2]:
+        return ua * ub * _norm_without_overflow(xp, a @ hconj(b))
+    square = xp.sum((hconj(a) @ a) * xp.conj(hconj(b) @ b)).real
+    return ua * ub * xp.sqrt(xp.maximum(square, 0.0))
 
 
 def _widened(a: Any) -> Any:
