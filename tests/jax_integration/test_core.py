@@ -291,6 +291,20 @@ def test_retract_returns_the_polar_factor(x64, method):
     np.testing.assert_allclose(R, scipy.linalg.polar(M)[0], atol=1e-10)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.complex64])
+@pytest.mark.parametrize("method", ["polar", "newton_schulz"])
+def test_single_precision_retract_lands_within_the_drift_tolerance(x32, dtype, method):
+    # XLA's single-precision SVD alone left X Y^H at 5x DriftControl's tolerance (N = 64: 1e-5),
+    # so retract_every made drift worse; the result must be back at rounding level
+    n = 64
+    U = uu.random_unitary(n, dtype=dtype, rng=31)
+    M = (U + 1e-3 * random_factors(np.random.default_rng(32), (n, n), dtype)).astype(dtype)
+    R = np.asarray(jax.jit(lambda M: uj.retract(M, method=method))(jnp.asarray(M)))
+    assert R.dtype == dtype
+    assert uu.unitarity_error(R) <= uu.DriftControl().tolerance(n, dtype)
+    np.testing.assert_allclose(R, uu.retract(M), atol=2e-6)  # the polar factor (NumPy: double-precision SVD)
+
+
 def test_import_without_jax_names_the_extra():
     code = """
 import sys

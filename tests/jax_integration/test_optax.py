@@ -98,6 +98,15 @@ def test_labels_as_callable_or_prefix_and_errors(x32):
             transformation(unitary_labels={"rnn": True, "out": True}).init(params)
     with pytest.raises(TypeError, match="unitary_labels must hold Python bools"):
         update_with({"rnn": jnp.array(True), "out": False})
+    # None over parameters (it was dropped, and a zip of unequal lengths failed, naming nothing)
+    with pytest.raises(TypeError, match=r"unitary_labels must hold Python bools.*got None for a subtree"):
+        update_with({"rnn": True, "out": None})
+    with pytest.raises(TypeError, match="got None for a subtree"):
+        uj.projunn(0.1, unitary_labels={"rnn": {"W": True, "R": None}, "out": False}).init(params)
+    # None over an empty subtree (a None in params) is fine
+    with_none = {"rnn": {"W": U}, "out": None}
+    for labels in ({"rnn": True, "out": None}, {"rnn": True, "out": False}):
+        assert _labels(labels, with_none) == [True]
     with pytest.raises(ValueError, match="unitary_labels must be a pytree of bools"):
         update_with({"rnn": True})
     with pytest.raises(TypeError, match=r"base must be an optax\.GradientTransformation"):

@@ -78,15 +78,25 @@ class RetractState(NamedTuple):
 def _labels(unitary_labels: Any, params: Any) -> list[bool]:
     """One Python bool per leaf of ``params``: a pytree of bools (a prefix of params) or a callable."""
     labels = unitary_labels(params) if callable(unitary_labels) else unitary_labels
+    none_over_leaves = []  # a None label over a subtree that holds parameters: no bool for them
+
+    def broadcast(m: Any, p: Any) -> Any:
+        if m is None and jax.tree_util.tree_leaves(p):
+            none_over_leaves.append(p)
+        return jax.tree_util.tree_map(lambda _: m, p)
+
     try:
-        full = jax.tree_util.tree_map(
-            lambda m, p: jax.tree_util.tree_map(lambda _: m, p), labels, params, is_leaf=lambda x: x is None
-        )
+        full = jax.tree_util.tree_map(broadcast, labels, params, is_leaf=lambda x: x is None)
     except (ValueError, TypeError) as err:
         raise ValueError(
             f"unitary_labels must be a pytree of bools with the structure of params (or a prefix of it), "
             f"or a callable returning one; {err}"
         ) from None
+    if none_over_leaves:
+        raise TypeError(
+            "unitary_labels must hold Python bools (they choose leaves while tracing); got None for a "
+            "subtree of params that holds parameters (label it True or False)"
+        )
     out = []
     for m in jax.tree_util.tree_leaves(full):
         if not isinstance(m, (bool, np.bool_)):
