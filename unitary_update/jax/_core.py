@@ -282,6 +282,22 @@ def _nearest_rotation(D: Any) -> Any:
 _EPS_RATIO = float(np.finfo(np.float32).eps / np.finfo(np.float64).eps)
 
 
+def _refined_single_precision_core(D: Any) -> Any:
+    """A single-precision core ``D`` (``I + D`` unitary) moved onto the unitary group to rounding of D.
+
+    Without x64 the cores come from single-precision SVD/eigh, and ``I + D`` is unitary only to
+    a few times ``eps``, an error every step passes on to U (the NumPy path's double-precision
+    cores do not).  One Newton-Schulz step ``Q <- Q - Q E / 2`` with ``E = Q^H Q - I``, and E
+    formed as ``D + D^H + D^H D``, without the cancellation of ``Q^H Q - I`` for a small step,
+    squares that error: over 300 float32 steps U then drifts about half as much (N = 8-256,
+    k = 1-4).  Double-precision cores are returned unchanged.
+    """
+    if jnp.finfo(D.dtype).bits > 32:
+        return D
+    E = D + _hconj(D) + _hconj(D) @ D
+    return D - 0.5 * E - 0.5 * (D @ E)
+
+
 def _validate_update(U: Any, A: Any, B: Any) -> tuple[Any, Any, Any, tuple[int, ...]]:
     U, A, B = _as_jax(U, "U"), _as_jax(A, "A"), _as_jax(B, "B")
     check_square(U, "U")
@@ -300,19 +316,22 @@ def _lowrank_update(U: Any, A: Any, B: Any, *, kind: str, batch: tuple[int, ...]
     """
     A, B, e = _balance(A, B, U.dtype)
     W, a, b = _basis(U, A, B, batch)
-    D = (_project_core if kind == "project" else _transport_core)(a, b, e).astype(U.dtype)
+    D = _refined_single_precision_core((_project_core if kind == "project" else _transport_core)(a, b, e))
+    D = D.astype(U.dtype)
     P = (U @ W) @ D
     finite = jnp.isfinite(P).all() & jnp.isfinite(W).all()
     r = W.shape[-1]
     if r > _FUSED_MAX_R:
         return U + P @ _hconj(W), finite
     # small r: r outer products summed elementwise, which XLA fuses into one pass over U (and,
-    # when U is donated, writes in place); a dot would add an N x N temporary and a second pass
+    # when U is donated, writes in place); a dot would add an N x N temporary and a second pass.
+    # The small terms are summed first and added to U once, so each entry of U is rounded once
+    # (adding them to U one by one rounded it r times: U drifted up to 1.4x faster, r = 8)
     Wc = jnp.conj(W)
-    out = U
-    for m in range(r):
-        out = out + P[..., :, m : m + 1] * Wc[..., None, :, m]
-    return out, finite
+    step = P[..., :, 0:1] * Wc[..., None, :, 0]
+    for m in range(1, r):
+        step = step + P[..., :, m : m + 1] * Wc[..., None, :, m]
+    return U + step, finite
 
 
 _FUSED_MAX_R = 8
