@@ -101,11 +101,20 @@ TRAIN = ["train", "copy", "--length", "3", "--steps", "2", "--hidden", "8", "--b
     ("words", "message"),
     [
         (["bogus"], "invalid choice: 'bogus'"),
-        (["demo", "--n", "thirty"], "argument --n: invalid int value: 'thirty'"),
+        (["demo", "--n", "thirty"], "argument --n: must be an integer >= 1; got 'thirty'"),
+        (["demo", "--repeat", "0"], "argument --repeat: must be an integer >= 1; got '0'"),  # was: "best of 0 runs"
+        (["demo", "--seed", "-1"], "argument --seed: must be an integer >= 0; got '-1'"),
+        (["soak", "--step-size", "nan"], "argument --step-size: must be a finite number > 0; got 'nan'"),
+        (["bench-rnn", "--threads", "0"], "argument --threads: must be an integer >= 1; got '0'"),  # was: a traceback
+        (["demo", "--n", "100000000"], "out of memory: Unable to allocate"),  # was: a traceback
+        (
+            ["bench-gpu", "--device", "cpu", "--sizes", "8", "--ranks", "1", "--passes", "0"],
+            "passes must be >= 1; got 0",
+        ),
         (["train", "copy", "--update", "sideways"], "argument --update: invalid choice"),
         (["demo", "--n", "8", "--rank", "20"], "rank must satisfy 1 <= rank <= 8"),
         (["soak", "--update", "x"], "unrecognized arguments"),
-        (["soak", "--n", "4", "--steps", "0"], "steps and record_every"),
+        (["soak", "--n", "4", "--steps", "0"], "argument --steps: must be an integer >= 1; got '0'"),
         ([*TRAIN, "--length", "0"], "length must be an integer >= 1 (the copy task's delay); got 0"),
         ([*TRAIN, "--lr-gamma", "2"], "lr_gamma must be in (0, 1]"),
         ([*TRAIN, "--device", "tpu"], "device must be 'cpu', 'gpu'"),
@@ -118,6 +127,7 @@ TRAIN = ["train", "copy", "--length", "3", "--steps", "2", "--hidden", "8", "--b
         ([*TRAIN, "--threads", "0"], "argument --threads: must be an integer >= 1; got '0'"),
         ([*TRAIN, "--hidden", "1000000"], "hidden_size too large: the run needs at least"),  # was: a traceback
         ([*TRAIN, "--lr", "1e400"], "lr must be finite and > 0; got inf"),
+        ([*TRAIN, "--run-dir", ""], "run_dir must not be empty"),  # was: a run in the working directory
     ],
 )
 def test_a_users_mistake_is_one_line_and_exit_2(tmp_path, capsys, words, message):
@@ -229,3 +239,61 @@ def test_a_missing_extra_is_named_in_one_line(tmp_path, monkeypatch, capsys, no_
     assert main([w.format(run=run, tmp=tmp_path) for w in words]) == 2
     assert _one_error_line(capsys).endswith(": error: " + line)
     assert not (run / "loss.png").exists()
+
+
+def test_train_stopped_by_sigterm_checkpoints_exits_143_and_resumes(tmp_path):
+    # what `kill`, `timeout` and job schedulers send: it used to end the process on the spot,
+    # losing every step since the last checkpoint (and before the first one, the run itself)
+    import signal
+    import subprocess
+    import time
+
+    run = tmp_path / "run"
+    base = [sys.executable, "-m", "unitary_update", "train"]
+    small = ["--hidden", "8", "--batch-size", "4", "--eval-size", "4", "--no-progress", "--threads", "1"]
+    process = subprocess.Popen(
+        [
+            *base,
+            "copy",
+            "--length",
+            "4",
+            "--steps",
+            "1000000",
+            "--log-every",
+            "1",
+            "--eval-every",
+            "100000",
+            "--checkpoint-every",
+            "100000",
+            "--run-dir",
+            str(run),
+            *small,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            metrics = run / "metrics.jsonl"
+            if metrics.exists() and len(metrics.read_text().splitlines()) >= 5:
+                break
+            time.sleep(0.05)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 143, stderr
+    import numpy as np
+
+    step = json.loads(str(np.load(run / "checkpoint.npz")["meta"]))["step"]
+    assert step >= 4
+    resumed = subprocess.run(
+        [*base, "--resume", str(run), "--steps", str(step + 2), "--no-progress"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"completed at step {step + 2}" in resumed.stdout

@@ -75,6 +75,13 @@ SMALL = {"task": "adding", "length": 6, "steps": 2, "hidden_size": 8, "batch_siz
         ({"device": "tpu"}, ValueError, "device must be 'cpu', 'gpu'"),
         ({"complex": 1}, TypeError, "complex must be a bool"),
         ({"momentum": 1.0}, ValueError, r"momentum must be in \[0, 1\)"),
+        # RMSprop and Adam have no momentum: it was silently unused
+        (
+            {"momentum": 0.9},
+            ValueError,
+            "momentum applies to optimizer 'sgd' only; got momentum=0.9 with optimizer 'rmsprop'",
+        ),
+        ({"momentum": 0.5, "optimizer": "adam"}, ValueError, "momentum applies to optimizer 'sgd' only"),
         ({"lr_gamma": 0}, ValueError, r"lr_gamma must be in \(0, 1\]"),
         ({"lr_milestones": (3, 2)}, ValueError, "lr_milestones must be increasing"),
         ({"lr_milestones": 5}, TypeError, "lr_milestones must be a sequence"),

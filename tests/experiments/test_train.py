@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import signal
@@ -46,17 +47,21 @@ def test_resumed_run_reproduces_uninterrupted_losses(tmp_path, extra):
     np.testing.assert_array_equal(full["param/W"], split["param/W"])
 
 
-def test_ctrl_c_checkpoints_and_resume_is_exact(tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_or_sigterm_checkpoints_and_resume_is_exact(tmp_path, signum):
+    # SIGTERM (kill, timeout, job schedulers) used to end the process on the spot: no checkpoint
     config = TrainConfig(task="copy", length=4, steps=8, checkpoint_every=100, **SMALL)
     train(config, tmp_path / "full", progress=False)
 
     def interrupt(step, loss):
         if step == 5:
-            signal.raise_signal(signal.SIGINT)
+            signal.raise_signal(signum)
 
     result = train(config, tmp_path / "cut", progress=False, on_step=interrupt)
     assert result["status"] == "interrupted"
+    assert result["signal"] == signum
     assert result["step"] == 5
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handlers are restored
     meta = json.loads(str(np.load(tmp_path / "cut" / "checkpoint.npz")["meta"]))
     assert meta["step"] == 5
     assert meta["seed"] == 0
@@ -611,3 +616,33 @@ def test_zero_bias_init_changes_only_the_bias_and_is_stored(tmp_path, capsys):
     capsys.readouterr()
     assert main(["train", "--resume", run, "--steps", "3", "--bias-init", "uniform"]) != 0
     assert "--bias-init uniform (the run has zero)" in capsys.readouterr().err
+
+
+def _log(run_dir):
+    """The metrics without the wall-clock fields."""
+    return [{k: v for k, v in r.items() if k not in ("elapsed_s", "steps_per_s")} for r in read_metrics(run_dir)]
+
+
+def test_extending_a_finished_run_logs_as_the_longer_run_and_a_finished_resume_logs_nothing(tmp_path):
+    # A run that ends off its log and eval periods writes end-of-run records (the partial window's
+    # mean, an evaluation); extended, those used to stay, and the next record averaged only the
+    # new steps; and every resume of a finished run appended one more evaluation
+    base = {**SMALL, "log_every": 3, "eval_every": 10}
+    config = TrainConfig(task="copy", length=4, steps=17, **base)
+    train(dataclasses.replace(config, steps=40), tmp_path / "long", progress=False)
+    train(config, tmp_path / "extended", progress=False)
+    short = _log(tmp_path / "extended")
+    assert [(r["split"], r["step"]) for r in short][-2:] == [("train", 17), ("eval", 17)]  # the end records
+    for _ in range(2):  # resuming a finished run: no step, no record, the checkpoint unchanged
+        before = (tmp_path / "extended" / "checkpoint.npz").read_bytes()
+        result = train(None, tmp_path / "extended", resume=True, progress=False)
+        assert result["step"] == 17
+        assert result["status"] == "completed"
+        assert _log(tmp_path / "extended") == short
+        assert (tmp_path / "extended" / "checkpoint.npz").read_bytes() == before
+    train(None, tmp_path / "extended", resume=True, steps=40, progress=False)
+    assert _log(tmp_path / "extended") == _log(tmp_path / "long")
+    np.testing.assert_array_equal(
+        np.load(tmp_path / "extended" / "checkpoint.npz")["param/W"],
+        np.load(tmp_path / "long" / "checkpoint.npz")["param/W"],
+    )

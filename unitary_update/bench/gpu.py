@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from .._config import options
-from .._validation import FLOAT_DTYPES
+from .._validation import FLOAT_DTYPES, check_int
 from .._xp import get_namespace, is_cupy
 from ..random import normalize_rng, standard_normal
 
@@ -265,6 +265,12 @@ def run(
     bandwidth : float
         The copy bandwidth used for the floor.
 
+    Raises
+    ------
+    TypeError, ValueError
+        For a size, rank, ``repeat``, ``dense_repeat`` or ``passes`` that is not an integer
+        >= 1 (checked before anything is measured).
+
     Examples
     --------
     >>> import numpy as np
@@ -276,6 +282,11 @@ def run(
     from .. import project, transport
     from ..reference import project_dense, transport_dense
 
+    sizes = [check_int(n, "size", low=1) for n in sizes]
+    ranks = [check_int(k, "rank", low=1) for k in ranks]
+    repeat = check_int(repeat, "repeat", low=1)
+    dense_repeat = check_int(dense_repeat, "dense_repeat", low=1)
+    passes = check_int(passes, "passes", low=1)
     timer = timer or make_timer(xp)
     if bandwidth is None:
         bandwidth = copy_bandwidth(xp, timer, nbytes=min(1 << 30, 16 * max(sizes) ** 2))

@@ -58,7 +58,8 @@ projUNN: O(kN^2) low-rank updates that keep a matrix exactly unitary (or orthogo
 The commands demonstrate and measure the updates and train a unitary RNN with them.  Without a
 command, the demo runs.  python -m unitary_update COMMAND --help describes a command."""
 
-_USER_ERRORS = (UsageError, MissingExtraError, ValueError, TypeError, OSError)
+# MemoryError: sizes beyond the machine's memory (``demo --n 100000000``), a user's mistake too
+_USER_ERRORS = (UsageError, MissingExtraError, ValueError, TypeError, OSError, MemoryError)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -87,7 +88,8 @@ def _one_line(error: BaseException) -> str:
     """The message of a user's mistake, in one line."""
     if isinstance(error, OSError) and error.strerror and error.filename is not None:
         return f"{error.strerror}: {error.filename}"
-    return " ".join(str(error).split()) or type(error).__name__
+    message = " ".join(str(error).split()) or type(error).__name__
+    return f"out of memory: {message}" if isinstance(error, MemoryError) else message
 
 
 def main(argv: Sequence[str] | None = None) -> int:

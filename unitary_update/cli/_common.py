@@ -36,6 +36,9 @@ __all__ = [
     "blas_threads",
     "call",
     "check_device",
+    "non_negative_int",
+    "positive_float",
+    "positive_int",
     "require",
 ]
 
@@ -54,6 +57,37 @@ class UsageError(Exception):
     def __init__(self, message: str, prog: str | None = None) -> None:
         super().__init__(message)
         self.prog = prog
+
+
+def positive_int(text: str) -> int:
+    """An argparse ``type``: an integer >= 1 (a repeat count, a size, a rank, a thread count)."""
+    return _bounded_int(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    """An argparse ``type``: an integer >= 0 (a seed, or a count where 0 means none)."""
+    return _bounded_int(text, 0)
+
+
+def _bounded_int(text: str, low: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or value < low:
+        raise argparse.ArgumentTypeError(f"must be an integer >= {low}; got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """An argparse ``type``: a finite number > 0 (a learning rate, a step size)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (np.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0; got {text!r}")
+    return value
 
 
 def call(fn: Callable[..., T], args: argparse.Namespace, **overrides: Any) -> T:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 
 from ..bench.cpu import DEFAULT_RANKS, DEFAULT_SIZES
-from ._common import DTYPES, require
+from ._common import DTYPES, non_negative_int, positive_int, require
 
 __all__ = ["add_arguments", "run"]
 
@@ -24,12 +24,14 @@ __all__ = ["add_arguments", "run"]
 # numpydoc ignore: every command's parameters and return value are documented in unitary_update.cli
 def add_arguments(parser: argparse.ArgumentParser) -> None:  # numpydoc ignore=PR01,EX01
     """Add the grid (``--n``, ``--rank``, ``--dtype``), the timing settings and the outputs."""
-    parser.add_argument("--n", type=int, nargs="+", default=list(DEFAULT_SIZES), help="matrix sizes N")
-    parser.add_argument("--rank", type=int, nargs="+", default=list(DEFAULT_RANKS), help="ranks k")
+    parser.add_argument("--n", type=positive_int, nargs="+", default=list(DEFAULT_SIZES), help="matrix sizes N")
+    parser.add_argument("--rank", type=positive_int, nargs="+", default=list(DEFAULT_RANKS), help="ranks k")
     parser.add_argument("--dtype", default="float32", choices=DTYPES)
-    parser.add_argument("--threads", type=int, default=2, help="BLAS and Numba threads (default 2)")
-    parser.add_argument("--repeat", type=int, default=7, help="repetitions per figure; the best is kept")
-    parser.add_argument("--dense-max", type=int, default=4096, help="largest N at which dense baselines run")
+    parser.add_argument("--threads", type=positive_int, default=2, help="BLAS and Numba threads (default 2)")
+    parser.add_argument("--repeat", type=positive_int, default=7, help="repetitions per figure; the best is kept")
+    parser.add_argument(
+        "--dense-max", type=non_negative_int, default=4096, help="largest N at which dense baselines run"
+    )
     parser.add_argument("--plot", metavar="FILE.png", help="draw time vs N (log-log) with O(N^2), O(N^3) slopes")
     parser.add_argument("--markdown", metavar="FILE.md", help="also write the table (and machine line) here")
     parser.add_argument(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import UPDATES, blas_threads, call
+from ._common import UPDATES, blas_threads, call, positive_int
 
 __all__ = ["add_arguments", "run"]
 
@@ -19,13 +19,17 @@ __all__ = ["add_arguments", "run"]
 # numpydoc ignore: every command's parameters and return value are documented in unitary_update.cli
 def add_arguments(parser: argparse.ArgumentParser) -> None:  # numpydoc ignore=PR01,EX01
     """Add the copy task's shape, the update, the timing settings and ``--json``."""
-    parser.add_argument("--length", dest="delay", type=int, default=1000, help="copy delay T (sequence T + 20)")
-    parser.add_argument("--hidden", type=int, default=190, help="hidden size N (default 190)")
-    parser.add_argument("--batch-size", dest="batch", type=int, default=128, help="sequences per step (default 128)")
-    parser.add_argument("--rank", type=int, default=1)
+    parser.add_argument(
+        "--length", dest="delay", type=positive_int, default=1000, help="copy delay T (sequence T + 20)"
+    )
+    parser.add_argument("--hidden", type=positive_int, default=190, help="hidden size N (default 190)")
+    parser.add_argument(
+        "--batch-size", dest="batch", type=positive_int, default=128, help="sequences per step (default 128)"
+    )
+    parser.add_argument("--rank", type=positive_int, default=1)
     parser.add_argument("--update", default="project", choices=UPDATES)
-    parser.add_argument("--repeat", type=int, default=3, help="timed steps per kind; the best is kept")
-    parser.add_argument("--threads", type=int, default=1, help="BLAS threads (default 1)")
+    parser.add_argument("--repeat", type=positive_int, default=3, help="timed steps per kind; the best is kept")
+    parser.add_argument("--threads", type=positive_int, default=1, help="BLAS threads (default 1)")
     parser.add_argument("--json", dest="json_path", default=None, help="also write the results to this JSON file")
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import blas_threads, call, require
+from ._common import blas_threads, call, positive_int, require
 
 __all__ = ["add_arguments", "run"]
 
@@ -46,19 +46,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:  # numpydoc ignore=P
     parser.add_argument(
         "--ranks", type=_positive_ints, default=[1, 8], help="comma-separated ProjUNN ranks (default 1,8)"
     )
-    parser.add_argument("--repeat", type=int, default=3, help="timed steps per method; the best is kept")
+    parser.add_argument("--repeat", type=positive_int, default=3, help="timed steps per method; the best is kept")
     parser.add_argument("--no-copy", dest="copy", action="store_false", help="skip the copy task")
-    parser.add_argument("--delay", type=int, default=50, help="copy delay (sequences of delay + 20)")
-    parser.add_argument("--batch-size", dest="batch", type=int, default=64, help="copy-task batch size")
-    parser.add_argument("--hidden", type=int, default=190, help="copy-task hidden size (geotorch's: 190)")
-    parser.add_argument("--steps", type=int, default=200, help="copy-task training steps")
+    parser.add_argument("--delay", type=positive_int, default=50, help="copy delay (sequences of delay + 20)")
+    parser.add_argument("--batch-size", dest="batch", type=positive_int, default=64, help="copy-task batch size")
+    parser.add_argument("--hidden", type=positive_int, default=190, help="copy-task hidden size (geotorch's: 190)")
+    parser.add_argument("--steps", type=positive_int, default=200, help="copy-task training steps")
     parser.add_argument(
         "--lrs", type=_positive_floats, default=[2e-4, 1e-3, 5e-3], help="the grid of orthogonal learning rates"
     )
-    parser.add_argument("--eval-every", type=int, default=10, help="held-out loss every this many steps")
+    parser.add_argument("--eval-every", type=positive_int, default=10, help="held-out loss every this many steps")
     parser.add_argument("--copy-ranks", dest="copy_ranks", type=_positive_ints, default=[1, 8],
                         help="comma-separated ProjUNN ranks of the copy task")  # fmt: skip
-    parser.add_argument("--threads", type=int, default=1, help="torch and BLAS threads (default 1)")
+    parser.add_argument("--threads", type=positive_int, default=1, help="torch and BLAS threads (default 1)")
     parser.add_argument("--json", dest="json_path", default=None, help="also write the results to this JSON file")
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import DTYPES, call
+from ._common import DTYPES, call, non_negative_int, positive_int
 
 __all__ = ["add_arguments", "run"]
 
@@ -19,9 +19,9 @@ __all__ = ["add_arguments", "run"]
 def add_arguments(parser: argparse.ArgumentParser) -> None:  # numpydoc ignore=PR01,EX01
     """Add ``--dtype``, ``--ranks``, ``--repeat`` and ``--threads``."""
     parser.add_argument("--dtype", default="complex128", choices=DTYPES)
-    parser.add_argument("--ranks", type=int, nargs="+", default=[1, 4], help="update ranks k")
-    parser.add_argument("--repeat", type=int, default=5, help="repetitions per figure; the best is kept")
-    parser.add_argument("--threads", type=int, default=1, help="BLAS and Numba threads (0: leave as is)")
+    parser.add_argument("--ranks", type=positive_int, nargs="+", default=[1, 4], help="update ranks k")
+    parser.add_argument("--repeat", type=positive_int, default=5, help="repetitions per figure; the best is kept")
+    parser.add_argument("--threads", type=non_negative_int, default=1, help="BLAS and Numba threads (0: leave as is)")
 
 
 # numpydoc ignore: every command's parameters and return value are documented in unitary_update.cli

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import call, require
+from ._common import call, non_negative_int, positive_float, positive_int, require
 
 __all__ = ["add_arguments", "run"]
 
@@ -22,15 +22,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:  # numpydoc ignore=P
     parser.add_argument(
         "--data", dest="data_dir", default="../shared/data/mnist", help="folder with the MNIST IDX files"
     )
-    parser.add_argument("--depth", type=int, default=32, help="convolution layers (default 32)")
-    parser.add_argument("--channels", type=int, default=8, help="channels C (default 8)")
-    parser.add_argument("--steps", type=int, default=600)
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=0.1, help="learning rate of the convolutions")
-    parser.add_argument("--lr-classifier", type=float, default=0.1)
-    parser.add_argument("--rank", type=int, default=2, help="rank of the per-frequency projUNN-T update")
-    parser.add_argument("--baseline-lrs", type=float, nargs="+", default=None, help="lrs of the unconstrained runs")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--depth", type=positive_int, default=32, help="convolution layers (default 32)")
+    parser.add_argument("--channels", type=positive_int, default=8, help="channels C (default 8)")
+    parser.add_argument("--steps", type=positive_int, default=600)
+    parser.add_argument("--batch", type=positive_int, default=64)
+    parser.add_argument("--lr", type=positive_float, default=0.1, help="learning rate of the convolutions")
+    parser.add_argument("--lr-classifier", type=positive_float, default=0.1)
+    parser.add_argument("--rank", type=positive_int, default=2, help="rank of the per-frequency projUNN-T update")
+    parser.add_argument(
+        "--baseline-lrs", type=positive_float, nargs="+", default=None, help="lrs of the unconstrained runs"
+    )
+    parser.add_argument("--seed", type=non_negative_int, default=0)
     parser.add_argument("--out", default=None, help="JSON log to write")
     parser.add_argument("--plot", default=None, help="PNG to write (needs matplotlib)")
 

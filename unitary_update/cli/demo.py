@@ -14,7 +14,7 @@ import functools
 import numpy as np
 
 from ..bench._timing import best_time
-from ._common import DTYPES
+from ._common import DTYPES, non_negative_int, positive_int
 
 __all__ = ["add_arguments", "run"]
 
@@ -22,11 +22,11 @@ __all__ = ["add_arguments", "run"]
 # numpydoc ignore: every command's parameters and return value are documented in unitary_update.cli
 def add_arguments(parser: argparse.ArgumentParser) -> None:  # numpydoc ignore=PR01,EX01
     """Add ``--n``, ``--rank``, ``--dtype``, ``--seed`` and ``--repeat``."""
-    parser.add_argument("--n", type=int, default=1024, help="matrix size N (default 1024)")
-    parser.add_argument("--rank", type=int, default=1, help="rank k of the step (default 1)")
+    parser.add_argument("--n", type=positive_int, default=1024, help="matrix size N (default 1024)")
+    parser.add_argument("--rank", type=positive_int, default=1, help="rank k of the step (default 1)")
     parser.add_argument("--dtype", default="float64", choices=DTYPES)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--repeat", type=int, default=3, help="timed runs of each method; the best is shown")
+    parser.add_argument("--seed", type=non_negative_int, default=0)
+    parser.add_argument("--repeat", type=positive_int, default=3, help="timed runs of each method; the best is shown")
 
 
 # numpydoc ignore: every command's parameters and return value are documented in unitary_update.cli

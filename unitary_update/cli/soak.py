@@ -12,7 +12,7 @@ import argparse
 import json
 from typing import Any
 
-from ._common import DTYPES, UPDATES, call
+from ._common import DTYPES, UPDATES, call, non_negative_int, positive_float, positive_int
 
 __all__ = ["add_arguments", "run"]
 
@@ -20,14 +20,18 @@ __all__ = ["add_arguments", "run"]
 # numpydoc ignore: every command's parameters and return value are documented in unitary_update.cli
 def add_arguments(parser: argparse.ArgumentParser) -> None:  # numpydoc ignore=PR01,EX01
     """Add the matrix, step and record options of the soak."""
-    parser.add_argument("--n", type=int, default=128, help="matrix size N (default 128)")
-    parser.add_argument("--steps", type=int, default=100_000, help="random steps per run (default 100000)")
-    parser.add_argument("--rank", type=int, default=1)
+    parser.add_argument("--n", type=positive_int, default=128, help="matrix size N (default 128)")
+    parser.add_argument("--steps", type=positive_int, default=100_000, help="random steps per run (default 100000)")
+    parser.add_argument("--rank", type=positive_int, default=1)
     parser.add_argument("--dtype", default="float32", choices=DTYPES)
-    parser.add_argument("--step-size", type=float, default=1e-2, help="Frobenius norm of each step (default 0.01)")
-    parser.add_argument("--record-every", type=int, default=1000, help="record the error every this many steps")
+    parser.add_argument(
+        "--step-size", type=positive_float, default=1e-2, help="Frobenius norm of each step (default 0.01)"
+    )
+    parser.add_argument(
+        "--record-every", type=positive_int, default=1000, help="record the error every this many steps"
+    )
     parser.add_argument("--json", dest="json_path", default=None, help="also write the records to this file")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=non_negative_int, default=0)
 
 
 # numpydoc ignore: every command's parameters and return value are documented in unitary_update.cli

@@ -2,9 +2,9 @@
 
 The run directory (--run-dir, default runs/TASK) receives config.json, metrics.jsonl (training
 loss every --log-every steps, held-out loss every --eval-every steps) and checkpoint.npz (every
---checkpoint-every steps, at the end and on Ctrl-C).  --resume RUN_DIR continues a run exactly
-where its checkpoint left it, with the run's own settings: a setting given again with another
-value than the run's is refused, except --steps, --time-limit, --device, --lr-milestones,
+--checkpoint-every steps, at the end and on Ctrl-C or SIGTERM).  --resume RUN_DIR continues a
+run exactly where its checkpoint left it, with the run's own settings: a setting given again with
+another value than the run's is refused, except --steps, --time-limit, --device, --lr-milestones,
 --log-every, --eval-every, --checkpoint-every and --mnist-dir (and --threads,
 --no-progress).  A progress bar is shown on a terminal (--no-progress:
 never).  Permuted MNIST reads the IDX files from --mnist-dir; nothing is downloaded.
@@ -30,6 +30,7 @@ from ._common import (
     UsageError,
     blas_threads,
     check_device,
+    positive_int,
 )
 
 __all__ = ["RESUME_FLAGS", "add_arguments", "run"]
@@ -73,7 +74,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:  # numpydoc ignore=P
     parser.add_argument("--resume", metavar="RUN_DIR", default=None, help="continue the run in RUN_DIR exactly")
     parser.add_argument(
         "--threads",
-        type=_positive_int,
+        type=positive_int,
         default=1,
         help=(
             "threads (default 1); from 2 the RNN splits its batch over that many cores "
@@ -131,17 +132,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:  # numpydoc ignore=P
     setting("device", "cpu (NumPy) or gpu / cuda:<i> (CuPy, the gpu extra)")
 
 
-def _positive_int(text: str) -> int:
-    """An option's value as an integer >= 1 (argparse reports the error with the option's name)."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1; got {text!r}")
-    return value
-
-
 # numpydoc ignore: every command's parameters and return value are documented in unitary_update.cli
 def run(args: argparse.Namespace) -> int:  # numpydoc ignore=PR01,RT01
     """Train (or resume) the run described by the parsed options; print how it ended.
@@ -186,7 +176,7 @@ def run(args: argparse.Namespace) -> int:  # numpydoc ignore=PR01,RT01
                     raise UsageError(f"give a task ({', '.join(TASKS)}) or --resume RUN_DIR")
                 check_device(settings.get("device"), f"train --device {settings.get('device')}")
                 config = TrainConfig(task=args.task, **settings)
-                result = train(config, args.run_dir or f"runs/{args.task}", progress=progress)
+                result = train(config, f"runs/{args.task}" if args.run_dir is None else args.run_dir, progress=progress)
         except FloatingPointError as err:  # the run diverged: a learning rate too large for the data
             raise UsageError(f"{err} (try a smaller --lr)") from None
         except MemoryError as err:
@@ -201,7 +191,8 @@ def run(args: argparse.Namespace) -> int:  # numpydoc ignore=PR01,RT01
         extra = f", held-out accuracy {ev['accuracy']:.4f}" if "accuracy" in ev else ""
         when = "" if at == result["step"] else f" (last evaluated at step {at})"
         print(f"{result['status']} at step {result['step']}: held-out loss {ev['loss']:.4f}{extra}{when}")
-    return 130 if result["status"] == "interrupted" else 0
+    # the shell's convention for a process stopped by a signal: 130 after Ctrl-C, 143 after SIGTERM
+    return 128 + result["signal"] if result["status"] == "interrupted" else 0
 
 
 def _resumed_config(args: argparse.Namespace, settings: dict[str, Any]) -> TrainConfig:

@@ -46,9 +46,10 @@ import tempfile
 import warnings
 import zipfile
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -58,7 +59,15 @@ from ..models.urnn import URNN
 from ..optim import Optimizer, UnitaryOptimizer
 from ._errors import CheckpointError
 
-__all__ = ["FORMAT_VERSION", "CheckpointError", "load_checkpoint", "read_metrics", "save_checkpoint", "to_device"]
+__all__ = [
+    "FORMAT_VERSION",
+    "CheckpointError",
+    "load_checkpoint",
+    "read_metrics",
+    "save_checkpoint",
+    "to_device",
+    "write_text_atomic",
+]
 
 FORMAT_VERSION = 2
 """The version of the checkpoint format written by :func:`save_checkpoint` (1: before versioning)."""
@@ -122,11 +131,37 @@ def save_checkpoint(path: Path, model: URNN, opt: Optimizer, w_opt: UnitaryOptim
     arrays.update({f"wopt/{k}": _to_host(v) for k, v in w_opt.state_dict().items()})
     arrays["meta"] = np.asarray(json.dumps(meta, allow_nan=False))
     arrays["format_version"] = np.asarray(FORMAT_VERSION, dtype=np.int64)
-    _write_atomic(path, arrays)
+    _write_atomic(path, lambda f: np.savez(f, **arrays))
 
 
-def _write_atomic(path: Path, arrays: dict[str, Any]) -> None:
-    """``np.savez(path, **arrays)`` through a temporary file, fsync and rename (see :func:`save_checkpoint`)."""
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` through a temporary file, fsync and rename.
+
+    A process killed meanwhile leaves the old file or the new one, never a truncated one (a
+    truncated ``config.json`` or ``metrics.jsonl`` would stop every later ``--resume``).
+
+    Parameters
+    ----------
+    path : pathlib.Path
+        The file to write (replaced if it exists); its folder must exist.
+    text : str
+        The new contents.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> from unitary_update.experiments.checkpoints import write_text_atomic
+    >>> path = Path(tempfile.mkdtemp()) / "config.json"
+    >>> write_text_atomic(path, '{"steps": 7}\\n')
+    >>> path.read_text()
+    '{"steps": 7}\\n'
+    """
+    _write_atomic(Path(path), lambda f: f.write(text.encode("utf-8")))
+
+
+def _write_atomic(path: Path, write: Callable[[BinaryIO], Any]) -> None:
+    """``write(f)`` into a temporary file, then fsync and rename it over ``path`` (see :func:`save_checkpoint`)."""
     folder = path.parent
     prefix = f".{path.name}."
     fd, tmp_name = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=folder)
@@ -135,7 +170,7 @@ def _write_atomic(path: Path, arrays: dict[str, Any]) -> None:
         if hasattr(os, "fchmod"):
             os.fchmod(fd, 0o644)  # mkstemp makes 0600; a checkpoint is as readable as the other files
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

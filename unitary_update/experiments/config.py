@@ -162,7 +162,8 @@ class TrainConfig:
         ``clip_grad_norm`` None or finite > 0; ``task``, ``init``, ``readout_init``, ``bias_init``,
         ``activation``, ``pixels``, ``dtype``, ``optimizer``, ``update``, ``sketch`` and
         ``device`` one of their choices; ``pixels`` other than "standardized"
-        for a task other than pmnist; ``activation`` "relu" with ``complex``.
+        for a task other than pmnist; ``momentum`` other than 0 with an optimizer other than
+        "sgd"; ``activation`` "relu" with ``complex``.
 
     Examples
     --------
@@ -253,6 +254,11 @@ class TrainConfig:
         self.lr_milestones = tuple(int(m) for m in milestones)
         self.lr_gamma = check_float(self.lr_gamma, "lr_gamma", low=0, high=1, open_low=True, expected="in (0, 1]")
         self.momentum = check_float(self.momentum, "momentum", low=0, high=1, open_high=True, expected="in [0, 1)")
+        if self.momentum != 0 and self.optimizer != "sgd":  # it would be silently unused
+            raise ValueError(
+                f"momentum applies to optimizer 'sgd' only; got momentum={self.momentum} "
+                f"with optimizer {self.optimizer!r}"
+            )
         if self.clip_grad_norm is not None:
             self.clip_grad_norm = check_float(self.clip_grad_norm, "clip_grad_norm", low=0, open_low=True)
         hidden = self.resolved_hidden()

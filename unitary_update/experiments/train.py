@@ -55,7 +55,7 @@ from ..metrics import unitarity_error
 from ..models.urnn import URNN
 from ..optim import Optimizer, UnitaryOptimizer, make_optimizer
 from ._errors import CheckpointError
-from .checkpoints import load_checkpoint, read_metrics, save_checkpoint, to_device
+from .checkpoints import load_checkpoint, read_metrics, save_checkpoint, to_device, write_text_atomic
 from .config import RESUMABLE, TrainConfig, config_from_dict, load_config, resume_conflicts
 from .plots import plot_run
 from .tasks import Task, make_task
@@ -315,8 +315,10 @@ def train(
     -------
     dict
         ``{"step", "status" ("completed" | "interrupted" | "time_limit"), "train_loss",
-        "eval", "eval_step"}``: the metrics of this process's last evaluation and its step
-        (``{}`` and None when it evaluated nothing).
+        "eval", "eval_step", "signal"}``: the metrics of this process's last evaluation and its
+        step (``{}`` and None when it evaluated nothing); ``"signal"`` is the number of the
+        signal that interrupted the run (SIGINT or SIGTERM, which both checkpoint and stop after
+        the current step), else 0.
 
     Raises
     ------
@@ -363,6 +365,8 @@ def train(
     """
     if not isinstance(run_dir, (str, os.PathLike)):
         raise TypeError(f"run_dir must be a path (str or os.PathLike); got {type(run_dir).__name__}")
+    if os.fspath(run_dir) == "":  # Path("") is the working directory: a new run would clear its checkpoint
+        raise ValueError("run_dir must not be empty (give a folder; '.' for the working directory)")
     for flag, name in ((resume, "resume"), (progress, "progress")):
         if not isinstance(flag, (bool, np.bool_)):
             raise TypeError(f"{name} must be a bool (True or False); got {flag!r} of type {type(flag).__name__}")
@@ -382,7 +386,9 @@ def train(
         while state.step < config.steps:
             state.train_step()
             if _due(state.step, config.log_every) or state.step == config.steps:
-                bar.set_postfix_str(f"loss {state.log_train():.4f} baseline {task.baseline:.4f}", refresh=False)
+                # at the last step, off the log period: an end-of-run record of the partial window
+                mean = state.log_train(end=not _due(state.step, config.log_every))
+                bar.set_postfix_str(f"loss {mean:.4f} baseline {task.baseline:.4f}", refresh=False)
             if _due(state.step, config.eval_every):
                 state.evaluate()
             if _due(state.step, config.checkpoint_every):
@@ -396,15 +402,23 @@ def train(
             if config.time_limit_s is not None and state.seconds() > config.time_limit_s:
                 status = "time_limit"
                 break
+        if state.step == state.start:  # a resume that took no step (the run was already done)
+            return _result(state, status, interrupted)
         if status == "completed" and config.eval_every and not _due(state.step, config.eval_every):
-            state.evaluate()
+            state.evaluate(end=True)
         state.checkpoint()
+    return _result(state, status, interrupted)
+
+
+def _result(state: _Run, status: str, interrupted: Callable[[], int]) -> dict[str, Any]:
+    """What :func:`train` returns (see there)."""
     return {
         "step": state.step,
         "status": status,
         "train_loss": float(state.loss),
         "eval": state.last_eval,
         "eval_step": state.last_eval_step,
+        "signal": interrupted() if status == "interrupted" else 0,
     }
 
 
@@ -709,13 +723,21 @@ class _Run:
             window = _checked_window(self.checkpoint_path, meta.get("window", []), self.start)
             exists = self.metrics_path.is_file()
             kept = [r for r in read_metrics(run, drop_torn_tail=True) if r["step"] <= self.start] if exists else []
-            self.metrics_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+            # a run that ended at its last step logged its partial window and evaluated there, off
+            # their periods; extended, it would not have: those records go, and the window (kept
+            # in the checkpoint) comes back, so the log matches an uninterrupted longer run
+            end_records = {"train": bool(meta.get("logged_window")), "eval": bool(meta.get("end_eval"))}
+            if config.steps > self.start:
+                kept = [r for r in kept if not (r["step"] == self.start and end_records.get(r["split"]))]
+            elif end_records["train"]:
+                window = []  # already logged, and no step will be taken
+            write_text_atomic(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
         else:
             # another run's checkpoint must not outlive this run's config and metrics (a run that
             # dies before its first checkpoint would leave the two mixed for --resume)
             self.checkpoint_path.unlink(missing_ok=True)
-            self.metrics_path.write_text("")
-        (run / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=1) + "\n")
+            write_text_atomic(self.metrics_path, "")
+        write_text_atomic(run / "config.json", json.dumps(dataclasses.asdict(config), indent=1) + "\n")
         to_device(model, opt, w_opt, xp)
         self.on_device = xp is not np
         # plain SGD acts on the factors (X, Y) of W's gradient; RMSprop and Adam need its entries
@@ -724,6 +746,10 @@ class _Run:
         self.step, self.loss = self.start, math.nan
         # the losses since the last log (kept in checkpoints, so a resumed run logs the same means)
         self.window: list[Any] = window
+        # the window logged by an end-of-run record (:meth:`log_train` with ``end``), and whether
+        # the last evaluation was one: the checkpoint keeps both, for an extending resume
+        self.logged_window: list[float] | None = None
+        self.end_eval = False
         self.last_eval: dict[str, float] = {}
         self.last_eval_step: int | None = None
         self.t0 = time.perf_counter()
@@ -757,8 +783,11 @@ class _Run:
         self.loss = loss
         self.window.append(loss)
 
-    def log_train(self) -> float:
-        """Log the mean training loss since the last log (a device read on a GPU); return it."""
+    def log_train(self, end: bool = False) -> float:
+        """Log the mean training loss since the last log (a device read on a GPU); return it.
+
+        ``end``: an end-of-run record off the log period (the checkpoint keeps its window).
+        """
         xp = self.xp
         if self.on_device:  # restored entries of the window are floats, the others device scalars
             mean_loss = float(xp.mean(xp.stack([xp.asarray(v) for v in self.window])))
@@ -776,11 +805,13 @@ class _Run:
                 "steps_per_s": round((self.step - self.start) / max(self.seconds(), 1e-9), 4),
             }
         )
+        self.logged_window = [float(v) for v in self.window] if end else None
         self.window = []
         return mean_loss
 
-    def evaluate(self) -> None:
-        """Evaluate on the held-out set and log it with W's unitarity error."""
+    def evaluate(self, end: bool = False) -> None:
+        """Evaluate on the held-out set and log it with W's unitarity error (``end``: off the period, at the end)."""
+        self.end_eval = end
         self.last_eval = evaluate(self.model, self.x_eval, self.y_eval)
         self.last_eval_step = self.step
         drift = float(unitarity_error(self.model.params["W"]))
@@ -804,6 +835,10 @@ class _Run:
             "config": dataclasses.asdict(self.config),
             "window": [float(v) for v in self.window],
         }
+        if self.logged_window is not None and not self.window:  # nothing trained since the end record
+            meta["window"], meta["logged_window"] = self.logged_window, True
+        if self.end_eval and self.last_eval_step == self.step:
+            meta["end_eval"] = True
         save_checkpoint(self.checkpoint_path, self.model, self.opt, self.w_opt, meta)
 
     def _written_config(self, meta: dict[str, Any], run: Path) -> TrainConfig | None:
@@ -865,23 +900,31 @@ def _checked_window(path: Path, window: Any, step: int) -> list[float]:
 
 
 @contextlib.contextmanager
-def _interruptible() -> Iterator[Callable[[], bool]]:
-    """Ctrl-C (SIGINT) sets a flag that the loop reads between steps, instead of raising.
+def _interruptible() -> Iterator[Callable[[], int]]:
+    """Ctrl-C (SIGINT) and SIGTERM set a flag that the loop reads between steps, instead of ending the process.
 
-    Only in the main thread (where Python delivers signals); elsewhere the flag stays False.
+    SIGTERM is what ``kill``, ``timeout`` and cluster schedulers send before they stop a job: the
+    loop then finishes its step and checkpoints, as for Ctrl-C.  The callable returns the first
+    signal caught (0 for none).  Only in the main thread (where Python delivers signals);
+    elsewhere it stays 0.
     """
-    caught = []
+    caught: list[int] = []
 
-    def on_sigint(signum: int, frame: Any) -> None:
+    def on_signal(signum: int, frame: Any) -> None:
         caught.append(signum)
 
-    main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGINT, on_sigint) if main_thread else None
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for signum in _STOP_SIGNALS:
+            previous[signum] = signal.signal(signum, on_signal)
     try:
-        yield lambda: bool(caught)
+        yield lambda: caught[0] if caught else 0
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def _progress_bar(total: int, initial: int, baseline: float, enabled: bool) -> Any:
