@@ -106,55 +106,12 @@ def adjoint_matmul_numpy(U: np.ndarray, A: np.ndarray) -> np.ndarray:
     return np.conj(U.T @ np.conj(A))
 
 
-@numba.njit(cache=True, nogil=True, fastmath={"contract"})
-def _add_row_step(out, i, q, Wh, step):  # pragma: no cover - compiled
-    """``out[i] += sum_c q[c] Wh[c]``, with one rounding of each entry of ``out[i]``.
-
-    The r terms are summed first (two per pass over the cache-resident row, in ``step``, when
-    r > 2) and added to the row in one pass, as BLAS's gemm does: adding them one by one rounded
-    each entry r times, and U drifted from the unitary group up to 1.6x faster.  Compiled
-    without ``reassoc``, which would let the compiler regroup ``x + (a + b)`` as
-    ``(x + a) + b``; FMA contraction only.  One array argument, so the loops vectorise without
-    aliasing checks.
-    """
-    n = out.shape[1]
-    r = q.shape[0]
-    q0 = q[0]
-    if r == 1:
-        for j in range(n):
-            out[i, j] += q0 * Wh[0, j]
-        return
-    q1 = q[1]
-    if r == 2:
-        for j in range(n):
-            out[i, j] = out[i, j] + (q0 * Wh[0, j] + q1 * Wh[1, j])
-        return
-    for j in range(n):
-        step[j] = q0 * Wh[0, j] + q1 * Wh[1, j]
-    c = 2
-    while c + 2 < r:  # pairs, leaving the last one or two terms for the pass that writes the row
-        qa = q[c]
-        qb = q[c + 1]
-        for j in range(n):
-            step[j] += qa * Wh[c, j] + qb * Wh[c + 1, j]
-        c += 2
-    qa = q[c]
-    if c + 1 == r:
-        for j in range(n):
-            out[i, j] = out[i, j] + (step[j] + qa * Wh[c, j])
-    else:
-        qb = q[c + 1]
-        for j in range(n):
-            out[i, j] = out[i, j] + ((step[j] + qa * Wh[c, j]) + qb * Wh[c + 1, j])
-
-
 @numba.njit(cache=True, nogil=True, parallel=True, fastmath={"reassoc", "contract"})
 def _fused_update_numba(U, W, D, out):  # pragma: no cover - compiled
     """``out = U + (U W) D W^H`` row by row (C-contiguous U and out; ``out`` may be ``U``).
 
     ``fastmath`` allows only re-association and FMA contraction, so that the row dot products
-    vectorise (as BLAS's do); NaN and Inf semantics are untouched.  The row update itself
-    (:func:`_add_row_step`) is compiled without re-association: each entry of U is rounded once.
+    vectorise (as BLAS's do); NaN and Inf semantics are untouched.
     """
     n, r = W.shape
     Wt = np.ascontiguousarray(W.T)  # r x N: rows of W^T are contiguous
@@ -163,7 +120,6 @@ def _fused_update_numba(U, W, D, out):  # pragma: no cover - compiled
     for blk in numba.prange(nblocks):
         p = np.empty(r, dtype=U.dtype)
         q = np.empty(r, dtype=U.dtype)
-        step = np.empty(n, dtype=U.dtype)  # one row of (U W) D W^H, cache-resident
         for i in range(blk * _ROW_BLOCK, min(n, (blk + 1) * _ROW_BLOCK)):
             for col in range(r):
                 acc = U.dtype.type(0)
@@ -178,7 +134,10 @@ def _fused_update_numba(U, W, D, out):  # pragma: no cover - compiled
             if out is not U:
                 for j in range(n):
                     out[i, j] = U[i, j]
-            _add_row_step(out, i, q, Wh, step)  # one rounding per entry of the row
+            for col in range(r):
+                qc = q[col]
+                for j in range(n):
+                    out[i, j] += qc * Wh[col, j]
 
 
 def fused_update_numba(U: np.ndarray, W: np.ndarray, D: np.ndarray, out: np.ndarray) -> None:
@@ -416,8 +375,6 @@ def _batched_update_numba(U, A, B, transport, out, nthreads):  # pragma: no cove
         Dc = np.empty((r, r), dtype=U.dtype)
         UW = np.empty(r, dtype=U.dtype)
         P = np.empty(r, dtype=U.dtype)
-        step = np.empty(n, dtype=U.dtype)
-        Wh = np.empty((r, n), dtype=U.dtype)  # W^H
         kept = np.empty(r, dtype=np.int64)
         G = np.empty((r, r), dtype=np.complex128)
         V = np.empty((r, r), dtype=np.complex128)
@@ -480,9 +437,6 @@ def _batched_update_numba(U, A, B, transport, out, nthreads):  # pragma: no cove
             for i in range(r):
                 for j in range(r):
                     Dc[i, j] = _as_dtype_of(D[i, j], zero)
-            for m in range(r):
-                for j in range(n):
-                    Wh[m, j] = np.conj(Wt[m, j])
             # row by row: p = u[i] W, P = p D, out[i] = u[i] + P W^H
             for i in range(n):
                 for j in range(r):
@@ -495,10 +449,12 @@ def _batched_update_numba(U, A, B, transport, out, nthreads):  # pragma: no cove
                     for m in range(r):
                         acc += UW[m] * Dc[m, j]
                     P[j] = acc
-                if out is not U:
+                for j in range(n):
+                    out[f, i, j] = u[i, j]
+                for m in range(r):
+                    pm = P[m]
                     for j in range(n):
-                        out[f, i, j] = u[i, j]
-                _add_row_step(out[f], i, P, Wh, step)  # one rounding per entry of the row
+                        out[f, i, j] += pm * np.conj(Wt[m, j])
 
 
 def batched_update_numba(U: np.ndarray, A: np.ndarray, B: np.ndarray, transport: bool, out: np.ndarray) -> None:

@@ -128,6 +128,14 @@ TRAIN = ["train", "copy", "--length", "3", "--steps", "2", "--hidden", "8", "--b
         ([*TRAIN, "--hidden", "1000000"], "hidden_size too large: the run needs at least"),  # was: a traceback
         ([*TRAIN, "--lr", "1e400"], "lr must be finite and > 0; got inf"),
         ([*TRAIN, "--run-dir", ""], "run_dir must not be empty"),  # was: a run in the working directory
+        # output files whose folder is missing are refused before a benchmark runs (was: after it)
+        (["bench", "--n", "8", "--rank", "1", "--markdown", "{tmp}/nowhere/x.md"], "the folder"),
+        (["bench-rnn", "--length", "2", "--hidden", "8", "--json", "{tmp}/nowhere/x.json"], "the folder"),
+        (["soak", "--n", "8", "--steps", "2", "--json", "{tmp}/nowhere/x.json"], "does not exist"),
+        (
+            ["bench-gpu", "--device", "cpu", "--sizes", "8", "--ranks", "1", "--output", "{tmp}/nowhere/t.md"],
+            "--output",
+        ),
     ],
 )
 def test_a_users_mistake_is_one_line_and_exit_2(tmp_path, capsys, words, message):

@@ -646,3 +646,27 @@ def test_extending_a_finished_run_logs_as_the_longer_run_and_a_finished_resume_l
         np.load(tmp_path / "extended" / "checkpoint.npz")["param/W"],
         np.load(tmp_path / "long" / "checkpoint.npz")["param/W"],
     )
+
+
+def test_a_second_process_cannot_train_in_the_same_run_dir(tmp_path):
+    # two `--resume` of one run interleaved their metrics and overwrote each other's checkpoints
+    import subprocess
+
+    config = TrainConfig(task="copy", length=4, steps=2, **SMALL)
+    train(config, tmp_path, progress=False)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'a'); "
+         "fcntl.flock(f.fileno(), fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)",
+         str(tmp_path / ".lock")],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        before = (tmp_path / "metrics.jsonl").read_bytes()
+        with pytest.raises(OSError, match="is in use by another training process"):
+            train(None, tmp_path, resume=True, steps=4, progress=False)
+        assert (tmp_path / "metrics.jsonl").read_bytes() == before
+    finally:
+        holder.kill()
+        holder.communicate()
+    assert train(None, tmp_path, resume=True, steps=4, progress=False)["step"] == 4  # free again

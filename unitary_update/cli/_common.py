@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import inspect
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
@@ -36,6 +37,7 @@ __all__ = [
     "blas_threads",
     "call",
     "check_device",
+    "check_output_path",
     "non_negative_int",
     "positive_float",
     "positive_int",
@@ -88,6 +90,20 @@ def positive_float(text: str) -> float:
     if not (np.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"must be a finite number > 0; got {text!r}")
     return value
+
+
+def check_output_path(path: str | None, option: str) -> None:
+    """Refuse, before any work, an output file whose folder does not exist or that is a folder.
+
+    A benchmark that runs for minutes must not fail only when it writes its table.
+    """
+    if path is None:
+        return
+    target = Path(path)
+    if target.is_dir():
+        raise UsageError(f"{option} {path} is a folder; give a file name")
+    if not target.parent.is_dir():
+        raise UsageError(f"{option} {path}: the folder {target.parent} does not exist")
 
 
 def call(fn: Callable[..., T], args: argparse.Namespace, **overrides: Any) -> T:

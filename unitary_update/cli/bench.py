@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 
 from ..bench.cpu import DEFAULT_RANKS, DEFAULT_SIZES
-from ._common import DTYPES, non_negative_int, positive_int, require
+from ._common import DTYPES, check_output_path, non_negative_int, positive_int, require
 
 __all__ = ["add_arguments", "run"]
 
@@ -66,6 +66,8 @@ def run(args: argparse.Namespace) -> int:  # numpydoc ignore=PR01,RT01
     >>> from unitary_update.cli import main
     >>> main(["bench", "--n", "256", "1024", "--repeat", "3"])  # doctest: +SKIP
     """
+    check_output_path(args.plot, "--plot")
+    check_output_path(args.markdown, "--markdown")
     if args.plot:
         require("matplotlib", "bench --plot")
     if args.after_torch:

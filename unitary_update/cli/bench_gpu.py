@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 
 from ..bench.gpu import add_arguments
-from ._common import check_device
+from ._common import check_device, check_output_path
 
 __all__ = ["add_arguments", "run"]
 
@@ -31,5 +31,6 @@ def run(args: argparse.Namespace) -> int:  # numpydoc ignore=PR01,RT01
     from ..bench.gpu import main
 
     check_device(args.device, "bench-gpu")
+    check_output_path(args.output, "--output")
     main(args, "python -m unitary_update " + " ".join(args.argv))
     return 0

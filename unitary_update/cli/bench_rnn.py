@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import UPDATES, blas_threads, call, positive_int
+from ._common import UPDATES, blas_threads, call, check_output_path, positive_int
 
 __all__ = ["add_arguments", "run"]
 
@@ -47,6 +47,7 @@ def run(args: argparse.Namespace) -> int:  # numpydoc ignore=PR01,RT01
     """
     from ..bench.rnn import run_benchmark
 
+    check_output_path(args.json_path, "--json")
     with blas_threads(args.threads):
         call(run_benchmark, args)
     return 0

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import blas_threads, call, positive_int, require
+from ._common import blas_threads, call, check_output_path, positive_int, require
 
 __all__ = ["add_arguments", "run"]
 
@@ -82,6 +82,7 @@ def run(args: argparse.Namespace) -> int:  # numpydoc ignore=PR01,RT01
     ...
     0
     """
+    check_output_path(args.json_path, "--json")
     torch = require("torch", "bench-torch")
     if not args.ranks:
         raise ValueError("--ranks must name at least one rank")

@@ -12,7 +12,7 @@ import argparse
 import json
 from typing import Any
 
-from ._common import DTYPES, UPDATES, call, non_negative_int, positive_float, positive_int
+from ._common import DTYPES, UPDATES, call, check_output_path, non_negative_int, positive_float, positive_int
 
 __all__ = ["add_arguments", "run"]
 
@@ -50,6 +50,7 @@ def run(args: argparse.Namespace) -> int:  # numpydoc ignore=PR01,RT01
     from .._retract import DriftControl
     from ..bench.soak import soak
 
+    check_output_path(args.json_path, "--json")
     runs: dict[str, Any] = {}
     print(
         f"soak: N = {args.n}, {args.steps} steps of rank {args.rank}, {args.dtype}, "

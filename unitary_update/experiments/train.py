@@ -339,11 +339,13 @@ def train(
         step's loss is checked; on a GPU the mean loss is checked every ``log_every`` steps.
     RuntimeError
         For a GPU device without CuPy and a GPU.
+    OSError
+        When another process is training in ``run_dir`` (it holds ``run_dir/.lock``).
 
     Notes
     -----
-    Ctrl-C (SIGINT) finishes the current step, writes a checkpoint and returns with status
-    ``"interrupted"``.  On a GPU (``device="gpu"``) the parameters and optimizer states live on
+    Ctrl-C (SIGINT) and SIGTERM finish the current step, write a checkpoint and return with
+    status ``"interrupted"``.  On a GPU (``device="gpu"``) the parameters and optimizer states live on
     the device; each batch is generated on the host and copied over; the loop runs with the
     ``check_finite`` option off, and the only reads of device values are the logged mean loss
     (every ``log_every`` steps, also shown by the progress bar), evaluations and checkpoints, so
@@ -378,36 +380,37 @@ def train(
     task, model, opt, w_opt = build(config)
     task.check_sizes(config.batch_size, config.eval_size)
     run.mkdir(parents=True, exist_ok=True)
-    state = _Run(config, run, task, model, opt, w_opt, xp, resume)
-    status = "completed"
-    with _interruptible() as interrupted, _progress_bar(config.steps, state.step, task.baseline, progress) as bar:
-        if state.step == 0 and config.eval_every:
-            state.evaluate()
-        while state.step < config.steps:
-            state.train_step()
-            if _due(state.step, config.log_every) or state.step == config.steps:
-                # at the last step, off the log period: an end-of-run record of the partial window
-                mean = state.log_train(end=not _due(state.step, config.log_every))
-                bar.set_postfix_str(f"loss {mean:.4f} baseline {task.baseline:.4f}", refresh=False)
-            if _due(state.step, config.eval_every):
+    with _exclusive(run):  # one process per run folder
+        state = _Run(config, run, task, model, opt, w_opt, xp, resume)
+        status = "completed"
+        with _interruptible() as interrupted, _progress_bar(config.steps, state.step, task.baseline, progress) as bar:
+            if state.step == 0 and config.eval_every:
                 state.evaluate()
-            if _due(state.step, config.checkpoint_every):
-                state.checkpoint()
-            bar.update()
-            if on_step is not None:
-                on_step(state.step, state.loss)
-            if interrupted():
-                status = "interrupted"
-                break
-            if config.time_limit_s is not None and state.seconds() > config.time_limit_s:
-                status = "time_limit"
-                break
-        if state.step == state.start:  # a resume that took no step (the run was already done)
-            return _result(state, status, interrupted)
-        if status == "completed" and config.eval_every and not _due(state.step, config.eval_every):
-            state.evaluate(end=True)
-        state.checkpoint()
-    return _result(state, status, interrupted)
+            while state.step < config.steps:
+                state.train_step()
+                if _due(state.step, config.log_every) or state.step == config.steps:
+                    # at the last step, off the log period: an end-of-run record of the partial window
+                    mean = state.log_train(end=not _due(state.step, config.log_every))
+                    bar.set_postfix_str(f"loss {mean:.4f} baseline {task.baseline:.4f}", refresh=False)
+                if _due(state.step, config.eval_every):
+                    state.evaluate()
+                if _due(state.step, config.checkpoint_every):
+                    state.checkpoint()
+                bar.update()
+                if on_step is not None:
+                    on_step(state.step, state.loss)
+                if interrupted():
+                    status = "interrupted"
+                    break
+                if config.time_limit_s is not None and state.seconds() > config.time_limit_s:
+                    status = "time_limit"
+                    break
+            if state.step == state.start:  # a resume that took no step (the run was already done)
+                return _result(state, status, interrupted)
+            if status == "completed" and config.eval_every and not _due(state.step, config.eval_every):
+                state.evaluate(end=True)
+            state.checkpoint()
+        return _result(state, status, interrupted)
 
 
 def _result(state: _Run, status: str, interrupted: Callable[[], int]) -> dict[str, Any]:
@@ -775,7 +778,7 @@ class _Run:
                 )
         except FloatingPointError as err:
             self.opt.lr, self.w_opt.base.lr = lrs
-            raise FloatingPointError(f"step {self.step + 1}: {err}; last checkpoint kept") from None
+            raise FloatingPointError(f"step {self.step + 1}: {err}; {self._checkpoint_note()}") from None
         except BaseException:
             self.opt.lr, self.w_opt.base.lr = lrs
             raise
@@ -794,7 +797,7 @@ class _Run:
         else:
             mean_loss = float(np.mean(self.window))
         if not math.isfinite(mean_loss):
-            raise FloatingPointError(f"loss became {mean_loss} by step {self.step}; last checkpoint kept")
+            raise FloatingPointError(f"loss became {mean_loss} by step {self.step}; {self._checkpoint_note()}")
         self._log(
             {
                 "split": "train",
@@ -824,6 +827,10 @@ class _Run:
                 "unitarity_error": drift,
             }
         )
+
+    def _checkpoint_note(self) -> str:
+        """What a failing run leaves to resume from, for its error message."""
+        return "last checkpoint kept" if self.checkpoint_path.is_file() else "no checkpoint was written"
 
     def checkpoint(self) -> None:
         """Write ``checkpoint.npz``; its ``meta`` holds the step, seed, elapsed time, the run's
@@ -925,6 +932,30 @@ def _interruptible() -> Iterator[Callable[[], int]]:
 
 
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def _exclusive(run: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``run/.lock`` (POSIX ``flock``) while a process trains in ``run``.
+
+    Two processes training in one folder (two ``--resume`` of the same run) would interleave their
+    metrics and overwrite each other's checkpoints: the second is refused.  The lock goes with the
+    process, however it ends.  Where ``fcntl`` is missing (Windows) nothing is locked.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    with open(run / ".lock", "a") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise OSError(f"run_dir {run} is in use by another training process (its .lock is held)") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 def _progress_bar(total: int, initial: int, baseline: float, enabled: bool) -> Any:
