@@ -670,3 +670,22 @@ def test_a_second_process_cannot_train_in_the_same_run_dir(tmp_path):
         holder.kill()
         holder.communicate()
     assert train(None, tmp_path, resume=True, steps=4, progress=False)["step"] == 4  # free again
+
+
+def test_a_run_stopped_at_its_last_step_gets_its_end_evaluation_once_on_resume(tmp_path):
+    base = {**SMALL, "log_every": 3, "eval_every": 10}
+    config = TrainConfig(task="copy", length=4, steps=17, **base)
+    train(config, tmp_path / "reference", progress=False)
+
+    def interrupt(step, loss):
+        if step == 17:
+            signal.raise_signal(signal.SIGINT)
+
+    assert train(config, tmp_path / "cut", progress=False, on_step=interrupt)["status"] == "interrupted"
+    assert [r["split"] for r in _log(tmp_path / "cut") if r["step"] == 17] == ["train"]  # no end evaluation yet
+    for _ in range(2):  # the first resume evaluates, the second writes nothing
+        train(None, tmp_path / "cut", resume=True, progress=False)
+        assert _log(tmp_path / "cut") == _log(tmp_path / "reference")
+    train(None, tmp_path / "cut", resume=True, steps=40, progress=False)
+    train(None, tmp_path / "reference", resume=True, steps=40, progress=False)
+    assert _log(tmp_path / "cut") == _log(tmp_path / "reference")

@@ -405,9 +405,10 @@ def train(
                 if config.time_limit_s is not None and state.seconds() > config.time_limit_s:
                     status = "time_limit"
                     break
-            if state.step == state.start:  # a resume that took no step (the run was already done)
-                return _result(state, status, interrupted)
-            if status == "completed" and config.eval_every and not _due(state.step, config.eval_every):
+            end_eval = status == "completed" and config.eval_every and not _due(state.step, config.eval_every)
+            if state.step == state.start and (state.end_eval or not end_eval):
+                return _result(state, status, interrupted)  # a resume with nothing left to do: no record
+            if end_eval:
                 state.evaluate(end=True)
             state.checkpoint()
         return _result(state, status, interrupted)
@@ -710,6 +711,8 @@ class _Run:
         self.checkpoint_path, self.metrics_path = run / "checkpoint.npz", run / "metrics.jsonl"
         self.start, self.elapsed_before = 0, 0.0
         window: list[Any] = []
+        logged_window: list[float] | None = None
+        end_eval = False
         if resume:
             meta = load_checkpoint(self.checkpoint_path, model, opt, w_opt)
             self.start, self.elapsed_before = int(meta["step"]), float(meta.get("elapsed_s", 0.0))
@@ -732,8 +735,10 @@ class _Run:
             end_records = {"train": bool(meta.get("logged_window")), "eval": bool(meta.get("end_eval"))}
             if config.steps > self.start:
                 kept = [r for r in kept if not (r["step"] == self.start and end_records.get(r["split"]))]
-            elif end_records["train"]:
-                window = []  # already logged, and no step will be taken
+            else:  # nothing left to train: the end records stay, and so do their marks
+                logged_window = window if end_records["train"] else None
+                window = [] if end_records["train"] else window
+                end_eval = end_records["eval"]
             write_text_atomic(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
         else:
             # another run's checkpoint must not outlive this run's config and metrics (a run that
@@ -751,8 +756,8 @@ class _Run:
         self.window: list[Any] = window
         # the window logged by an end-of-run record (:meth:`log_train` with ``end``), and whether
         # the last evaluation was one: the checkpoint keeps both, for an extending resume
-        self.logged_window: list[float] | None = None
-        self.end_eval = False
+        self.logged_window = logged_window
+        self.end_eval = end_eval
         self.last_eval: dict[str, float] = {}
         self.last_eval_step: int | None = None
         self.t0 = time.perf_counter()
