@@ -689,3 +689,17 @@ def test_a_run_stopped_at_its_last_step_gets_its_end_evaluation_once_on_resume(t
     train(None, tmp_path / "cut", resume=True, steps=40, progress=False)
     train(None, tmp_path / "reference", resume=True, steps=40, progress=False)
     assert _log(tmp_path / "cut") == _log(tmp_path / "reference")
+
+
+def test_a_file_system_without_flock_does_not_stop_training(tmp_path, monkeypatch):
+    # some cluster file systems answer flock with ENOSYS or EOPNOTSUPP: the lock is best effort
+    import errno
+    import fcntl
+
+    def no_flock(fd, operation):
+        raise OSError(errno.ENOSYS, "Function not implemented")
+
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    result = train(TrainConfig(task="copy", length=4, steps=2, **SMALL), tmp_path, progress=False)
+    assert result["status"] == "completed"
+    assert result["step"] == 2

@@ -945,7 +945,9 @@ def _exclusive(run: Path) -> Iterator[None]:
 
     Two processes training in one folder (two ``--resume`` of the same run) would interleave their
     metrics and overwrite each other's checkpoints: the second is refused.  The lock goes with the
-    process, however it ends.  Where ``fcntl`` is missing (Windows) nothing is locked.
+    process, however it ends.  Where ``fcntl`` is missing (Windows), or the file system does not
+    support ``flock`` (some cluster file systems: ENOSYS, EOPNOTSUPP, ENOLCK), nothing is locked
+    and training goes on: the lock guards against a mistake, it must not stop a run.
     """
     try:
         import fcntl
@@ -953,14 +955,18 @@ def _exclusive(run: Path) -> Iterator[None]:
         yield
         return
     with open(run / ".lock", "a") as handle:
+        locked = True
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise OSError(f"run_dir {run} is in use by another training process (its .lock is held)") from None
+        except OSError:  # no flock on this file system
+            locked = False
         try:
             yield
         finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+            if locked:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 def _progress_bar(total: int, initial: int, baseline: float, enabled: bool) -> Any:
