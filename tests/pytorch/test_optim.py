@@ -102,16 +102,19 @@ def _train(model, opt, steps, start):
         opt.step()
 
 
+def _trained(base, steps):
+    """The small model and its ProjUNN (seed 7, the base rule's options of BASE_RULES) after ``steps`` steps."""
+    model = _model()
+    opt = ProjUNN(_groups(model), lr=0.01, base=base, seed=7, **BASE_RULES[base][0])
+    _train(model, opt, steps, 0)
+    return model, opt
+
+
 @pytest.mark.parametrize("base", sorted(BASE_RULES))
 def test_resume_from_state_dict_is_bit_exact(base):
     options = BASE_RULES[base][0]
-    full = _model()
-    opt = ProjUNN(_groups(full), lr=0.01, base=base, seed=7, **options)
-    _train(full, opt, 6, 0)
-
-    half = _model()
-    opt_half = ProjUNN(_groups(half), lr=0.01, base=base, seed=7, **options)
-    _train(half, opt_half, 3, 0)
+    full, _ = _trained(base, 6)
+    half, opt_half = _trained(base, 3)
     buffer = io.BytesIO()
     torch.save({"model": half.state_dict(), "optimizer": opt_half.state_dict()}, buffer)
     buffer.seek(0)
@@ -129,9 +132,7 @@ def test_resume_from_state_dict_is_bit_exact(base):
 @pytest.mark.parametrize("base", sorted(BASE_RULES))
 def test_step_count_is_a_tensor_as_in_torch_optimizers_and_int_counts_still_load(base):
     options = BASE_RULES[base][0]
-    model = _model()
-    opt = ProjUNN(_groups(model), lr=0.01, base=base, seed=7, **options)
-    _train(model, opt, 3, 0)
+    model, opt = _trained(base, 3)
     other = copy.deepcopy(model)
     reference = torch.optim.Adam(other.parameters())
     other(torch.ones(2, other[0].in_features)).sum().backward()

@@ -13,27 +13,26 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import blas_threads, call, check_output_path, positive_int, require
+from ._common import blas_threads, call, check_output_path, positive_float, positive_int, require
 
 __all__ = ["add_arguments", "run"]
 
 
 def _positive_ints(text: str) -> list[int]:
+    """Comma-separated :func:`positive_int` values ('' gives none)."""
     try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        values = [0]
-    if any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers; got {text!r}")
-    return values
+        return [positive_int(v) for v in text.split(",") if v.strip()]
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers; got {text!r}") from None
 
 
 def _positive_floats(text: str) -> list[float]:
+    """Comma-separated :func:`positive_float` values, at least one."""
     try:
-        values = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
+        values = [positive_float(v) for v in text.split(",") if v.strip()]
+    except argparse.ArgumentTypeError:
         values = []
-    if not values or any(not 0 < v < float("inf") for v in values):
+    if not values:
         raise argparse.ArgumentTypeError(f"expected comma-separated positive numbers; got {text!r}")
     return values
 
